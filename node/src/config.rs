@@ -1,0 +1,434 @@
+//! Node configuration: flags (including the Go seed's single-dash spellings), `CONCORD_*`
+//! environment variables, a YAML file in the seed's format, and defaults — in that order of
+//! precedence.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::types::{node_id_for_name, Member, NodeId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid YAML for ConcordKV: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Command-line flags. Every flag also reads `CONCORD_<NAME>` from the environment.
+#[derive(Debug, Default, Parser)]
+#[command(name = "concord-node", version, about = "ConcordKV node")]
+pub struct Flags {
+    /// Node name (seed: -node). Default: node1.
+    #[arg(long = "node-id", alias = "node", env = "CONCORD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Peer (gRPC) listen address (seed: -listen). Default: :8080.
+    #[arg(long, env = "CONCORD_LISTEN")]
+    pub listen: Option<String>,
+    /// HTTP API listen address (seed: -api). Default: :8081.
+    #[arg(long, env = "CONCORD_API")]
+    pub api: Option<String>,
+    /// YAML config file (seed: -config).
+    #[arg(long, env = "CONCORD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory. Default: ./data/<node id>.
+    #[arg(long = "data-dir", env = "CONCORD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Static peers, comma separated `id:host:port` (as in the seed's YAML).
+    #[arg(long, env = "CONCORD_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Address peers use to reach this node, `host:port`. Default: from the peer list, or the
+    /// listen address.
+    #[arg(long = "advertise-addr", env = "CONCORD_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Log format: text or json.
+    #[arg(long = "log-format", env = "CONCORD_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Take a snapshot every N applied entries.
+    #[arg(long = "snapshot-threshold", env = "CONCORD_SNAPSHOT_THRESHOLD")]
+    pub snapshot_threshold: Option<u64>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long = "heartbeat-ms", env = "CONCORD_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Minimum election timeout in milliseconds (the maximum is twice this unless configured).
+    #[arg(long = "election-timeout-ms", env = "CONCORD_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+}
+
+/// The YAML file. `server` is the seed's section; `raft` and `limits` are ours.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub raft: RaftSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSection {
+    pub node_id: Option<String>,
+    pub listen_addr: Option<String>,
+    pub api_addr: Option<String>,
+    pub advertise_addr: Option<String>,
+    pub peers: Option<Vec<String>>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftSection {
+    pub heartbeat_interval_ms: Option<u64>,
+    pub election_timeout_min_ms: Option<u64>,
+    pub election_timeout_max_ms: Option<u64>,
+    pub snapshot_threshold: Option<u64>,
+    pub logs_to_keep_after_snapshot: Option<u64>,
+    pub segment_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSection {
+    pub max_key_bytes: Option<usize>,
+    pub max_value_bytes: Option<usize>,
+    pub max_request_bytes: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
+    pub max_list_limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: NodeId,
+    pub member: Member,
+}
+
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    pub snapshot_threshold: u64,
+    pub logs_to_keep_after_snapshot: u64,
+    pub segment_bytes: u64,
+}
+
+/// Limits on client requests. Defaults are documented in the README.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_request_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_list_limit: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 4096,
+            max_value_bytes: 1024 * 1024,
+            max_request_bytes: 2 * 1024 * 1024,
+            request_timeout: Duration::from_secs(5),
+            max_list_limit: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The resolved configuration a node runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub id: NodeId,
+    /// Where the peer gRPC server binds.
+    pub listen_addr: String,
+    /// Where the HTTP API binds.
+    pub api_addr: String,
+    /// How peers reach this node.
+    pub advertise_addr: String,
+    /// The static cluster; empty means "single node".
+    pub peers: Vec<Peer>,
+    pub data_dir: PathBuf,
+    pub raft: RaftTuning,
+    pub limits: Limits,
+    pub log_format: LogFormat,
+}
+
+/// Rewrites the seed's single-dash long flags (`-node x`, `-config=f`) to clap's `--` form.
+pub fn normalize_args<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let long_single_dash = i > 0
+                && a.starts_with('-')
+                && !a.starts_with("--")
+                && a.len() > 2
+                && a.as_bytes()[1].is_ascii_alphabetic();
+            if long_single_dash {
+                format!("-{a}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+/// Turns `:8080` into a bindable `0.0.0.0:8080`.
+pub fn bind_addr(addr: &str) -> String {
+    if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_string()
+    }
+}
+
+/// Parses `id:host:port`.
+pub fn parse_peer(spec: &str) -> Result<Peer, ConfigError> {
+    let (name, addr) = spec.split_once(':').ok_or_else(|| {
+        ConfigError::Invalid(format!("peer {spec:?} is not of the form id:host:port"))
+    })?;
+    let port_ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if name.is_empty() || !port_ok {
+        return Err(ConfigError::Invalid(format!(
+            "peer {spec:?} is not of the form id:host:port"
+        )));
+    }
+    Ok(Peer {
+        id: node_id_for_name(name),
+        member: Member {
+            name: name.to_string(),
+            addr: addr.to_string(),
+        },
+    })
+}
+
+impl Config {
+    /// Resolves flags, environment, file and defaults.
+    pub fn resolve(flags: Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let s = file.server;
+        let name = flags
+            .node_id
+            .or(s.node_id)
+            .unwrap_or_else(|| "node1".to_string());
+        if name.is_empty() || name.contains(':') || name.contains(',') {
+            return Err(ConfigError::Invalid(format!(
+                "node id {name:?} must be non-empty and contain no ':' or ','"
+            )));
+        }
+        let listen_addr = flags
+            .listen
+            .or(s.listen_addr)
+            .unwrap_or_else(|| ":8080".into());
+        let api_addr = flags.api.or(s.api_addr).unwrap_or_else(|| ":8081".into());
+        let peer_specs = flags.peers.or(s.peers).unwrap_or_default();
+        let mut peers = Vec::new();
+        let mut ids = HashSet::new();
+        for spec in peer_specs.iter().filter(|p| !p.trim().is_empty()) {
+            let peer = parse_peer(spec.trim())?;
+            if !ids.insert(peer.id) {
+                return Err(ConfigError::Invalid(format!(
+                    "peer list names {:?} twice (or two names hash to one id)",
+                    peer.member.name
+                )));
+            }
+            peers.push(peer);
+        }
+        let own = peers.iter().find(|p| p.member.name == name);
+        if !peers.is_empty() && own.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "the peer list does not contain this node ({name}); add \"{name}:host:port\""
+            )));
+        }
+        let advertise_addr = flags
+            .advertise_addr
+            .or(s.advertise_addr)
+            .or_else(|| own.map(|p| p.member.addr.clone()))
+            .unwrap_or_else(|| {
+                if listen_addr.starts_with(':') {
+                    format!("127.0.0.1{listen_addr}")
+                } else {
+                    listen_addr.clone()
+                }
+            });
+        let data_dir = flags
+            .data_dir
+            .or(s.data_dir)
+            .unwrap_or_else(|| Path::new("data").join(&name));
+        let log_format = match flags.log_format.or(s.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "log format {other:?} must be text or json"
+                )))
+            }
+        };
+
+        let r = file.raft;
+        let heartbeat_ms = flags.heartbeat_ms.or(r.heartbeat_interval_ms).unwrap_or(100);
+        let el_min = flags
+            .election_timeout_ms
+            .or(r.election_timeout_min_ms)
+            .unwrap_or(1000);
+        let el_max = r.election_timeout_max_ms.unwrap_or(el_min * 2);
+        if heartbeat_ms == 0 || el_min <= heartbeat_ms * 2 || el_max <= el_min {
+            return Err(ConfigError::Invalid(format!(
+                "raft timing: need 0 < heartbeat ({heartbeat_ms}ms) and heartbeat*2 < election \
+                 timeout min ({el_min}ms) < max ({el_max}ms)"
+            )));
+        }
+        let raft = RaftTuning {
+            heartbeat: Duration::from_millis(heartbeat_ms),
+            election_timeout_min: Duration::from_millis(el_min),
+            election_timeout_max: Duration::from_millis(el_max),
+            snapshot_threshold: flags
+                .snapshot_threshold
+                .or(r.snapshot_threshold)
+                .unwrap_or(10_000)
+                .max(1),
+            logs_to_keep_after_snapshot: r.logs_to_keep_after_snapshot.unwrap_or(1000),
+            segment_bytes: r.segment_bytes.unwrap_or(64 * 1024 * 1024).max(4096),
+        };
+        let d = Limits::default();
+        let l = file.limits;
+        let limits = Limits {
+            max_key_bytes: l.max_key_bytes.unwrap_or(d.max_key_bytes),
+            max_value_bytes: l.max_value_bytes.unwrap_or(d.max_value_bytes),
+            max_request_bytes: l.max_request_bytes.unwrap_or(d.max_request_bytes),
+            request_timeout: l
+                .request_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.request_timeout),
+            max_list_limit: l.max_list_limit.unwrap_or(d.max_list_limit).max(1),
+        };
+        Ok(Config {
+            id: node_id_for_name(&name),
+            name,
+            listen_addr,
+            api_addr,
+            advertise_addr,
+            peers,
+            data_dir,
+            raft,
+            limits,
+            log_format,
+        })
+    }
+
+    pub fn own_member(&self) -> Member {
+        Member {
+            name: self.name.clone(),
+            addr: self.advertise_addr.clone(),
+        }
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        let argv = normalize_args(
+            std::iter::once("concord-node")
+                .chain(args.iter().copied())
+                .map(String::from),
+        );
+        Flags::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn seed_single_dash_flags_parse() {
+        let cfg = Config::resolve(flags(&["-node", "n2", "-listen", ":9000", "-api=:9001"])).unwrap();
+        assert_eq!(cfg.name, "n2");
+        assert_eq!(cfg.listen_addr, ":9000");
+        assert_eq!(cfg.api_addr, ":9001");
+        assert_eq!(cfg.data_dir, PathBuf::from("data/n2"));
+        assert_eq!(cfg.advertise_addr, "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let cfg = Config::resolve(Flags::default()).unwrap();
+        assert_eq!(cfg.name, "node1");
+        assert_eq!(cfg.listen_addr, ":8080");
+        assert_eq!(cfg.api_addr, ":8081");
+        assert!(cfg.peers.is_empty());
+    }
+
+    #[test]
+    fn seed_yaml_loads_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node2.yaml");
+        std::fs::write(
+            &path,
+            r#"
+server:
+  nodeId: "node2"
+  listenAddr: ":8082"
+  apiAddr: ":8083"
+  peers:
+    - "node1:localhost:8080"
+    - "node2:localhost:8082"
+    - "node3:localhost:8084"
+raft:
+  snapshotThreshold: 50
+"#,
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let cfg = Config::resolve(flags(&["-config", p])).unwrap();
+        assert_eq!(cfg.name, "node2");
+        assert_eq!(cfg.peers.len(), 3);
+        assert_eq!(cfg.advertise_addr, "localhost:8082");
+        assert_eq!(cfg.raft.snapshot_threshold, 50);
+        let cfg = Config::resolve(flags(&["-config", p, "--api", ":9999"])).unwrap();
+        assert_eq!(cfg.api_addr, ":9999");
+    }
+
+    #[test]
+    fn bad_peer_lists_are_rejected() {
+        assert!(parse_peer("node1").is_err());
+        assert!(parse_peer("node1:host").is_err());
+        assert!(parse_peer("node1:host:notaport").is_err());
+        let err = Config::resolve(flags(&["-node", "x", "--peers", "a:h:1,b:h:2"])).unwrap_err();
+        assert!(err.to_string().contains("does not contain this node"));
+    }
+}

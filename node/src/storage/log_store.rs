@@ -1,0 +1,379 @@
+//! openraft's `RaftLogStorage` over our segmented log.
+//!
+//! Entries since the last purge are held in memory for replication reads; the segment files are
+//! the durable copy. Appends are handed to one writer thread that writes and fsyncs them; every
+//! append queued while an fsync is running is flushed by the next one, so concurrent proposals
+//! share fsyncs (group commit) and an entry is reported flushed only once it is on disk.
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
+use parking_lot::Mutex;
+
+use super::fsutil::{atomic_write, invalid_data, read_checked, with_checksum};
+use super::segments::SegmentedLog;
+use crate::metrics::metrics;
+use crate::types::{Entry, LogId, TypeConfig, Vote};
+
+const VOTE_FILE: &str = "vote";
+const META_FILE: &str = "log.meta";
+
+#[derive(Debug, Default)]
+struct MemLog {
+    entries: VecDeque<Entry>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+}
+
+impl MemLog {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.log_id.index)
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    mem: Mutex<MemLog>,
+    dir: PathBuf,
+}
+
+enum WriterCmd {
+    Append(Vec<(u64, Vec<u8>)>, IOFlushed<TypeConfig>),
+    TruncateFrom(u64, tokio::sync::oneshot::Sender<io::Result<()>>),
+    PurgeUpto(u64),
+}
+
+/// The Raft log store handed to openraft.
+pub struct LogStore {
+    shared: Arc<Shared>,
+    writer: mpsc::Sender<WriterCmd>,
+}
+
+/// A cheap read handle for replication.
+#[derive(Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> io::Result<Vec<u8>> {
+    bincode::serialize(v).map_err(|e| io::Error::other(format!("encode: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> io::Result<T> {
+    bincode::deserialize(bytes).map_err(|e| invalid_data(format!("cannot decode {what}: {e}")))
+}
+
+impl LogStore {
+    /// Opens the log in `dir`, recovering entries, vote and purge point.
+    pub fn open(dir: &Path, max_segment_bytes: u64) -> io::Result<LogStore> {
+        std::fs::create_dir_all(dir)?;
+        let vote = match read_checked(&dir.join(VOTE_FILE))? {
+            Some(b) => Some(decode::<Vote>(&b, "vote file")?),
+            None => None,
+        };
+        let last_purged = match read_checked(&dir.join(META_FILE))? {
+            Some(b) => decode::<Option<LogId>>(&b, "log meta file")?,
+            None => None,
+        };
+        let (mut seglog, recovery) = SegmentedLog::open(&dir.join("segments"), max_segment_bytes)?;
+        if let Some((path, offset, bytes)) = &recovery.dropped_tail {
+            tracing::warn!(segment = %path.display(), offset, bytes, "raft log: dropped torn tail on recovery");
+        }
+        let purged_index = last_purged.as_ref().map(|l| l.index);
+        let mut entries = VecDeque::new();
+        for (index, payload) in recovery.records {
+            if purged_index.is_some_and(|p| index <= p) {
+                continue;
+            }
+            let entry: Entry = decode(&payload, "log entry")?;
+            if entry.log_id.index != index {
+                return Err(invalid_data(format!(
+                    "log record {index} holds entry {}",
+                    entry.log_id
+                )));
+            }
+            entries.push_back(entry);
+        }
+        if let (Some(p), Some(first)) = (purged_index, entries.front()) {
+            if first.log_id.index != p + 1 {
+                return Err(invalid_data(format!(
+                    "raft log starts at {} but was purged only up to {p}; entries are missing",
+                    first.log_id.index
+                )));
+            }
+        }
+        if let (Some(p), Some(next)) = (purged_index, seglog.next_index()) {
+            if next <= p + 1 && entries.is_empty() {
+                seglog.reset()?;
+            }
+        }
+        tracing::info!(
+            entries = entries.len(),
+            first = ?entries.front().map(|e| e.log_id.index),
+            last = ?entries.back().map(|e| e.log_id.index),
+            purged = ?purged_index,
+            "raft log recovered"
+        );
+        let shared = Arc::new(Shared {
+            mem: Mutex::new(MemLog {
+                entries,
+                last_purged,
+                vote,
+            }),
+            dir: dir.to_path_buf(),
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer_loop(seglog, rx))?;
+        Ok(LogStore { shared, writer: tx })
+    }
+
+    fn send(&self, cmd: WriterCmd) -> io::Result<()> {
+        self.writer
+            .send(cmd)
+            .map_err(|_| io::Error::other("raft log writer has stopped after an I/O error"))
+    }
+}
+
+/// Owns the segment files. Batches every queued append into one fsync.
+fn writer_loop(mut log: SegmentedLog, rx: mpsc::Receiver<WriterCmd>) {
+    let mut failed: Option<String> = None;
+    let mut pending_other: Option<WriterCmd> = None;
+    loop {
+        let first = match pending_other.take() {
+            Some(cmd) => cmd,
+            None => match rx.recv() {
+                Ok(cmd) => cmd,
+                Err(_) => return,
+            },
+        };
+        let mut callbacks = Vec::new();
+        let mut cmd = Some(first);
+        // Drain appends into one batch; stop at the first non-append to keep ordering.
+        while let Some(c) = cmd.take() {
+            match c {
+                WriterCmd::Append(records, cb) => {
+                    if failed.is_none() {
+                        for (index, payload) in &records {
+                            metrics().log_bytes_written.inc_by(payload.len() as u64);
+                            if let Err(e) = log.append(*index, payload) {
+                                failed = Some(format!("append failed: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                    callbacks.push(cb);
+                    cmd = rx.try_recv().ok();
+                }
+                other => pending_other = Some(other),
+            }
+        }
+        if !callbacks.is_empty() {
+            if failed.is_none() {
+                let started = Instant::now();
+                if let Err(e) = log.sync() {
+                    failed = Some(format!("fsync failed: {e}"));
+                }
+                metrics()
+                    .log_fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics().log_fsync_batch_entries.observe(callbacks.len() as f64);
+            }
+            for cb in callbacks {
+                match &failed {
+                    None => cb.io_completed(Ok(())),
+                    Some(msg) => cb.io_completed(Err(io::Error::other(msg.clone()))),
+                }
+            }
+            if let Some(msg) = &failed {
+                // After a failed fsync the page cache no longer tells what is on disk; the only
+                // safe course is to stop accepting writes (openraft turns this into a fatal error).
+                tracing::error!(%msg, "raft log writer stopped");
+            }
+        }
+        match pending_other.take() {
+            Some(WriterCmd::TruncateFrom(index, done)) => {
+                let res = match &failed {
+                    Some(msg) => Err(io::Error::other(msg.clone())),
+                    None => log.truncate_from(index),
+                };
+                let _ = done.send(res);
+            }
+            Some(WriterCmd::PurgeUpto(index)) => {
+                if failed.is_none() {
+                    let res = if log.next_index().is_some_and(|n| n <= index + 1) {
+                        log.reset().map(|_| 0)
+                    } else {
+                        log.purge_upto(index)
+                    };
+                    if let Err(e) = res {
+                        tracing::warn!(error = %e, "raft log: purging old segments failed; will retry on the next purge");
+                    }
+                }
+                metrics().log_segments.set(log.segment_count() as i64);
+                metrics().log_bytes.set(log.bytes_on_disk() as i64);
+            }
+            Some(append @ WriterCmd::Append(..)) => pending_other = Some(append),
+            None => {}
+        }
+        metrics().log_segments.set(log.segment_count() as i64);
+    }
+}
+
+fn range_indexes<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl Shared {
+    fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> Vec<Entry> {
+        let mem = self.mem.lock();
+        let Some(first) = mem.first_index() else {
+            return Vec::new();
+        };
+        let (start, end) = range_indexes(&range);
+        let start = start.max(first);
+        if end <= start {
+            return Vec::new();
+        }
+        let from = (start - first) as usize;
+        let to = ((end - first) as usize).min(mem.entries.len());
+        if from >= to {
+            return Vec::new();
+        }
+        mem.entries.range(from..to).cloned().collect()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        Ok(self.shared.read_range(range))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.shared.mem.lock().vote)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        Ok(self.shared.read_range(range))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.shared.mem.lock().vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let mem = self.shared.mem.lock();
+        let last_log_id = mem
+            .entries
+            .back()
+            .map(|e| e.log_id.clone())
+            .or_else(|| mem.last_purged.clone());
+        Ok(LogState {
+            last_purged_log_id: mem.last_purged.clone(),
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        LogReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        // Durable before returning: a vote forgotten in a crash could let this node vote twice
+        // in one term.
+        atomic_write(
+            &self.shared.dir.join(VOTE_FILE),
+            &with_checksum(&encode(vote)?),
+        )?;
+        self.shared.mem.lock().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut records = Vec::new();
+        {
+            let mut mem = self.shared.mem.lock();
+            for entry in entries {
+                if let Some(last) = mem.entries.back() {
+                    if entry.log_id.index != last.log_id.index + 1 {
+                        return Err(io::Error::other(format!(
+                            "non-contiguous append: {} after {}",
+                            entry.log_id, last.log_id
+                        )));
+                    }
+                }
+                records.push((entry.log_id.index, encode(&entry)?));
+                mem.entries.push_back(entry);
+            }
+        }
+        self.send(WriterCmd::Append(records, callback))
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.as_ref().map(|l| l.index + 1).unwrap_or(0);
+        {
+            let mut mem = self.shared.mem.lock();
+            while mem.entries.back().is_some_and(|e| e.log_id.index >= from) {
+                mem.entries.pop_back();
+            }
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(WriterCmd::TruncateFrom(from, tx))?;
+        rx.await
+            .map_err(|_| io::Error::other("raft log writer stopped"))?
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // Record the purge point before deleting anything, so a crash in between leaves old
+        // segments that recovery skips rather than a gap it cannot explain.
+        atomic_write(
+            &self.shared.dir.join(META_FILE),
+            &with_checksum(&encode(&Some(log_id))?),
+        )?;
+        {
+            let mut mem = self.shared.mem.lock();
+            while mem.entries.front().is_some_and(|e| e.log_id.index <= log_id.index) {
+                mem.entries.pop_front();
+            }
+            mem.last_purged = Some(log_id);
+        }
+        self.send(WriterCmd::PurgeUpto(log_id.index))
+    }
+}

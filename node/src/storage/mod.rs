@@ -1,0 +1,14 @@
+//! Durable storage: the Raft log, the vote, snapshots and the state machine.
+
+pub mod fsutil;
+pub mod log_store;
+pub mod segments;
+pub mod snapshot_store;
+pub mod state_machine;
+
+pub use log_store::{LogReader, LogStore};
+pub use snapshot_store::SnapshotStore;
+pub use state_machine::{SharedState, StateData, StateMachineStore};
+
+#[cfg(test)]
+mod suite;

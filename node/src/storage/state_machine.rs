@@ -1,0 +1,175 @@
+//! openraft's `RaftStateMachine`: applies committed commands to the in-memory [`KvMap`] and
+//! persists it as snapshots. The map is shared with the API layer for reads.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use super::snapshot_store::SnapshotStore;
+use crate::kv::{CommandResult, KvMap};
+use crate::metrics::metrics;
+use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// Everything the state machine holds; what a snapshot captures.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct StateData {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub kv: KvMap,
+}
+
+/// Read access for the API layer.
+pub type SharedState = Arc<RwLock<StateData>>;
+
+pub struct StateMachineStore {
+    state: SharedState,
+    snapshots: SnapshotStore,
+}
+
+impl StateMachineStore {
+    /// Opens the snapshot directory and restores the newest snapshot, if any.
+    pub fn open(snapshots: SnapshotStore) -> io::Result<StateMachineStore> {
+        let mut data = StateData::default();
+        if let Some((meta, bytes)) = snapshots.load_latest()? {
+            let started = Instant::now();
+            data = restore(&meta, &bytes)?;
+            metrics()
+                .snapshot_load_seconds
+                .observe(started.elapsed().as_secs_f64());
+            tracing::info!(last_applied = ?data.last_applied, keys = data.kv.len(), "restored snapshot");
+        }
+        Ok(StateMachineStore {
+            state: Arc::new(RwLock::new(data)),
+            snapshots,
+        })
+    }
+
+    pub fn shared(&self) -> SharedState {
+        self.state.clone()
+    }
+}
+
+fn restore(meta: &SnapshotMeta, bytes: &[u8]) -> io::Result<StateData> {
+    let kv: KvMap = bincode::deserialize(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot data: {e}")))?;
+    Ok(StateData {
+        last_applied: meta.last_log_id.clone(),
+        membership: meta.last_membership.clone(),
+        kv,
+    })
+}
+
+/// Builds a snapshot from a point-in-time copy of the state.
+pub struct SnapshotBuilder {
+    state: SharedState,
+    snapshots: SnapshotStore,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let started = Instant::now();
+        // Serialize under the read lock: writers wait for the copy, never the other way round.
+        let (meta, data) = {
+            let state = self.state.read();
+            let data = bincode::serialize(&state.kv)
+                .map_err(|e| io::Error::other(format!("encode snapshot: {e}")))?;
+            let meta = SnapshotMeta {
+                last_log_id: state.last_applied.clone(),
+                last_membership: state.membership.clone(),
+            };
+            (meta, data)
+        };
+        let snapshots = self.snapshots.clone();
+        let (meta, data, size) = tokio::task::spawn_blocking(move || {
+            let size = snapshots.save(&meta, &data)?;
+            Ok::<_, io::Error>((meta, data, size))
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("snapshot task: {e}")))??;
+        let m = metrics();
+        m.snapshot_save_seconds
+            .observe(started.elapsed().as_secs_f64());
+        m.snapshot_size_bytes.set(size as i64);
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = size, "snapshot saved");
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let state = self.state.read();
+        Ok((state.last_applied.clone(), state.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let result = {
+                let mut state = self.state.write();
+                let index = entry.log_id.index;
+                state.last_applied = Some(entry.log_id.clone());
+                match &entry.payload {
+                    EntryPayload::Blank => CommandResult::None,
+                    EntryPayload::Normal(cmd) => state.kv.apply(index, cmd),
+                    EntryPayload::Membership(m) => {
+                        state.membership =
+                            StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                        CommandResult::None
+                    }
+                }
+            };
+            metrics().proposals_applied.inc();
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        let state = self.state.read();
+        metrics().keys.set(state.kv.len() as i64);
+        metrics().key_bytes.set(state.kv.bytes() as i64);
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            state: self.state.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        let data = restore(meta, &snapshot)?;
+        // Durable first: once installed, the log before it may be purged.
+        let snapshots = self.snapshots.clone();
+        let meta_owned = meta.clone();
+        tokio::task::spawn_blocking(move || snapshots.save(&meta_owned, &snapshot))
+            .await
+            .map_err(|e| io::Error::other(format!("snapshot task: {e}")))??;
+        tracing::info!(last_log_id = ?meta.last_log_id, keys = data.kv.len(), "installed snapshot from leader");
+        *self.state.write() = data;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let snapshots = self.snapshots.clone();
+        let loaded = tokio::task::spawn_blocking(move || snapshots.load_latest())
+            .await
+            .map_err(|e| io::Error::other(format!("snapshot task: {e}")))??;
+        Ok(loaded.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
