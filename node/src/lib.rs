@@ -6,3 +6,8 @@ pub mod kv;
 pub mod metrics;
 pub mod storage;
 pub mod types;
+pub mod app;
+pub mod service;
+pub mod transport;
+pub mod api;
+pub mod server;

@@ -1,1 +1,56 @@
-fn main() {}
+//! `concord-node`: one ConcordKV server process.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use concord_node::config::{normalize_args, Config, Flags, LogFormat};
+use concord_node::server::Node;
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("CONCORD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process can still be stopped by SIGKILL; run until then.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let flags = Flags::parse_from(normalize_args(std::env::args()));
+    let config = match Config::resolve(flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("concord-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    let node = match Node::start(config).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("cannot start: {e:#}");
+            eprintln!("concord-node: cannot start: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signal().await;
+    node.shutdown().await;
+    ExitCode::SUCCESS
+}

@@ -263,6 +263,19 @@ impl Shared {
     }
 }
 
+impl LogReader {
+    /// First and last index held in the log (after the purge point).
+    pub fn bounds(&self) -> Option<(u64, u64)> {
+        let mem = self.shared.mem.lock();
+        Some((mem.entries.front()?.log_id.index, mem.entries.back()?.log_id.index))
+    }
+
+    /// Entries in `[start, end)`, for debugging endpoints.
+    pub fn entries(&self, start: u64, end: u64) -> Vec<Entry> {
+        self.shared.read_range(start..end)
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,

@@ -1,0 +1,92 @@
+//! The HTTP listener: the seed's `/api/...`, probes and `/metrics`.
+
+pub mod error;
+pub mod kv;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+
+use crate::app::App;
+use crate::metrics::{metrics, render};
+use error::ApiError;
+
+pub fn router(app: Arc<App>) -> Router {
+    let body_limit = app.config.limits.max_request_bytes;
+    Router::new()
+        .route("/api/set", post(kv::set))
+        .route("/api/get", get(kv::get))
+        .route("/api/delete", delete(kv::delete))
+        .route("/api/cas", post(kv::cas))
+        .route("/api/keys", get(kv::keys))
+        .route("/api/status", get(kv::status))
+        .route("/api/metrics", get(kv::metrics_json))
+        .route("/api/logs", get(kv::logs))
+        .route("/metrics", get(prometheus))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/healthz", get(readyz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+/// Records latency by route and bounds every request's time, so no client hangs past the
+/// configured timeout even if something below forgets its own deadline.
+async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let m = metrics();
+    m.http_in_flight.inc();
+    let started = Instant::now();
+    let limit = app.config.limits.request_timeout + Duration::from_secs(1);
+    let response = match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "request timed out; if it was a write, its outcome is unknown",
+            true,
+        )
+        .into_response(),
+    };
+    m.http_in_flight.dec();
+    let class = format!("{}xx", response.status().as_u16() / 100);
+    m.http_seconds
+        .with_label_values(&[route.as_str(), class.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn prometheus() -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        render(),
+    )
+}
+
+/// Liveness never depends on peers: a partitioned node is alive and must not be restarted.
+async fn livez() -> impl IntoResponse {
+    (StatusCode::OK, "ok\n")
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match status::readiness(&app) {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
+    }
+}

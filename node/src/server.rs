@@ -1,0 +1,321 @@
+//! Starting, bootstrapping and stopping a node.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use concord_proto::raft_peer_server::RaftPeerServer;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::config::{bind_addr, Config};
+use crate::metrics::metrics;
+use crate::storage::{LogStore, SnapshotStore, StateMachineStore};
+use crate::transport::channels::MAX_MESSAGE_BYTES;
+use crate::transport::network::NetworkFactory;
+use crate::transport::server::PeerService;
+use crate::transport::Channels;
+use crate::types::{node_id_for_name, Member, NodeId, Raft};
+
+const CLUSTER_ID_FILE: &str = "cluster_id";
+const LOCK_FILE: &str = "LOCK";
+
+/// The cluster id stored in the data dir, or a new one: derived from the static peer list (so
+/// every node of a statically configured cluster agrees without talking), random otherwise.
+fn load_or_create_cluster_id(config: &Config) -> anyhow::Result<String> {
+    let path = config.data_dir.join(CLUSTER_ID_FILE);
+    if let Ok(id) = fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let id = if config.peers.is_empty() {
+        format!("single-{:016x}", rand::random::<u64>())
+    } else {
+        let mut names: Vec<String> = config
+            .peers
+            .iter()
+            .map(|p| format!("{}={}", p.member.name, p.member.addr))
+            .collect();
+        names.sort();
+        format!("static-{:013x}", node_id_for_name(&names.join(",")))
+    };
+    crate::storage::fsutil::atomic_write(&path, id.as_bytes())?;
+    Ok(id)
+}
+
+/// Holds an exclusive lock on the data dir for the life of the process, so two nodes can
+/// never write one log.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    file.try_lock().map_err(|e| {
+        anyhow::anyhow!(
+            "data dir {} is in use by another concord-node process ({e})",
+            dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
+    let r = &config.raft;
+    let c = openraft::Config {
+        cluster_name: "concordkv".into(),
+        heartbeat_interval: r.heartbeat.as_millis() as u64,
+        election_timeout_min: r.election_timeout_min.as_millis() as u64,
+        election_timeout_max: r.election_timeout_max.as_millis() as u64,
+        install_snapshot_timeout: 30_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_threshold),
+        max_in_snapshot_log_to_keep: r.logs_to_keep_after_snapshot,
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    };
+    c.validate().context("raft configuration")
+}
+
+/// A started node. Dropping it does not stop it; call [`Node::shutdown`].
+pub struct Node {
+    pub app: Arc<App>,
+    stop_tx: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _lock: fs::File,
+}
+
+impl Node {
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let lock = lock_data_dir(&config.data_dir)?;
+        let cluster_id: Arc<str> = load_or_create_cluster_id(&config)?.into();
+        let log = LogStore::open(&config.data_dir.join("raft"), config.raft.segment_bytes)
+            .context("opening the raft log")?;
+        let snapshots = SnapshotStore::open(&config.data_dir.join("snapshots"))?;
+        let sm = StateMachineStore::open(snapshots).context("opening snapshots")?;
+        let state = sm.shared();
+        let mut log_for_reader = log;
+        let reader = openraft::storage::RaftLogStorage::get_log_reader(&mut log_for_reader).await;
+        let channels = Channels::default();
+        let network = NetworkFactory {
+            channels: channels.clone(),
+            cluster_id: cluster_id.clone(),
+        };
+        let raft: Raft = Raft::new(
+            config.id,
+            Arc::new(raft_config(&config)?),
+            network,
+            log_for_reader,
+            sm,
+        )
+        .await
+        .context("starting raft")?;
+
+        let grpc_listener = TcpListener::bind(bind_addr(&config.listen_addr))
+            .await
+            .with_context(|| format!("binding peer address {}", config.listen_addr))?;
+        let http_listener = TcpListener::bind(bind_addr(&config.api_addr))
+            .await
+            .with_context(|| format!("binding API address {}", config.api_addr))?;
+
+        let app = Arc::new(App::new(config, raft, state, cluster_id, channels, reader));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let svc = RaftPeerServer::new(PeerService { app: app.clone() })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut grpc_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            let res = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = grpc_stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "peer server failed");
+            }
+        }));
+
+        let router = crate::api::router(app.clone());
+        let mut http_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let res = axum::serve(http_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "API server failed");
+            }
+        }));
+
+        tasks.push(tokio::spawn(export_raft_metrics(app.clone(), stop_rx.clone())));
+
+        bootstrap(&app).await?;
+        tracing::info!(
+            node = %app.config.name,
+            id = app.config.id,
+            cluster = %app.cluster_id,
+            peer_addr = %app.config.listen_addr,
+            api_addr = %app.config.api_addr,
+            data_dir = %app.config.data_dir.display(),
+            "concord-node started"
+        );
+        Ok(Node {
+            app,
+            stop_tx,
+            tasks,
+            _lock: lock,
+        })
+    }
+
+    /// Graceful stop: refuse new requests, hand leadership to a caught-up peer, drain, stop Raft.
+    pub async fn shutdown(self) {
+        let app = &self.app;
+        app.begin_shutdown();
+        transfer_leadership_away(app).await;
+        let _ = self.stop_tx.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        if let Err(e) = app.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        tracing::info!("concord-node stopped");
+    }
+}
+
+/// Forms the cluster on first start: from the static peer list, or as a single node. Raft
+/// refuses to initialize twice, so restarts never re-initialize; every node of a static cluster
+/// proposes the same membership, which openraft allows.
+async fn bootstrap(app: &App) -> anyhow::Result<()> {
+    if app.raft.is_initialized().await? {
+        return Ok(());
+    }
+    let members: BTreeMap<NodeId, Member> = if app.config.peers.is_empty() {
+        BTreeMap::from([(app.config.id, app.config.own_member())])
+    } else {
+        app.config
+            .peers
+            .iter()
+            .map(|p| (p.id, p.member.clone()))
+            .collect()
+    };
+    tracing::info!(members = members.len(), "initializing a new cluster");
+    match app.raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        Err(openraft::errors::RaftError::APIError(e)) => {
+            tracing::info!(reason = %e, "cluster already initialized");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("initializing the cluster: {e}")),
+    }
+}
+
+async fn transfer_leadership_away(app: &App) {
+    let m = app.metrics();
+    if m.state != ServerState::Leader {
+        return;
+    }
+    let voters: Vec<NodeId> = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .filter(|id| *id != app.config.id)
+        .collect();
+    let Some(replication) = m.replication.as_ref() else {
+        return;
+    };
+    let target = voters
+        .iter()
+        .max_by_key(|id| replication.get(id).cloned().flatten().map(|l| l.index));
+    let Some(&target) = target else {
+        return;
+    };
+    tracing::info!(to = target, "shutting down: transferring leadership");
+    if let Err(e) = app.raft.trigger().transfer_leader(target).await {
+        tracing::warn!(error = %e, "leadership transfer failed");
+        return;
+    }
+    let mut rx = app.raft.metrics();
+    let wait = async {
+        loop {
+            {
+                let cur = rx.borrow_watched();
+                if cur.current_leader.is_some_and(|l| l != app.config.id) {
+                    return;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(3), wait).await.is_err() {
+        tracing::warn!("leadership did not move within 3s; stopping anyway");
+    }
+}
+
+/// Mirrors openraft's metrics into Prometheus gauges as they change.
+async fn export_raft_metrics(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let mut rx = app.raft.metrics();
+    let mut last_leader = None;
+    loop {
+        {
+            let m = rx.borrow_watched().clone();
+            let pm = metrics();
+            pm.has_leader.set(i64::from(m.current_leader.is_some()));
+            pm.is_leader.set(i64::from(m.state == ServerState::Leader));
+            if m.current_leader.is_some() && m.current_leader != last_leader {
+                pm.leader_changes.inc();
+            }
+            last_leader = m.current_leader;
+            pm.current_term.set(m.current_term as i64);
+            pm.commit_index
+                .set(m.cluster_committed.as_ref().map(|l| l.index).unwrap_or(0) as i64);
+            pm.applied_index
+                .set(m.last_applied.as_ref().map(|l| l.index).unwrap_or(0) as i64);
+            pm.snapshot_index
+                .set(m.snapshot.as_ref().map(|l| l.index).unwrap_or(0) as i64);
+            pm.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
+            let membership = m.membership_config.membership();
+            pm.members
+                .with_label_values(&["voter"])
+                .set(membership.voter_ids().count() as i64);
+            pm.members
+                .with_label_values(&["learner"])
+                .set(membership.learner_ids().count() as i64);
+            pm.peer_lag_entries.reset();
+            if let Some(rep) = &m.replication {
+                let last = m.last_log_index.unwrap_or(0);
+                for (id, matched) in rep {
+                    let name = membership
+                        .get_node(id)
+                        .map(|n| n.name.clone())
+                        .unwrap_or_else(|| id.to_string());
+                    let lag = last.saturating_sub(matched.as_ref().map(|l| l.index).unwrap_or(0));
+                    pm.peer_lag_entries
+                        .with_label_values(&[name.as_str()])
+                        .set(lag as i64);
+                }
+            }
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! Client operations as the cluster serves them: writes go through Raft on the leader, reads are
+//! linearizable (ReadIndex on the leader) unless the caller asks for a stale read. Any node
+//! accepts any request; a follower forwards to the leader over the peer channel.
+
+use std::time::Duration;
+
+use concord_proto::{ListRequest, ReadRequest, WriteRequest};
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::raft::ReadPolicy;
+use tokio::time::{sleep, timeout_at, Instant};
+
+use crate::app::App;
+use crate::kv::{Command, CommandResult, Versioned};
+use crate::metrics::metrics;
+
+/// Why a client operation did not succeed. Each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No leader is known, or this node is not the leader and cannot forward. Nothing was
+    /// applied; retry.
+    #[error("no leader available: {0}")]
+    NoLeader(String),
+    /// The write may or may not have been applied.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The cluster cannot serve right now (quorum lost, node stopping). Nothing was applied.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Internal error (a bug or a storage failure).
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// Only on the peer path: the receiving node is not the leader (nothing was proposed).
+    #[error("not the leader")]
+    NotLeader,
+}
+
+/// Result of a committed write.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub log_index: u64,
+    pub result: CommandResult,
+}
+
+/// Read consistency requested by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    Linearizable,
+    Stale,
+}
+
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+// Status messages the peer service uses so the forwarding side can tell "the leader refused
+// before proposing" from "the leader proposed and then lost track".
+pub const NOT_LEADER: &str = "not-leader";
+pub const OUTCOME_UNKNOWN: &str = "outcome-unknown";
+pub const UNAVAILABLE: &str = "unavailable";
+
+pub fn to_status(err: ServiceError) -> tonic::Status {
+    match err {
+        ServiceError::NotLeader | ServiceError::NoLeader(_) => tonic::Status::failed_precondition(NOT_LEADER),
+        ServiceError::Unknown(m) => tonic::Status::aborted(format!("{OUTCOME_UNKNOWN}: {m}")),
+        ServiceError::Unavailable(m) => tonic::Status::unavailable(format!("{UNAVAILABLE}: {m}")),
+        ServiceError::Internal(m) => tonic::Status::internal(m),
+    }
+}
+
+/// What a failed forward means for the caller.
+enum ForwardFailure {
+    /// Nothing happened on the leader; safe to retry.
+    Retry(String),
+    /// Final answer.
+    Fail(ServiceError),
+}
+
+fn classify(status: tonic::Status, write: bool) -> ForwardFailure {
+    let msg = status.message().to_string();
+    match status.code() {
+        tonic::Code::FailedPrecondition if msg == NOT_LEADER => ForwardFailure::Retry("leader moved".into()),
+        tonic::Code::FailedPrecondition => ForwardFailure::Fail(ServiceError::Internal(msg)),
+        tonic::Code::Aborted => ForwardFailure::Fail(ServiceError::Unknown(msg)),
+        tonic::Code::Unavailable if msg.starts_with(UNAVAILABLE) => {
+            ForwardFailure::Fail(ServiceError::Unavailable(msg))
+        }
+        tonic::Code::Internal => ForwardFailure::Fail(ServiceError::Internal(msg)),
+        // Transport failure. A read can always be retried; a write only if it never left.
+        _ if !write => ForwardFailure::Retry(msg),
+        _ if status_is_connect_error(&status) => ForwardFailure::Retry(msg),
+        _ => ForwardFailure::Fail(ServiceError::Unknown(format!("lost contact with the leader: {msg}"))),
+    }
+}
+
+fn status_is_connect_error(status: &tonic::Status) -> bool {
+    let text = format!("{status:?}").to_lowercase();
+    status.code() == tonic::Code::Unavailable && (text.contains("connect") || text.contains("refused"))
+}
+
+impl App {
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.config.limits.request_timeout
+    }
+
+    /// Proposes `cmd` and waits until it is committed and applied.
+    pub async fn write(&self, cmd: Command) -> Result<Written, ServiceError> {
+        let deadline = self.deadline();
+        let mut last_reason = String::from("no leader elected yet");
+        loop {
+            if self.is_shutting_down() {
+                return Err(ServiceError::Unavailable("node is shutting down".into()));
+            }
+            match self.leader() {
+                Some(l) if l.id == self.config.id => match self.propose(cmd.clone(), deadline).await {
+                    Err(ServiceError::NotLeader) => last_reason = "leadership changed".into(),
+                    other => return other,
+                },
+                Some(l) => {
+                    let Some(member) = l.member else {
+                        return Err(ServiceError::NoLeader(format!("leader {} has no address", l.id)));
+                    };
+                    metrics().forwarded.with_label_values(&["write"]).inc();
+                    match self.forward_write(&member.addr, &cmd, deadline).await {
+                        Ok(w) => return Ok(w),
+                        Err(ForwardFailure::Retry(r)) => last_reason = r,
+                        Err(ForwardFailure::Fail(e)) => return Err(e),
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(ServiceError::NoLeader(last_reason));
+            }
+            sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Proposes on this node, which believes it is the leader.
+    pub async fn propose(&self, cmd: Command, deadline: Instant) -> Result<Written, ServiceError> {
+        let m = metrics();
+        m.proposals_pending.inc();
+        let res = timeout_at(deadline, self.raft.client_write(cmd)).await;
+        m.proposals_pending.dec();
+        match res {
+            Err(_) => {
+                m.proposals_failed.with_label_values(&["timeout"]).inc();
+                Err(ServiceError::Unknown("timed out waiting for the write to commit".into()))
+            }
+            Ok(Ok(resp)) => {
+                m.proposals_committed.inc();
+                Ok(Written {
+                    log_index: resp.log_id().index,
+                    result: resp.response().clone(),
+                })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ServiceError::NotLeader),
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                m.proposals_failed.with_label_values(&["leader_changed"]).inc();
+                Err(ServiceError::Unknown(
+                    "leadership changed after the write was proposed; it may or may not have been applied".into(),
+                ))
+            }
+            Ok(Err(RaftError::APIError(e))) => {
+                m.proposals_failed.with_label_values(&["rejected"]).inc();
+                Err(ServiceError::Internal(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(f))) => {
+                m.proposals_failed.with_label_values(&["fatal"]).inc();
+                Err(ServiceError::Unavailable(format!("raft stopped: {f}")))
+            }
+        }
+    }
+
+    async fn forward_write(&self, addr: &str, cmd: &Command, deadline: Instant) -> Result<Written, ForwardFailure> {
+        let command = bincode::serialize(cmd).map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.to_string())))?;
+        let mut client = self
+            .channels
+            .client(addr)
+            .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.message().to_string())))?;
+        let mut req = tonic::Request::new(WriteRequest {
+            cluster_id: self.cluster_id.to_string(),
+            command,
+        });
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let resp = client.forward_write(req).await.map_err(|s| classify(s, true))?.into_inner();
+        let result = bincode::deserialize(&resp.result)
+            .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(format!("bad reply from leader: {e}"))))?;
+        Ok(Written {
+            log_index: resp.log_index,
+            result,
+        })
+    }
+
+    /// Waits until this node, as leader, may serve a linearizable read from its state.
+    pub async fn read_barrier(&self, deadline: Instant) -> Result<(), ServiceError> {
+        match timeout_at(deadline, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+            Err(_) => Err(ServiceError::Unavailable("timed out confirming leadership with a quorum".into())),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Err(ServiceError::NotLeader),
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)))) => {
+                Err(ServiceError::Unavailable(format!("no quorum: {q}")))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(ServiceError::Unavailable(format!("raft stopped: {f}"))),
+        }
+    }
+
+    /// Runs `local` on the leader after a read barrier, forwarding with `remote` when this node
+    /// is a follower; retries while leadership moves.
+    async fn linearizable<T, L, R, Fut>(&self, kind: &'static str, local: L, remote: R) -> Result<T, ServiceError>
+    where
+        L: Fn(&App) -> T,
+        R: Fn(String, Instant) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ForwardFailure>>,
+    {
+        let deadline = self.deadline();
+        let mut last_reason = String::from("no leader elected yet");
+        loop {
+            if self.is_shutting_down() {
+                return Err(ServiceError::Unavailable("node is shutting down".into()));
+            }
+            match self.leader() {
+                Some(l) if l.id == self.config.id => match self.read_barrier(deadline).await {
+                    Ok(()) => return Ok(local(self)),
+                    Err(ServiceError::NotLeader) => last_reason = "leadership changed".into(),
+                    Err(e) => return Err(e),
+                },
+                Some(l) => {
+                    let Some(member) = l.member else {
+                        return Err(ServiceError::NoLeader(format!("leader {} has no address", l.id)));
+                    };
+                    metrics().forwarded.with_label_values(&[kind]).inc();
+                    match remote(member.addr, deadline).await {
+                        Ok(v) => return Ok(v),
+                        Err(ForwardFailure::Retry(r)) => last_reason = r,
+                        Err(ForwardFailure::Fail(e)) => return Err(e),
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(ServiceError::NoLeader(last_reason));
+            }
+            sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    pub async fn get(&self, key: &str, consistency: Consistency) -> Result<Option<Versioned>, ServiceError> {
+        if consistency == Consistency::Stale {
+            return Ok(self.local_get(key));
+        }
+        self.linearizable("read", |app| app.local_get(key), |addr, deadline| self.forward_read(addr, key, deadline))
+            .await
+    }
+
+    pub fn local_get(&self, key: &str) -> Option<Versioned> {
+        self.state.read().kv.get(key).cloned()
+    }
+
+    async fn forward_read(&self, addr: String, key: &str, deadline: Instant) -> Result<Option<Versioned>, ForwardFailure> {
+        let mut client = self
+            .channels
+            .client(&addr)
+            .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.message().to_string())))?;
+        let mut req = tonic::Request::new(ReadRequest {
+            cluster_id: self.cluster_id.to_string(),
+            key: key.to_string(),
+        });
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let resp = client.forward_read(req).await.map_err(|s| classify(s, false))?.into_inner();
+        Ok(resp.found.then_some(Versioned {
+            value: resp.value,
+            revision: resp.revision,
+        }))
+    }
+
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+        consistency: Consistency,
+    ) -> Result<(Vec<String>, bool), ServiceError> {
+        if consistency == Consistency::Stale {
+            return Ok(self.local_list(prefix, start_after, limit));
+        }
+        self.linearizable(
+            "list",
+            |app| app.local_list(prefix, start_after, limit),
+            |addr, deadline| self.forward_list(addr, prefix, start_after, limit, deadline),
+        )
+        .await
+    }
+
+    pub fn local_list(&self, prefix: &str, start_after: &str, limit: usize) -> (Vec<String>, bool) {
+        self.state.read().kv.list(prefix, start_after, limit)
+    }
+
+    async fn forward_list(
+        &self,
+        addr: String,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+        deadline: Instant,
+    ) -> Result<(Vec<String>, bool), ForwardFailure> {
+        let mut client = self
+            .channels
+            .client(&addr)
+            .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.message().to_string())))?;
+        let mut req = tonic::Request::new(ListRequest {
+            cluster_id: self.cluster_id.to_string(),
+            prefix: prefix.to_string(),
+            start_after: start_after.to_string(),
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+        });
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let resp = client.forward_list(req).await.map_err(|s| classify(s, false))?.into_inner();
+        Ok((resp.keys, resp.more))
+    }
+}

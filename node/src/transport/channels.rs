@@ -1,0 +1,43 @@
+//! One long-lived gRPC channel per peer address. tonic channels reconnect by themselves, so a
+//! peer that restarts is picked up again without rebuilding anything.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_proto::raft_peer_client::RaftPeerClient;
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+/// Messages up to this size cross the peer transport (snapshots are chunked below it).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Clone, Default)]
+pub struct Channels {
+    by_addr: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    /// A client for the peer at `addr` (`host:port`), sharing the peer's channel.
+    pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, tonic::Status> {
+        let mut map = self.by_addr.lock();
+        let channel = match map.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| tonic::Status::invalid_argument(format!("peer address {addr:?}: {e}")))?
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .keep_alive_while_idle(true);
+                let c = endpoint.connect_lazy();
+                map.insert(addr.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(RaftPeerClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+}

@@ -1,0 +1,180 @@
+//! openraft's network: sends Raft RPCs to one peer over its gRPC channel.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use concord_proto::{RaftMessage, SnapshotChunk};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+
+use super::{decode, encode, Channels};
+use crate::metrics::metrics;
+use crate::types::{Member, NodeId, Snapshot, TypeConfig, Vote};
+
+/// Snapshot chunk size on the wire.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub channels: Channels,
+    pub cluster_id: Arc<str>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerNetwork {
+        PeerNetwork {
+            target,
+            addr: node.addr.clone(),
+            channels: self.channels.clone(),
+            cluster_id: self.cluster_id.clone(),
+        }
+    }
+}
+
+pub struct PeerNetwork {
+    target: NodeId,
+    addr: String,
+    channels: Channels,
+    cluster_id: Arc<str>,
+}
+
+type Rpc<T> = Result<T, RPCError<TypeConfig>>;
+
+fn unreachable(e: impl ToString) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(e.to_string()))
+}
+
+impl PeerNetwork {
+    async fn call<Req, Resp>(&self, method: &'static str, req: &Req, option: &RPCOption) -> Rpc<Resp>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+    {
+        let started = Instant::now();
+        let result = self.call_inner(method, req, option).await;
+        let m = metrics();
+        m.peer_rpc_seconds
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            m.peer_rpc_failures.with_label_values(&[method]).inc();
+        }
+        result
+    }
+
+    async fn call_inner<Req, Resp>(&self, method: &'static str, req: &Req, option: &RPCOption) -> Rpc<Resp>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+    {
+        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::from_string(e.message())))?;
+        let mut request = tonic::Request::new(RaftMessage {
+            cluster_id: self.cluster_id.to_string(),
+            payload,
+        });
+        request.set_timeout(option.soft_ttl());
+        let mut client = self.channels.client(&self.addr).map_err(|e| unreachable(e.message()))?;
+        let reply = match method {
+            "append_entries" => client.append_entries(request).await,
+            "vote" => client.vote(request).await,
+            "pre_vote" => client.pre_vote(request).await,
+            "transfer_leader" => client.transfer_leader(request).await,
+            other => return Err(RPCError::Network(NetworkError::from_string(format!("unknown method {other}")))),
+        }
+        .map_err(|status| unreachable(format!("{} to node {} at {}: {}", method, self.target, self.addr, status.message())))?;
+        decode(&reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<AppendEntriesResponse<TypeConfig>> {
+        self.call("append_entries", &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
+        self.call("vote", &rpc, &option).await
+    }
+
+    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
+        self.call("pre_vote", &rpc, &option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<TransferLeaderResponse<TypeConfig>> {
+        self.call("transfer_leader", &req, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let started = Instant::now();
+        let to_err = |e: String| StreamingError::Unreachable(Unreachable::from_string(e));
+        let vote_bytes = encode(&vote).map_err(|e| to_err(e.message().to_string()))?;
+        let meta_bytes = encode(&snapshot.meta).map_err(|e| to_err(e.message().to_string()))?;
+        let data = snapshot.snapshot;
+        let mut chunks = Vec::new();
+        let mut pieces = data.chunks(SNAPSHOT_CHUNK_BYTES).peekable();
+        if pieces.peek().is_none() {
+            chunks.push(SnapshotChunk {
+                cluster_id: self.cluster_id.to_string(),
+                vote: vote_bytes.clone(),
+                meta: meta_bytes.clone(),
+                data: Vec::new(),
+                done: true,
+            });
+        }
+        let mut first = true;
+        while let Some(piece) = pieces.next() {
+            chunks.push(SnapshotChunk {
+                cluster_id: self.cluster_id.to_string(),
+                vote: if first { vote_bytes.clone() } else { Vec::new() },
+                meta: if first { meta_bytes.clone() } else { Vec::new() },
+                data: piece.to_vec(),
+                done: pieces.peek().is_none(),
+            });
+            first = false;
+        }
+        let mut client = self
+            .channels
+            .client(&self.addr)
+            .map_err(|e| to_err(e.message().to_string()))?;
+        let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+        // A snapshot may be large: allow the whole hard TTL, not the soft one.
+        request.set_timeout(option.hard_ttl());
+        let send = client.install_snapshot(request);
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = send => reply,
+        };
+        metrics()
+            .peer_rpc_seconds
+            .with_label_values(&["install_snapshot"])
+            .observe(started.elapsed().as_secs_f64());
+        let reply = reply.map_err(|s| {
+            metrics().peer_rpc_failures.with_label_values(&["install_snapshot"]).inc();
+            to_err(format!("install_snapshot to {}: {}", self.addr, s.message()))
+        })?;
+        decode(&reply.into_inner().payload)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+    }
+}

@@ -1,0 +1,175 @@
+//! The peer gRPC service: Raft RPCs into openraft, and client operations forwarded by followers.
+
+use std::sync::Arc;
+
+use concord_proto::raft_peer_server::RaftPeer;
+use concord_proto::{
+    ListRequest, ListResponse, RaftMessage, ReadRequest, ReadResponse, SnapshotChunk, WriteRequest,
+    WriteResponse,
+};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{decode, encode};
+use crate::app::App;
+use crate::kv::Command;
+use crate::service::{to_status, ServiceError};
+use crate::types::{Snapshot, SnapshotMeta, Vote};
+
+pub struct PeerService {
+    pub app: Arc<App>,
+}
+
+/// Largest snapshot accepted from a leader.
+const MAX_SNAPSHOT_BYTES: usize = 8 * 1024 * 1024 * 1024;
+
+impl PeerService {
+    fn check_cluster(&self, cluster_id: &str) -> Result<(), Status> {
+        if cluster_id.is_empty() || cluster_id == &*self.app.cluster_id {
+            return Ok(());
+        }
+        tracing::warn!(
+            ours = %self.app.cluster_id,
+            theirs = %cluster_id,
+            "refused a peer message from another cluster"
+        );
+        Err(Status::failed_precondition(format!(
+            "cluster-mismatch: this node belongs to cluster {}, the message to cluster {}",
+            self.app.cluster_id, cluster_id
+        )))
+    }
+
+    fn bad_payload(e: std::io::Error) -> Status {
+        Status::invalid_argument(format!("undecodable payload: {e}"))
+    }
+
+    fn reply<T: serde::Serialize>(&self, v: &T) -> Result<Response<RaftMessage>, Status> {
+        Ok(Response::new(RaftMessage {
+            cluster_id: self.app.cluster_id.to_string(),
+            payload: encode(v)?,
+        }))
+    }
+
+    fn raft_stopped(e: impl std::fmt::Display) -> Status {
+        Status::unavailable(format!("raft stopped: {e}"))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let msg = req.into_inner();
+        self.check_cluster(&msg.cluster_id)?;
+        let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
+        let resp = self.app.raft.append_entries(rpc).await.map_err(Self::raft_stopped)?;
+        self.reply(&resp)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let msg = req.into_inner();
+        self.check_cluster(&msg.cluster_id)?;
+        let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
+        let resp = self.app.raft.vote(rpc).await.map_err(Self::raft_stopped)?;
+        self.reply(&resp)
+    }
+
+    async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let msg = req.into_inner();
+        self.check_cluster(&msg.cluster_id)?;
+        let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
+        let resp = self.app.raft.pre_vote(rpc).await.map_err(Self::raft_stopped)?;
+        self.reply(&resp)
+    }
+
+    async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let msg = req.into_inner();
+        self.check_cluster(&msg.cluster_id)?;
+        let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
+        let resp = self
+            .app
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(Self::raft_stopped)?;
+        self.reply(&resp)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let mut stream = req.into_inner();
+        let mut vote: Option<Vote> = None;
+        let mut meta: Option<SnapshotMeta> = None;
+        let mut data = Vec::new();
+        let mut done = false;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if vote.is_none() {
+                self.check_cluster(&chunk.cluster_id)?;
+                vote = Some(decode(&chunk.vote).map_err(Self::bad_payload)?);
+                meta = Some(decode(&chunk.meta).map_err(Self::bad_payload)?);
+            }
+            if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted("snapshot exceeds the size limit"));
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.done {
+                done = true;
+                break;
+            }
+        }
+        let (Some(vote), Some(meta), true) = (vote, meta, done) else {
+            return Err(Status::invalid_argument("snapshot stream ended before its last chunk"));
+        };
+        let snapshot = Snapshot { meta, snapshot: data };
+        let resp = self
+            .app
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(Self::raft_stopped)?;
+        self.reply(&resp)
+    }
+
+    async fn forward_write(&self, req: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
+        let deadline = tokio::time::Instant::now() + self.app.config.limits.request_timeout;
+        let msg = req.into_inner();
+        self.check_cluster(&msg.cluster_id)?;
+        let cmd: Command = decode(&msg.command).map_err(Self::bad_payload)?;
+        if !self.app.is_leader() {
+            return Err(to_status(ServiceError::NotLeader));
+        }
+        let written = self.app.propose(cmd, deadline).await.map_err(to_status)?;
+        Ok(Response::new(WriteResponse {
+            log_index: written.log_index,
+            result: encode(&written.result)?,
+        }))
+    }
+
+    async fn forward_read(&self, req: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+        let deadline = tokio::time::Instant::now() + self.app.config.limits.request_timeout;
+        let msg = req.into_inner();
+        self.check_cluster(&msg.cluster_id)?;
+        self.app.read_barrier(deadline).await.map_err(to_status)?;
+        let found = self.app.local_get(&msg.key);
+        Ok(Response::new(match found {
+            Some(v) => ReadResponse {
+                found: true,
+                value: v.value,
+                revision: v.revision,
+            },
+            None => ReadResponse::default(),
+        }))
+    }
+
+    async fn forward_list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let deadline = tokio::time::Instant::now() + self.app.config.limits.request_timeout;
+        let msg = req.into_inner();
+        self.check_cluster(&msg.cluster_id)?;
+        let limit = (msg.limit as usize).clamp(1, self.app.config.limits.max_list_limit);
+        self.app.read_barrier(deadline).await.map_err(to_status)?;
+        let (keys, more) = self.app.local_list(&msg.prefix, &msg.start_after, limit);
+        Ok(Response::new(ListResponse { keys, more }))
+    }
+}
