@@ -292,7 +292,10 @@ impl Config {
         };
 
         let r = file.raft;
-        let heartbeat_ms = flags.heartbeat_ms.or(r.heartbeat_interval_ms).unwrap_or(100);
+        let heartbeat_ms = flags
+            .heartbeat_ms
+            .or(r.heartbeat_interval_ms)
+            .unwrap_or(100);
         let el_min = flags
             .election_timeout_ms
             .or(r.election_timeout_min_ms)
@@ -376,7 +379,8 @@ mod tests {
 
     #[test]
     fn seed_single_dash_flags_parse() {
-        let cfg = Config::resolve(flags(&["-node", "n2", "-listen", ":9000", "-api=:9001"])).unwrap();
+        let cfg =
+            Config::resolve(flags(&["-node", "n2", "-listen", ":9000", "-api=:9001"])).unwrap();
         assert_eq!(cfg.name, "n2");
         assert_eq!(cfg.listen_addr, ":9000");
         assert_eq!(cfg.api_addr, ":9001");

@@ -28,9 +28,13 @@ impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Keys and values are user data; log only their sizes.
         match self {
-            Command::Set { key, value } => write!(f, "set(key {}B, value {}B)", key.len(), value.len()),
+            Command::Set { key, value } => {
+                write!(f, "set(key {}B, value {}B)", key.len(), value.len())
+            }
             Command::Delete { key } => write!(f, "delete(key {}B)", key.len()),
-            Command::Cas { key, value, .. } => write!(f, "cas(key {}B, value {}B)", key.len(), value.len()),
+            Command::Cas { key, value, .. } => {
+                write!(f, "cas(key {}B, value {}B)", key.len(), value.len())
+            }
         }
     }
 }
@@ -194,7 +198,10 @@ mod tests {
     #[test]
     fn set_get_delete_track_revision_and_bytes() {
         let mut m = KvMap::default();
-        assert_eq!(m.apply(3, &set("a", "xy")), CommandResult::Set { revision: 3 });
+        assert_eq!(
+            m.apply(3, &set("a", "xy")),
+            CommandResult::Set { revision: 3 }
+        );
         assert_eq!(m.get("a").map(|v| v.revision), Some(3));
         assert_eq!(m.bytes(), 3);
         m.apply(4, &set("a", "xyz"));

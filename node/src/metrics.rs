@@ -67,20 +67,35 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
     };
     let m = Metrics {
-        has_leader: reg!(IntGauge::new("server_has_leader", "1 if this node knows a leader")?),
-        is_leader: reg!(IntGauge::new("server_is_leader", "1 if this node is the leader")?),
+        has_leader: reg!(IntGauge::new(
+            "server_has_leader",
+            "1 if this node knows a leader"
+        )?),
+        is_leader: reg!(IntGauge::new(
+            "server_is_leader",
+            "1 if this node is the leader"
+        )?),
         leader_changes: reg!(IntCounter::new(
             "server_leader_changes_seen_total",
             "Leader changes seen by this node"
         )?),
         current_term: reg!(IntGauge::new("server_current_term", "Current Raft term")?),
-        commit_index: reg!(IntGauge::new("server_commit_index", "Highest committed log index")?),
-        applied_index: reg!(IntGauge::new("server_applied_index", "Highest applied log index")?),
+        commit_index: reg!(IntGauge::new(
+            "server_commit_index",
+            "Highest committed log index"
+        )?),
+        applied_index: reg!(IntGauge::new(
+            "server_applied_index",
+            "Highest applied log index"
+        )?),
         snapshot_index: reg!(IntGauge::new(
             "server_snapshot_index",
             "Log index of the latest snapshot"
         )?),
-        last_log_index: reg!(IntGauge::new("server_last_log_index", "Last index in the local log")?),
+        last_log_index: reg!(IntGauge::new(
+            "server_last_log_index",
+            "Last index in the local log"
+        )?),
         proposals_committed: reg!(IntCounter::new(
             "server_proposals_committed_total",
             "Client proposals committed by this node as leader"
@@ -90,7 +105,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Log entries applied to the state machine"
         )?),
         proposals_failed: reg!(IntCounterVec::new(
-            Opts::new("server_proposals_failed_total", "Client proposals that failed, by reason"),
+            Opts::new(
+                "server_proposals_failed_total",
+                "Client proposals that failed, by reason"
+            ),
             &["reason"]
         )?),
         proposals_pending: reg!(IntGauge::new(
@@ -122,8 +140,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "disk_log_written_bytes_total",
             "Bytes of log entries written"
         )?),
-        log_segments: reg!(IntGauge::new("disk_log_segments", "Raft log segment files")?),
-        log_bytes: reg!(IntGauge::new("disk_log_bytes", "Bytes in Raft log segment files")?),
+        log_segments: reg!(IntGauge::new(
+            "disk_log_segments",
+            "Raft log segment files"
+        )?),
+        log_bytes: reg!(IntGauge::new(
+            "disk_log_bytes",
+            "Bytes in Raft log segment files"
+        )?),
         snapshot_save_seconds: reg!(hist(
             "disk_snapshot_save_duration_seconds",
             "Time to build and durably save a snapshot",
@@ -155,8 +179,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             &["peer"]
         )?),
         http_seconds: reg!(HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "Client API request latency")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Client API request latency"
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route", "status_class"]
         )?),
         http_in_flight: reg!(IntGauge::new(
@@ -164,11 +191,17 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Client API requests being served"
         )?),
         http_rejected: reg!(IntCounterVec::new(
-            Opts::new("http_rejected_requests_total", "Client API requests rejected, by reason"),
+            Opts::new(
+                "http_rejected_requests_total",
+                "Client API requests rejected, by reason"
+            ),
             &["reason"]
         )?),
         keys: reg!(IntGauge::new("store_keys", "Keys held")?),
-        key_bytes: reg!(IntGauge::new("store_bytes", "Bytes of keys and values held")?),
+        key_bytes: reg!(IntGauge::new(
+            "store_bytes",
+            "Bytes of keys and values held"
+        )?),
         build_info: reg!(IntGaugeVec::new(
             Opts::new("build_info", "Build information"),
             &["version", "revision"]
@@ -176,7 +209,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         registry,
     };
     m.build_info
-        .with_label_values(&[env!("CARGO_PKG_VERSION"), option_env!("CONCORD_GIT_REV").unwrap_or("unknown")])
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            option_env!("CONCORD_GIT_REV").unwrap_or("unknown"),
+        ])
         .set(1);
     #[cfg(target_os = "linux")]
     {

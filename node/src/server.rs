@@ -162,7 +162,10 @@ impl Node {
             }
         }));
 
-        tasks.push(tokio::spawn(export_raft_metrics(app.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(export_raft_metrics(
+            app.clone(),
+            stop_rx.clone(),
+        )));
 
         bootstrap(&app).await?;
         tracing::info!(
@@ -264,7 +267,10 @@ async fn transfer_leadership_away(app: &App) {
             }
         }
     };
-    if tokio::time::timeout(Duration::from_secs(3), wait).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(3), wait)
+        .await
+        .is_err()
+    {
         tracing::warn!("leadership did not move within 3s; stopping anyway");
     }
 }

@@ -58,7 +58,9 @@ pub const UNAVAILABLE: &str = "unavailable";
 
 pub fn to_status(err: ServiceError) -> tonic::Status {
     match err {
-        ServiceError::NotLeader | ServiceError::NoLeader(_) => tonic::Status::failed_precondition(NOT_LEADER),
+        ServiceError::NotLeader | ServiceError::NoLeader(_) => {
+            tonic::Status::failed_precondition(NOT_LEADER)
+        }
         ServiceError::Unknown(m) => tonic::Status::aborted(format!("{OUTCOME_UNKNOWN}: {m}")),
         ServiceError::Unavailable(m) => tonic::Status::unavailable(format!("{UNAVAILABLE}: {m}")),
         ServiceError::Internal(m) => tonic::Status::internal(m),
@@ -76,7 +78,9 @@ enum ForwardFailure {
 fn classify(status: tonic::Status, write: bool) -> ForwardFailure {
     let msg = status.message().to_string();
     match status.code() {
-        tonic::Code::FailedPrecondition if msg == NOT_LEADER => ForwardFailure::Retry("leader moved".into()),
+        tonic::Code::FailedPrecondition if msg == NOT_LEADER => {
+            ForwardFailure::Retry("leader moved".into())
+        }
         tonic::Code::FailedPrecondition => ForwardFailure::Fail(ServiceError::Internal(msg)),
         tonic::Code::Aborted => ForwardFailure::Fail(ServiceError::Unknown(msg)),
         tonic::Code::Unavailable if msg.starts_with(UNAVAILABLE) => {
@@ -86,13 +90,16 @@ fn classify(status: tonic::Status, write: bool) -> ForwardFailure {
         // Transport failure. A read can always be retried; a write only if it never left.
         _ if !write => ForwardFailure::Retry(msg),
         _ if status_is_connect_error(&status) => ForwardFailure::Retry(msg),
-        _ => ForwardFailure::Fail(ServiceError::Unknown(format!("lost contact with the leader: {msg}"))),
+        _ => ForwardFailure::Fail(ServiceError::Unknown(format!(
+            "lost contact with the leader: {msg}"
+        ))),
     }
 }
 
 fn status_is_connect_error(status: &tonic::Status) -> bool {
     let text = format!("{status:?}").to_lowercase();
-    status.code() == tonic::Code::Unavailable && (text.contains("connect") || text.contains("refused"))
+    status.code() == tonic::Code::Unavailable
+        && (text.contains("connect") || text.contains("refused"))
 }
 
 impl App {
@@ -109,13 +116,18 @@ impl App {
                 return Err(ServiceError::Unavailable("node is shutting down".into()));
             }
             match self.leader() {
-                Some(l) if l.id == self.config.id => match self.propose(cmd.clone(), deadline).await {
-                    Err(ServiceError::NotLeader) => last_reason = "leadership changed".into(),
-                    other => return other,
-                },
+                Some(l) if l.id == self.config.id => {
+                    match self.propose(cmd.clone(), deadline).await {
+                        Err(ServiceError::NotLeader) => last_reason = "leadership changed".into(),
+                        other => return other,
+                    }
+                }
                 Some(l) => {
                     let Some(member) = l.member else {
-                        return Err(ServiceError::NoLeader(format!("leader {} has no address", l.id)));
+                        return Err(ServiceError::NoLeader(format!(
+                            "leader {} has no address",
+                            l.id
+                        )));
                     };
                     metrics().forwarded.with_label_values(&["write"]).inc();
                     match self.forward_write(&member.addr, &cmd, deadline).await {
@@ -142,7 +154,9 @@ impl App {
         match res {
             Err(_) => {
                 m.proposals_failed.with_label_values(&["timeout"]).inc();
-                Err(ServiceError::Unknown("timed out waiting for the write to commit".into()))
+                Err(ServiceError::Unknown(
+                    "timed out waiting for the write to commit".into(),
+                ))
             }
             Ok(Ok(resp)) => {
                 m.proposals_committed.inc();
@@ -151,9 +165,13 @@ impl App {
                     result: resp.response().clone(),
                 })
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(ServiceError::NotLeader),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(ServiceError::NotLeader)
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
-                m.proposals_failed.with_label_values(&["leader_changed"]).inc();
+                m.proposals_failed
+                    .with_label_values(&["leader_changed"])
+                    .inc();
                 Err(ServiceError::Unknown(
                     "leadership changed after the write was proposed; it may or may not have been applied".into(),
                 ))
@@ -169,8 +187,14 @@ impl App {
         }
     }
 
-    async fn forward_write(&self, addr: &str, cmd: &Command, deadline: Instant) -> Result<Written, ForwardFailure> {
-        let command = bincode::serialize(cmd).map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.to_string())))?;
+    async fn forward_write(
+        &self,
+        addr: &str,
+        cmd: &Command,
+        deadline: Instant,
+    ) -> Result<Written, ForwardFailure> {
+        let command = bincode::serialize(cmd)
+            .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.to_string())))?;
         let mut client = self
             .channels
             .client(addr)
@@ -180,9 +204,16 @@ impl App {
             command,
         });
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let resp = client.forward_write(req).await.map_err(|s| classify(s, true))?.into_inner();
-        let result = bincode::deserialize(&resp.result)
-            .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(format!("bad reply from leader: {e}"))))?;
+        let resp = client
+            .forward_write(req)
+            .await
+            .map_err(|s| classify(s, true))?
+            .into_inner();
+        let result = bincode::deserialize(&resp.result).map_err(|e| {
+            ForwardFailure::Fail(ServiceError::Internal(format!(
+                "bad reply from leader: {e}"
+            )))
+        })?;
         Ok(Written {
             log_index: resp.log_index,
             result,
@@ -191,20 +222,36 @@ impl App {
 
     /// Waits until this node, as leader, may serve a linearizable read from its state.
     pub async fn read_barrier(&self, deadline: Instant) -> Result<(), ServiceError> {
-        match timeout_at(deadline, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
-            Err(_) => Err(ServiceError::Unavailable("timed out confirming leadership with a quorum".into())),
+        match timeout_at(
+            deadline,
+            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await
+        {
+            Err(_) => Err(ServiceError::Unavailable(
+                "timed out confirming leadership with a quorum".into(),
+            )),
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => Err(ServiceError::NotLeader),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
+                Err(ServiceError::NotLeader)
+            }
             Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)))) => {
                 Err(ServiceError::Unavailable(format!("no quorum: {q}")))
             }
-            Ok(Err(RaftError::Fatal(f))) => Err(ServiceError::Unavailable(format!("raft stopped: {f}"))),
+            Ok(Err(RaftError::Fatal(f))) => {
+                Err(ServiceError::Unavailable(format!("raft stopped: {f}")))
+            }
         }
     }
 
     /// Runs `local` on the leader after a read barrier, forwarding with `remote` when this node
     /// is a follower; retries while leadership moves.
-    async fn linearizable<T, L, R, Fut>(&self, kind: &'static str, local: L, remote: R) -> Result<T, ServiceError>
+    async fn linearizable<T, L, R, Fut>(
+        &self,
+        kind: &'static str,
+        local: L,
+        remote: R,
+    ) -> Result<T, ServiceError>
     where
         L: Fn(&App) -> T,
         R: Fn(String, Instant) -> Fut,
@@ -224,7 +271,10 @@ impl App {
                 },
                 Some(l) => {
                     let Some(member) = l.member else {
-                        return Err(ServiceError::NoLeader(format!("leader {} has no address", l.id)));
+                        return Err(ServiceError::NoLeader(format!(
+                            "leader {} has no address",
+                            l.id
+                        )));
                     };
                     metrics().forwarded.with_label_values(&[kind]).inc();
                     match remote(member.addr, deadline).await {
@@ -242,19 +292,32 @@ impl App {
         }
     }
 
-    pub async fn get(&self, key: &str, consistency: Consistency) -> Result<Option<Versioned>, ServiceError> {
+    pub async fn get(
+        &self,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<Option<Versioned>, ServiceError> {
         if consistency == Consistency::Stale {
             return Ok(self.local_get(key));
         }
-        self.linearizable("read", |app| app.local_get(key), |addr, deadline| self.forward_read(addr, key, deadline))
-            .await
+        self.linearizable(
+            "read",
+            |app| app.local_get(key),
+            |addr, deadline| self.forward_read(addr, key, deadline),
+        )
+        .await
     }
 
     pub fn local_get(&self, key: &str) -> Option<Versioned> {
         self.state.read().kv.get(key).cloned()
     }
 
-    async fn forward_read(&self, addr: String, key: &str, deadline: Instant) -> Result<Option<Versioned>, ForwardFailure> {
+    async fn forward_read(
+        &self,
+        addr: String,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<Option<Versioned>, ForwardFailure> {
         let mut client = self
             .channels
             .client(&addr)
@@ -264,7 +327,11 @@ impl App {
             key: key.to_string(),
         });
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let resp = client.forward_read(req).await.map_err(|s| classify(s, false))?.into_inner();
+        let resp = client
+            .forward_read(req)
+            .await
+            .map_err(|s| classify(s, false))?
+            .into_inner();
         Ok(resp.found.then_some(Versioned {
             value: resp.value,
             revision: resp.revision,
@@ -312,7 +379,11 @@ impl App {
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
         });
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let resp = client.forward_list(req).await.map_err(|s| classify(s, false))?.into_inner();
+        let resp = client
+            .forward_list(req)
+            .await
+            .map_err(|s| classify(s, false))?
+            .into_inner();
         Ok((resp.keys, resp.more))
     }
 }

@@ -29,12 +29,18 @@ impl ApiError {
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        metrics().http_rejected.with_label_values(&["bad_request"]).inc();
+        metrics()
+            .http_rejected
+            .with_label_values(&["bad_request"])
+            .inc();
         ApiError::new(StatusCode::BAD_REQUEST, message, false)
     }
 
     pub fn too_large(message: impl Into<String>) -> ApiError {
-        metrics().http_rejected.with_label_values(&["too_large"]).inc();
+        metrics()
+            .http_rejected
+            .with_label_values(&["too_large"])
+            .inc();
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message, false)
     }
 
@@ -69,7 +75,9 @@ impl From<ServiceError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({ "error": self.message, "retryable": self.retryable });
-        if let (Some(serde_json::Value::Object(extra)), Some(obj)) = (self.extra, body.as_object_mut()) {
+        if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
+            (self.extra, body.as_object_mut())
+        {
             obj.extend(extra);
         }
         (self.status, Json(body)).into_response()

@@ -39,7 +39,9 @@ fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>
 fn string_field(map: &Map<String, Value>, name: &str) -> Result<String, ApiError> {
     match map.get(name) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(ApiError::bad_request(format!("field \"{name}\" must be a string"))),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "field \"{name}\" must be a string"
+        ))),
         None => Err(ApiError::bad_request(format!("missing field \"{name}\""))),
     }
 }
@@ -99,8 +101,15 @@ pub async fn set(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection
     let value = string_field(&map, "value")?;
     app.check_key(&key)?;
     app.check_value(&value)?;
-    let written = app.write(Command::Set { key: key.clone(), value }).await?;
-    Ok(Json(json!({ "ok": true, "key": key, "revision": written.log_index })))
+    let written = app
+        .write(Command::Set {
+            key: key.clone(),
+            value,
+        })
+        .await?;
+    Ok(Json(
+        json!({ "ok": true, "key": key, "revision": written.log_index }),
+    ))
 }
 
 pub async fn get(State(app): State<Arc<App>>, Query(q): Query<KeyQuery>) -> ApiResult {
@@ -108,7 +117,9 @@ pub async fn get(State(app): State<Arc<App>>, Query(q): Query<KeyQuery>) -> ApiR
     app.check_key(key)?;
     let c = consistency(q.consistency.as_deref())?;
     match app.get(key, c).await? {
-        Some(v) => Ok(Json(json!({ "key": key, "value": v.value, "revision": v.revision }))),
+        Some(v) => Ok(Json(
+            json!({ "key": key, "value": v.value, "revision": v.revision }),
+        )),
         None => Err(ApiError::not_found(format!("key {key:?} not found"))),
     }
 }
@@ -118,9 +129,12 @@ pub async fn delete(State(app): State<Arc<App>>, Query(q): Query<KeyQuery>) -> A
     app.check_key(&key)?;
     let written = app.write(Command::Delete { key: key.clone() }).await?;
     match written.result {
-        CommandResult::Delete { found: true, revision } => {
-            Ok(Json(json!({ "ok": true, "key": key, "deleted": true, "revision": revision })))
-        }
+        CommandResult::Delete {
+            found: true,
+            revision,
+        } => Ok(Json(
+            json!({ "ok": true, "key": key, "deleted": true, "revision": revision }),
+        )),
         _ => Err(ApiError::not_found(format!("key {key:?} not found"))),
     }
 }
@@ -132,7 +146,11 @@ pub async fn cas(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection
     let expected = match map.get("expected") {
         Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(ApiError::bad_request("field \"expected\" must be a string or null")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "field \"expected\" must be a string or null",
+            ))
+        }
         None => {
             return Err(ApiError::bad_request(
                 "missing field \"expected\" (use null to require that the key is absent)",
@@ -152,11 +170,19 @@ pub async fn cas(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection
         })
         .await?;
     match written.result {
-        CommandResult::Cas { swapped: true, revision, .. } => {
-            Ok(Json(json!({ "ok": true, "key": key, "swapped": true, "revision": revision })))
-        }
+        CommandResult::Cas {
+            swapped: true,
+            revision,
+            ..
+        } => Ok(Json(
+            json!({ "ok": true, "key": key, "swapped": true, "revision": revision }),
+        )),
         CommandResult::Cas { current, .. } => {
-            let mut err = ApiError::new(StatusCode::CONFLICT, "compare failed: the current value differs from \"expected\"", false);
+            let mut err = ApiError::new(
+                StatusCode::CONFLICT,
+                "compare failed: the current value differs from \"expected\"",
+                false,
+            );
             err.extra = Some(json!({
                 "key": key,
                 "swapped": false,
@@ -187,7 +213,11 @@ pub async fn keys(State(app): State<Arc<App>>, Query(q): Query<KeysQuery>) -> Ap
         None | Some("") => DEFAULT_LIST_LIMIT.min(max),
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=max).contains(&n) => n,
-            _ => return Err(ApiError::bad_request(format!("limit must be an integer from 1 to {max}"))),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit must be an integer from 1 to {max}"
+                )))
+            }
         },
     };
     let c = consistency(q.consistency.as_deref())?;
@@ -216,7 +246,9 @@ pub struct LogsQuery {
 pub async fn logs(State(app): State<Arc<App>>, Query(q): Query<LogsQuery>) -> ApiResult {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let Some((first, last)) = app.log.bounds() else {
-        return Ok(Json(json!({ "entries": [], "first": null, "last": null, "next": null })));
+        return Ok(Json(
+            json!({ "entries": [], "first": null, "last": null, "next": null }),
+        ));
     };
     let start = q
         .start
@@ -243,5 +275,7 @@ pub async fn logs(State(app): State<Arc<App>>, Query(q): Query<LogsQuery>) -> Ap
         })
         .collect();
     let next = (end <= last).then_some(end);
-    Ok(Json(json!({ "entries": entries, "first": first, "last": last, "next": next })))
+    Ok(Json(
+        json!({ "entries": entries, "first": first, "last": last, "next": next }),
+    ))
 }

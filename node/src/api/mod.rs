@@ -87,6 +87,10 @@ async fn livez() -> impl IntoResponse {
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     match status::readiness(&app) {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
     }
 }

@@ -107,7 +107,9 @@ pub fn readiness(app: &App) -> Result<(), String> {
     let committed = m.cluster_committed.as_ref().map(|l| l.index).unwrap_or(0);
     let applied = m.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
     if applied < committed {
-        return Err(format!("applied index {applied} is behind commit index {committed}"));
+        return Err(format!(
+            "applied index {applied} is behind commit index {committed}"
+        ));
     }
     Ok(())
 }

@@ -1,1 +1,202 @@
-fn main() {}
+//! `concordctl`: command-line client for ConcordKV's HTTP API.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use concord_node::client::{Client, ClientError};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "concordctl", version, about = "ConcordKV command-line client")]
+struct Cli {
+    /// Comma-separated API endpoints; any node will do (followers forward to the leader).
+    #[arg(
+        long,
+        global = true,
+        env = "CONCORD_ENDPOINTS",
+        default_value = "http://localhost:8081",
+        value_delimiter = ','
+    )]
+    endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "text")]
+    output: Output,
+    /// Per-request timeout in seconds.
+    #[arg(long, global = true, default_value = "10")]
+    timeout: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Set a key.
+    Set { key: String, value: String },
+    /// Get a key.
+    Get {
+        key: String,
+        /// Serve from the contacted node's local state (may be stale).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Delete a key.
+    Delete { key: String },
+    /// List keys.
+    Keys {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Page size.
+        #[arg(long, default_value = "1000")]
+        limit: usize,
+        /// Fetch every page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Compare-and-set: swap in VALUE only if the key holds EXPECTED (`--absent`: must not exist).
+    Cas {
+        key: String,
+        value: String,
+        #[arg(long, conflicts_with = "absent")]
+        expected: Option<String>,
+        #[arg(long)]
+        absent: bool,
+    },
+    /// Show the contacted node's status.
+    Status,
+    /// Round-trip every endpoint against a running cluster (the seed's test client).
+    Check,
+    /// Drive a concurrent load and print throughput and latency percentiles.
+    Bench(concord_node::bench::BenchArgs),
+}
+
+fn print(output: Output, v: &Value, text: impl FnOnce() -> String) {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Output::Text => println!("{}", text()),
+    }
+}
+
+fn fail(e: ClientError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let client = match Client::new(&cli.endpoints, Duration::from_secs(cli.timeout)) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let out = cli.output;
+    match cli.cmd {
+        Cmd::Set { key, value } => match client.set(&key, &value).await {
+            Ok(v) => print(out, &v, || format!("OK (revision {})", v["revision"])),
+            Err(e) => return fail(e),
+        },
+        Cmd::Get { key, stale } => match client.get(&key, stale).await {
+            Ok(v) => print(out, &v, || {
+                v["value"].as_str().unwrap_or_default().to_string()
+            }),
+            Err(e) => return fail(e),
+        },
+        Cmd::Delete { key } => match client.delete(&key).await {
+            Ok(v) => print(out, &v, || format!("deleted (revision {})", v["revision"])),
+            Err(e) => return fail(e),
+        },
+        Cmd::Keys { prefix, limit, all } => {
+            let mut token: Option<String> = None;
+            let mut every = Vec::new();
+            loop {
+                match client.keys(&prefix, limit, token.as_deref()).await {
+                    Ok(v) => {
+                        let keys: Vec<String> = v["keys"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|k| k.as_str().map(String::from))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        every.extend(keys);
+                        token = v["continue"].as_str().map(String::from);
+                        if !all || token.is_none() {
+                            break;
+                        }
+                    }
+                    Err(e) => return fail(e),
+                }
+            }
+            let v = json!({ "keys": every, "continue": token });
+            print(out, &v, || {
+                let mut s = every.join("\n");
+                if let Some(t) = &token {
+                    s.push_str(&format!("\n(more: --all, or continue after {t:?})"));
+                }
+                s
+            });
+        }
+        Cmd::Cas {
+            key,
+            value,
+            expected,
+            absent,
+        } => {
+            if expected.is_none() && !absent {
+                eprintln!("error: give --expected VALUE or --absent");
+                return ExitCode::from(2);
+            }
+            match client.cas(&key, expected.as_deref(), &value).await {
+                Ok(v) => print(out, &v, || format!("swapped (revision {})", v["revision"])),
+                Err(ClientError::Status { status: 409, body }) => {
+                    print(out, &body, || {
+                        format!("not swapped: current {}", body["current"])
+                    });
+                    return ExitCode::from(3);
+                }
+                Err(e) => return fail(e),
+            }
+        }
+        Cmd::Status => match client.status().await {
+            Ok(v) => print(out, &v, || {
+                format!(
+                    "node {} ({}) role={} term={} leader={} commit={} applied={} voters={} learners={}",
+                    v["nodeId"].as_str().unwrap_or("?"),
+                    v["clusterId"].as_str().unwrap_or("?"),
+                    v["role"].as_str().unwrap_or("?"),
+                    v["term"],
+                    v["leader"]["name"].as_str().unwrap_or("none"),
+                    v["commitIndex"],
+                    v["appliedIndex"],
+                    v["voters"].as_array().map(|a| a.len()).unwrap_or(0),
+                    v["learners"].as_array().map(|a| a.len()).unwrap_or(0),
+                )
+            }),
+            Err(e) => return fail(e),
+        },
+        Cmd::Check => return concord_node::check::run(&client).await,
+        Cmd::Bench(args) => {
+            let started = Instant::now();
+            let endpoints = if args.endpoints.is_empty() {
+                client.endpoints().to_vec()
+            } else {
+                args.endpoints.clone()
+            };
+            match concord_node::bench::run_against(&args, &endpoints).await {
+                Ok(report) => print(out, &report.to_json(), || report.to_text()),
+                Err(e) => {
+                    eprintln!("bench failed after {:?}: {e:#}", started.elapsed());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

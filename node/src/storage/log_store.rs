@@ -186,7 +186,9 @@ fn writer_loop(mut log: SegmentedLog, rx: mpsc::Receiver<WriterCmd>) {
                 metrics()
                     .log_fsync_seconds
                     .observe(started.elapsed().as_secs_f64());
-                metrics().log_fsync_batch_entries.observe(callbacks.len() as f64);
+                metrics()
+                    .log_fsync_batch_entries
+                    .observe(callbacks.len() as f64);
             }
             for cb in callbacks {
                 match &failed {
@@ -267,7 +269,10 @@ impl LogReader {
     /// First and last index held in the log (after the purge point).
     pub fn bounds(&self) -> Option<(u64, u64)> {
         let mem = self.shared.mem.lock();
-        Some((mem.entries.front()?.log_id.index, mem.entries.back()?.log_id.index))
+        Some((
+            mem.entries.front()?.log_id.index,
+            mem.entries.back()?.log_id.index,
+        ))
     }
 
     /// Entries in `[start, end)`, for debugging endpoints.
@@ -335,7 +340,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -382,7 +391,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         )?;
         {
             let mut mem = self.shared.mem.lock();
-            while mem.entries.front().is_some_and(|e| e.log_id.index <= log_id.index) {
+            while mem
+                .entries
+                .front()
+                .is_some_and(|e| e.log_id.index <= log_id.index)
+            {
                 mem.entries.pop_front();
             }
             mem.last_purged = Some(log_id);

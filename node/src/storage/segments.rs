@@ -73,9 +73,16 @@ fn frame(index: u64, payload: &[u8], out: &mut Vec<u8>) {
 }
 
 enum Parsed {
-    Record { index: u64, payload_at: usize, next: usize },
+    Record {
+        index: u64,
+        payload_at: usize,
+        next: usize,
+    },
     /// The bytes from here cannot be a valid record.
-    Bad { reason: String, torn: bool },
+    Bad {
+        reason: String,
+        torn: bool,
+    },
     End,
 }
 

@@ -112,7 +112,10 @@ mod tests {
     fn meta(index: u64) -> SnapshotMeta {
         SnapshotMeta {
             last_log_id: Some(LogId::new(
-                openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 },
+                openraft::impls::leader_id_adv::LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
                 index,
             )),
             last_membership: StoredMembership::default(),

@@ -25,7 +25,9 @@ impl Channels {
             Some(c) => c.clone(),
             None => {
                 let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| tonic::Status::invalid_argument(format!("peer address {addr:?}: {e}")))?
+                    .map_err(|e| {
+                        tonic::Status::invalid_argument(format!("peer address {addr:?}: {e}"))
+                    })?
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))

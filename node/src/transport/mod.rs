@@ -16,5 +16,6 @@ pub fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, tonic::Status> {
 
 /// Decodes an openraft message from the wire.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, io::Error> {
-    bincode::deserialize(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    bincode::deserialize(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }

@@ -7,10 +7,10 @@ use std::time::Instant;
 use concord_proto::{RaftMessage, SnapshotChunk};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
 
 use super::{decode, encode, Channels};
 use crate::metrics::metrics;
@@ -52,7 +52,12 @@ fn unreachable(e: impl ToString) -> RPCError<TypeConfig> {
 }
 
 impl PeerNetwork {
-    async fn call<Req, Resp>(&self, method: &'static str, req: &Req, option: &RPCOption) -> Rpc<Resp>
+    async fn call<Req, Resp>(
+        &self,
+        method: &'static str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Rpc<Resp>
     where
         Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
@@ -69,26 +74,47 @@ impl PeerNetwork {
         result
     }
 
-    async fn call_inner<Req, Resp>(&self, method: &'static str, req: &Req, option: &RPCOption) -> Rpc<Resp>
+    async fn call_inner<Req, Resp>(
+        &self,
+        method: &'static str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Rpc<Resp>
     where
         Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
     {
-        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::from_string(e.message())))?;
+        let payload =
+            encode(req).map_err(|e| RPCError::Network(NetworkError::from_string(e.message())))?;
         let mut request = tonic::Request::new(RaftMessage {
             cluster_id: self.cluster_id.to_string(),
             payload,
         });
         request.set_timeout(option.soft_ttl());
-        let mut client = self.channels.client(&self.addr).map_err(|e| unreachable(e.message()))?;
+        let mut client = self
+            .channels
+            .client(&self.addr)
+            .map_err(|e| unreachable(e.message()))?;
         let reply = match method {
             "append_entries" => client.append_entries(request).await,
             "vote" => client.vote(request).await,
             "pre_vote" => client.pre_vote(request).await,
             "transfer_leader" => client.transfer_leader(request).await,
-            other => return Err(RPCError::Network(NetworkError::from_string(format!("unknown method {other}")))),
+            other => {
+                return Err(RPCError::Network(NetworkError::from_string(format!(
+                    "unknown method {other}"
+                ))))
+            }
         }
-        .map_err(|status| unreachable(format!("{} to node {} at {}: {}", method, self.target, self.addr, status.message())))?;
+        .map_err(|status| {
+            unreachable(format!(
+                "{} to node {} at {}: {}",
+                method,
+                self.target,
+                self.addr,
+                status.message()
+            ))
+        })?;
         decode(&reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 }
@@ -104,11 +130,19 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         self.call("append_entries", &rpc, &option).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<VoteResponse<TypeConfig>> {
         self.call("vote", &rpc, &option).await
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Rpc<VoteResponse<TypeConfig>> {
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<VoteResponse<TypeConfig>> {
         self.call("pre_vote", &rpc, &option).await
     }
 
@@ -147,8 +181,16 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         while let Some(piece) = pieces.next() {
             chunks.push(SnapshotChunk {
                 cluster_id: self.cluster_id.to_string(),
-                vote: if first { vote_bytes.clone() } else { Vec::new() },
-                meta: if first { meta_bytes.clone() } else { Vec::new() },
+                vote: if first {
+                    vote_bytes.clone()
+                } else {
+                    Vec::new()
+                },
+                meta: if first {
+                    meta_bytes.clone()
+                } else {
+                    Vec::new()
+                },
                 data: piece.to_vec(),
                 done: pieces.peek().is_none(),
             });
@@ -171,8 +213,15 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             .with_label_values(&["install_snapshot"])
             .observe(started.elapsed().as_secs_f64());
         let reply = reply.map_err(|s| {
-            metrics().peer_rpc_failures.with_label_values(&["install_snapshot"]).inc();
-            to_err(format!("install_snapshot to {}: {}", self.addr, s.message()))
+            metrics()
+                .peer_rpc_failures
+                .with_label_values(&["install_snapshot"])
+                .inc();
+            to_err(format!(
+                "install_snapshot to {}: {}",
+                self.addr,
+                s.message()
+            ))
         })?;
         decode(&reply.into_inner().payload)
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))

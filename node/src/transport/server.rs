@@ -57,11 +57,19 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
         self.check_cluster(&msg.cluster_id)?;
         let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
-        let resp = self.app.raft.append_entries(rpc).await.map_err(Self::raft_stopped)?;
+        let resp = self
+            .app
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(Self::raft_stopped)?;
         self.reply(&resp)
     }
 
@@ -77,11 +85,19 @@ impl RaftPeer for PeerService {
         let msg = req.into_inner();
         self.check_cluster(&msg.cluster_id)?;
         let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
-        let resp = self.app.raft.pre_vote(rpc).await.map_err(Self::raft_stopped)?;
+        let resp = self
+            .app
+            .raft
+            .pre_vote(rpc)
+            .await
+            .map_err(Self::raft_stopped)?;
         self.reply(&resp)
     }
 
-    async fn transfer_leader(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
         self.check_cluster(&msg.cluster_id)?;
         let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
@@ -111,7 +127,9 @@ impl RaftPeer for PeerService {
                 meta = Some(decode(&chunk.meta).map_err(Self::bad_payload)?);
             }
             if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
-                return Err(Status::resource_exhausted("snapshot exceeds the size limit"));
+                return Err(Status::resource_exhausted(
+                    "snapshot exceeds the size limit",
+                ));
             }
             data.extend_from_slice(&chunk.data);
             if chunk.done {
@@ -120,9 +138,14 @@ impl RaftPeer for PeerService {
             }
         }
         let (Some(vote), Some(meta), true) = (vote, meta, done) else {
-            return Err(Status::invalid_argument("snapshot stream ended before its last chunk"));
+            return Err(Status::invalid_argument(
+                "snapshot stream ended before its last chunk",
+            ));
         };
-        let snapshot = Snapshot { meta, snapshot: data };
+        let snapshot = Snapshot {
+            meta,
+            snapshot: data,
+        };
         let resp = self
             .app
             .raft
@@ -132,7 +155,10 @@ impl RaftPeer for PeerService {
         self.reply(&resp)
     }
 
-    async fn forward_write(&self, req: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
+    async fn forward_write(
+        &self,
+        req: Request<WriteRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
         let deadline = tokio::time::Instant::now() + self.app.config.limits.request_timeout;
         let msg = req.into_inner();
         self.check_cluster(&msg.cluster_id)?;
@@ -147,7 +173,10 @@ impl RaftPeer for PeerService {
         }))
     }
 
-    async fn forward_read(&self, req: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+    async fn forward_read(
+        &self,
+        req: Request<ReadRequest>,
+    ) -> Result<Response<ReadResponse>, Status> {
         let deadline = tokio::time::Instant::now() + self.app.config.limits.request_timeout;
         let msg = req.into_inner();
         self.check_cluster(&msg.cluster_id)?;
@@ -163,7 +192,10 @@ impl RaftPeer for PeerService {
         }))
     }
 
-    async fn forward_list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+    async fn forward_list(
+        &self,
+        req: Request<ListRequest>,
+    ) -> Result<Response<ListResponse>, Status> {
         let deadline = tokio::time::Instant::now() + self.app.config.limits.request_timeout;
         let msg = req.into_inner();
         self.check_cluster(&msg.cluster_id)?;

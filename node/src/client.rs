@@ -1,0 +1,181 @@
+//! A small HTTP client for the `/api/...` endpoints, used by concordctl and the tests.
+//! Tries each endpoint in turn when one is unreachable or has no leader.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {0:?}")]
+    Endpoint(String),
+    #[error("HTTP {status}: {body}")]
+    Status { status: u16, body: Value },
+    #[error("request failed: {0}")]
+    Transport(String),
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    endpoints: Vec<String>,
+}
+
+fn normalize(endpoint: &str) -> Result<String, ClientError> {
+    let e = endpoint.trim().trim_end_matches('/');
+    if e.is_empty() {
+        return Err(ClientError::Endpoint(endpoint.to_string()));
+    }
+    Ok(if e.starts_with("http://") || e.starts_with("https://") {
+        e.to_string()
+    } else {
+        format!("http://{e}")
+    })
+}
+
+impl Client {
+    pub fn new(endpoints: &[String], timeout: Duration) -> Result<Client, ClientError> {
+        let endpoints = endpoints
+            .iter()
+            .map(|e| normalize(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(ClientError::Endpoint(String::new()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok(Client { http, endpoints })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Sends to each endpoint in turn until one answers without a retryable failure.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let mut last = ClientError::Transport("no endpoints".into());
+        for ep in &self.endpoints {
+            let mut req = self.http.request(method.clone(), format!("{ep}{path}"));
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Err(e) if e.is_connect() => last = ClientError::Transport(format!("{ep}: {e}")),
+                Err(e) => return Err(ClientError::Transport(format!("{ep}: {e}"))),
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp
+                        .text()
+                        .await
+                        .map_err(|e| ClientError::Transport(e.to_string()))?;
+                    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                    if (200..300).contains(&status) {
+                        return Ok(value);
+                    }
+                    let err = ClientError::Status {
+                        status,
+                        body: value,
+                    };
+                    if status == 503 {
+                        last = err;
+                        continue;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Err(last)
+    }
+
+    pub async fn set(&self, key: &str, value: &str) -> Result<Value, ClientError> {
+        self.send(
+            reqwest::Method::POST,
+            "/api/set",
+            Some(&json!({ "key": key, "value": value })),
+        )
+        .await
+    }
+
+    pub async fn get(&self, key: &str, stale: bool) -> Result<Value, ClientError> {
+        let mut path = format!("/api/get?key={}", encode(key));
+        if stale {
+            path.push_str("&consistency=stale");
+        }
+        self.send(reqwest::Method::GET, &path, None).await
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<Value, ClientError> {
+        self.send(
+            reqwest::Method::DELETE,
+            &format!("/api/delete?key={}", encode(key)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn cas(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+    ) -> Result<Value, ClientError> {
+        let body = json!({ "key": key, "expected": expected, "value": value });
+        self.send(reqwest::Method::POST, "/api/cas", Some(&body))
+            .await
+    }
+
+    pub async fn keys(
+        &self,
+        prefix: &str,
+        limit: usize,
+        token: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut path = format!("/api/keys?prefix={}&limit={limit}", encode(prefix));
+        if let Some(t) = token {
+            path.push_str(&format!("&continue={}", encode(t)));
+        }
+        self.send(reqwest::Method::GET, &path, None).await
+    }
+
+    pub async fn status(&self) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::GET, "/api/status", None).await
+    }
+
+    /// GET of any path, returning status and body text (for probes and /metrics).
+    pub async fn raw_get(&self, path: &str) -> Result<(u16, String), ClientError> {
+        let ep = &self.endpoints[0];
+        let resp = self
+            .http
+            .get(format!("{ep}{path}"))
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok((status, text))
+    }
+}
+
+/// Percent-encodes a query parameter value.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
