@@ -1,0 +1,291 @@
+//! A harness that runs real `concord-node` processes on loopback.
+#![allow(dead_code)]
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_concord-node");
+pub const CTL_BIN: &str = env!("CARGO_BIN_EXE_concordctl");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct NodeProc {
+    pub name: String,
+    pub peer_port: u16,
+    pub api_port: u16,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+    pub http: reqwest::Client,
+}
+
+/// Raft timing for tests: fast elections so failover tests stay short.
+pub const FAST_RAFT: &str =
+    "raft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 300\n  electionTimeoutMaxMs: 600\n";
+
+impl Cluster {
+    /// Writes seed-format YAML for `n` nodes (plus `extra` YAML sections) and starts them.
+    pub fn start(n: usize, extra: &str) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let peers: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _))| format!("    - \"node{}:127.0.0.1:{p}\"", i + 1))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (peer_port, api_port)) in ports.iter().enumerate() {
+            let name = format!("node{}", i + 1);
+            let data_dir = dir.path().join(&name);
+            let config = dir.path().join(format!("{name}.yaml"));
+            let peers_yaml = if n > 1 {
+                format!("  peers:\n{}\n", peers.join("\n"))
+            } else {
+                String::new()
+            };
+            fs::write(
+                &config,
+                format!(
+                    "server:\n  nodeId: \"{name}\"\n  listenAddr: \"127.0.0.1:{peer_port}\"\n  apiAddr: \"127.0.0.1:{api_port}\"\n  dataDir: \"{}\"\n{peers_yaml}{FAST_RAFT}{extra}",
+                    data_dir.display()
+                ),
+            )
+            .expect("write config");
+            nodes.push(NodeProc {
+                log: dir.path().join(format!("{name}.log")),
+                name,
+                peer_port: *peer_port,
+                api_port: *api_port,
+                config,
+                data_dir,
+                child: None,
+            });
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let mut cluster = Cluster { dir, nodes, http };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    pub fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("log file");
+        let child = Command::new(NODE_BIN)
+            .arg("-config")
+            .arg(&node.config)
+            .env("CONCORD_LOG", "info,openraft=warn")
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn concord-node");
+        node.child = Some(child);
+    }
+
+    /// kill -9: no chance to flush or hand over anything.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self, i: usize) -> Option<i32> {
+        let mut c = self.nodes[i].child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self, i: usize) -> String {
+        fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    pub async fn status(&self, i: usize) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/api/status", self.nodes[i].api()))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    /// Waits until every running node agrees on one leader; returns its index.
+    pub async fn wait_leader(&mut self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut leaders = Vec::new();
+            let mut all = true;
+            for i in 0..self.nodes.len() {
+                if !self.nodes[i].is_running() {
+                    continue;
+                }
+                match self.status(i).await {
+                    Some(s) => leaders.push(s["leader"]["name"].as_str().map(String::from)),
+                    None => all = false,
+                }
+            }
+            if all && !leaders.is_empty() && leaders.iter().all(|l| l.is_some() && *l == leaders[0])
+            {
+                let name = leaders[0].clone().unwrap_or_default();
+                if let Some(idx) = self.nodes.iter().position(|n| n.name == name) {
+                    if self.nodes[idx].is_running() {
+                        return idx;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn set(&self, i: usize, key: &str, value: &str) -> (u16, Value) {
+        self.post(i, "/api/set", &json!({ "key": key, "value": value }))
+            .await
+    }
+
+    pub async fn post(&self, i: usize, path: &str, body: &Value) -> (u16, Value) {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.nodes[i].api()))
+                .json(body),
+        )
+        .await
+    }
+
+    pub async fn post_raw(&self, i: usize, path: &str, body: Vec<u8>) -> (u16, Value) {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.nodes[i].api()))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    pub async fn get(&self, i: usize, path: &str) -> (u16, Value) {
+        self.send(self.http.get(format!("{}{path}", self.nodes[i].api())))
+            .await
+    }
+
+    pub async fn delete(&self, i: usize, path: &str) -> (u16, Value) {
+        self.send(self.http.delete(format!("{}{path}", self.nodes[i].api())))
+            .await
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
+        match req.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                (
+                    status,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                )
+            }
+            Err(e) => (0, Value::String(e.to_string())),
+        }
+    }
+
+    /// Retries a write on any node until it is acknowledged (only on retryable answers).
+    pub async fn set_retry(&self, key: &str, value: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut i = 0;
+        loop {
+            let (s, body) = self.set(i % self.nodes.len(), key, value).await;
+            if s == 200 {
+                return body;
+            }
+            assert!(
+                s == 0 || s == 503,
+                "set {key} got non-retryable {s}: {body}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "set {key} not acknowledged in {timeout:?}: {s} {body}"
+            );
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls a node's local (stale) view until `key` has `value`.
+    pub async fn wait_value(&self, i: usize, key: &str, value: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (s, body) = self
+                .get(i, &format!("/api/get?key={key}&consistency=stale"))
+                .await;
+            if s == 200 && body["value"] == value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} never showed {key}={value}: last {s} {body}\n--- log ---\n{}",
+                self.nodes[i].name,
+                self.log_text(i)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill9(i);
+        }
+    }
+}
