@@ -315,10 +315,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_log_id = mem
             .entries
             .back()
-            .map(|e| e.log_id.clone())
-            .or_else(|| mem.last_purged.clone());
+            .map(|e| e.log_id)
+            .or_else(|| mem.last_purged);
         Ok(LogState {
-            last_purged_log_id: mem.last_purged.clone(),
+            last_purged_log_id: mem.last_purged,
             last_log_id,
         })
     }

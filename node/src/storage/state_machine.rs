@@ -59,7 +59,7 @@ fn restore(meta: &SnapshotMeta, bytes: &[u8]) -> io::Result<StateData> {
     let kv: KvMap = bincode::deserialize(bytes)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot data: {e}")))?;
     Ok(StateData {
-        last_applied: meta.last_log_id.clone(),
+        last_applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
         kv,
     })
@@ -82,7 +82,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let data = bincode::serialize(&state.kv)
                 .map_err(|e| io::Error::other(format!("encode snapshot: {e}")))?;
             let meta = SnapshotMeta {
-                last_log_id: state.last_applied.clone(),
+                last_log_id: state.last_applied,
                 last_membership: state.membership.clone(),
             };
             (meta, data)
@@ -112,7 +112,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let state = self.state.read();
-        Ok((state.last_applied.clone(), state.membership.clone()))
+        Ok((state.last_applied, state.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -123,13 +123,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let result = {
                 let mut state = self.state.write();
                 let index = entry.log_id.index;
-                state.last_applied = Some(entry.log_id.clone());
+                state.last_applied = Some(entry.log_id);
                 match &entry.payload {
                     EntryPayload::Blank => CommandResult::None,
                     EntryPayload::Normal(cmd) => state.kv.apply(index, cmd),
                     EntryPayload::Membership(m) => {
                         state.membership =
-                            StoredMembership::new(Some(entry.log_id.clone()), m.clone());
+                            StoredMembership::new(Some(entry.log_id), m.clone());
                         CommandResult::None
                     }
                 }
