@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Benchmarks a three-node ConcordKV cluster against a three-node etcd cluster (Debian's
+# etcd-server) on this machine, one after the other, with the same load from the same tool
+# (`concordctl bench`, which speaks etcd's v3 JSON gateway too): 64-byte values, unique keys,
+# 1/16/64 connections, writes and linearizable reads. Prints a side-by-side table with ratios.
+#
+#   scripts/bench.sh            # full run (a few minutes)
+#   QUICK=1 scripts/bench.sh    # fewer requests, for a smoke run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/concordkv-target}"
+if ! command -v etcd >/dev/null; then
+  echo "installing etcd-server (Debian package)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+fi
+cargo build --release -q -p concord-node
+NODE="$CARGO_TARGET_DIR/release/concord-node"
+CTL="$CARGO_TARGET_DIR/release/concordctl"
+WORK=$(mktemp -d /var/tmp/concord-bench.XXXXXX)
+RESULTS="$WORK/results.jsonl"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+scale=1; [ -n "${QUICK:-}" ] && scale=10
+requests_for() { case "$1" in 1) echo $((3000 / scale));; 16) echo $((30000 / scale));; *) echo $((60000 / scale));; esac; }
+
+run_matrix() { # target endpoints
+  local target=$1 endpoints=$2
+  for op in write read; do
+    for conns in 1 16 64; do
+      "$CTL" -o json bench --target "$target" --op "$op" --connections "$conns" \
+        --requests "$(requests_for "$conns")" --value-size 64 --bench-endpoints "$endpoints" \
+        | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' >>"$RESULTS"
+    done
+  done
+}
+
+wait_http() { # url
+  for _ in $(seq 100); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "timed out waiting for $1" >&2; return 1
+}
+
+echo "== ConcordKV: 3 nodes"
+peers="c1:127.0.0.1:19080,c2:127.0.0.1:19082,c3:127.0.0.1:19084"
+for i in 1 2 3; do
+  p=$((19078 + 2 * i)); a=$((p + 1))
+  "$NODE" --node-id "c$i" --listen "127.0.0.1:$p" --api "127.0.0.1:$a" --peers "$peers" \
+    --data-dir "$WORK/concord/c$i" >"$WORK/c$i.log" 2>&1 &
+  PIDS+=($!)
+done
+for a in 19081 19083 19085; do wait_http "http://127.0.0.1:$a/readyz"; done
+run_matrix concord "127.0.0.1:19081,127.0.0.1:19083,127.0.0.1:19085"
+for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+wait 2>/dev/null || true
+PIDS=()
+
+echo "== etcd $(etcd --version | head -1 | awk '{print $3}'): 3 members"
+cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
+for i in 1 2 3; do
+  ETCD_UNSUPPORTED_ARCH=${ETCD_UNSUPPORTED_ARCH:-} etcd --name "e$i" --data-dir "$WORK/etcd/e$i" \
+    --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
+    --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
+    --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token bench \
+    --log-level error >"$WORK/e$i.log" 2>&1 &
+  PIDS+=($!)
+  disown $! 2>/dev/null || true
+done
+for i in 1 2 3; do wait_http "http://127.0.0.1:2379$i/health"; done
+run_matrix etcd "127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793"
+
+python3 - "$RESULTS" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+by = {(r["target"], r["op"], r["connections"]): r for r in rows}
+print()
+print(f'{"op":6} {"conns":>5} | {"concord ops/s":>13} {"p50":>7} {"p99":>7} | {"etcd ops/s":>10} {"p50":>7} {"p99":>7} | {"thru x":>6} {"p99 x":>6}')
+print("-" * 96)
+for op in ("write", "read"):
+    for c in (1, 16, 64):
+        a, b = by.get(("concord", op, c)), by.get(("etcd", op, c))
+        if not a or not b:
+            continue
+        tr = a["throughput"] / max(b["throughput"], 1e-9)
+        pr = b["p99_ms"] / max(a["p99_ms"], 1e-9)
+        print(f'{op:6} {c:>5} | {a["throughput"]:>13.0f} {a["p50_ms"]:>6.2f}m {a["p99_ms"]:>6.2f}m | '
+              f'{b["throughput"]:>10.0f} {b["p50_ms"]:>6.2f}m {b["p99_ms"]:>6.2f}m | {tr:>5.2f}x {pr:>5.2f}x')
+        if a["errors"] or b["errors"]:
+            print(f'        errors: concord {a["errors"]}, etcd {b["errors"]}')
+print("\nthru x = ConcordKV throughput / etcd throughput; p99 x = etcd p99 / ConcordKV p99 (higher is better for ConcordKV)")
+PY
