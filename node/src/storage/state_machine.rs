@@ -128,8 +128,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Blank => CommandResult::None,
                     EntryPayload::Normal(cmd) => state.kv.apply(index, cmd),
                     EntryPayload::Membership(m) => {
-                        state.membership =
-                            StoredMembership::new(Some(entry.log_id), m.clone());
+                        state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         CommandResult::None
                     }
                 }
