@@ -148,6 +148,14 @@ impl Client {
         self.send(reqwest::Method::GET, "/api/status", None).await
     }
 
+    pub async fn admin_get(&self, path: &str) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn admin_post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
     /// GET of any path, returning status and body text (for probes and /metrics).
     pub async fn raw_get(&self, path: &str) -> Result<(u16, String), ClientError> {
         let ep = &self.endpoints[0];

@@ -62,6 +62,9 @@ pub struct Flags {
     /// Heartbeat interval in milliseconds.
     #[arg(long = "heartbeat-ms", env = "CONCORD_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
+    /// Start without bootstrapping and wait to be added through the admin API (operator mode).
+    #[arg(long, env = "CONCORD_JOIN")]
+    pub join: bool,
     /// Minimum election timeout in milliseconds (the maximum is twice this unless configured).
     #[arg(long = "election-timeout-ms", env = "CONCORD_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
@@ -89,6 +92,7 @@ pub struct ServerSection {
     pub peers: Option<Vec<String>>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<String>,
+    pub join: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +104,7 @@ pub struct RaftSection {
     pub snapshot_threshold: Option<u64>,
     pub logs_to_keep_after_snapshot: Option<u64>,
     pub segment_bytes: Option<u64>,
+    pub max_promote_lag: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +131,8 @@ pub struct RaftTuning {
     pub snapshot_threshold: u64,
     pub logs_to_keep_after_snapshot: u64,
     pub segment_bytes: u64,
+    /// A learner more than this many entries behind the leader is not promoted.
+    pub max_promote_lag: u64,
 }
 
 /// Limits on client requests. Defaults are documented in the README.
@@ -160,7 +167,6 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub name: String,
-    pub id: NodeId,
     /// Where the peer gRPC server binds.
     pub listen_addr: String,
     /// Where the HTTP API binds.
@@ -173,6 +179,8 @@ pub struct Config {
     pub raft: RaftTuning,
     pub limits: Limits,
     pub log_format: LogFormat,
+    /// Wait to be added by the admin API instead of bootstrapping.
+    pub join: bool,
 }
 
 /// Rewrites the seed's single-dash long flags (`-node x`, `-config=f`) to clap's `--` form.
@@ -318,7 +326,14 @@ impl Config {
                 .max(1),
             logs_to_keep_after_snapshot: r.logs_to_keep_after_snapshot.unwrap_or(1000),
             segment_bytes: r.segment_bytes.unwrap_or(64 * 1024 * 1024).max(4096),
+            max_promote_lag: r.max_promote_lag.unwrap_or(1000),
         };
+        let join = flags.join || s.join.unwrap_or(false);
+        if join && !peers.is_empty() {
+            return Err(ConfigError::Invalid(
+                "join mode and a static peer list exclude each other: a joining node is added through the admin API".into(),
+            ));
+        }
         let d = Limits::default();
         let l = file.limits;
         let limits = Limits {
@@ -332,7 +347,6 @@ impl Config {
             max_list_limit: l.max_list_limit.unwrap_or(d.max_list_limit).max(1),
         };
         Ok(Config {
-            id: node_id_for_name(&name),
             name,
             listen_addr,
             api_addr,
@@ -342,6 +356,7 @@ impl Config {
             raft,
             limits,
             log_format,
+            join,
         })
     }
 

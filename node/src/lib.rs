@@ -4,12 +4,14 @@
 // tonic::Status is large, and gRPC handlers must return it; boxing it everywhere buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod bench;
 pub mod check;
 pub mod client;
 pub mod config;
+pub mod identity;
 pub mod kv;
 pub mod metrics;
 pub mod server;

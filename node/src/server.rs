@@ -7,14 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use concord_proto::admin_server::AdminServer;
 use concord_proto::raft_peer_server::RaftPeerServer;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::AdminService;
 use crate::app::App;
 use crate::config::{bind_addr, Config};
+use crate::identity::{self, ClusterId};
 use crate::metrics::metrics;
 use crate::storage::{LogStore, SnapshotStore, StateMachineStore};
 use crate::transport::channels::MAX_MESSAGE_BYTES;
@@ -23,32 +26,27 @@ use crate::transport::server::PeerService;
 use crate::transport::Channels;
 use crate::types::{node_id_for_name, Member, NodeId, Raft};
 
-const CLUSTER_ID_FILE: &str = "cluster_id";
 const LOCK_FILE: &str = "LOCK";
 
-/// The cluster id stored in the data dir, or a new one: derived from the static peer list (so
-/// every node of a statically configured cluster agrees without talking), random otherwise.
-fn load_or_create_cluster_id(config: &Config) -> anyhow::Result<String> {
-    let path = config.data_dir.join(CLUSTER_ID_FILE);
-    if let Ok(id) = fs::read_to_string(&path) {
-        let id = id.trim().to_string();
-        if !id.is_empty() {
-            return Ok(id);
-        }
+/// A statically configured cluster's id is derived from its peer list, so every node agrees
+/// without talking; a single node gets a random one. A joining node has none until it joins.
+fn initial_cluster_id(config: &Config) -> Option<String> {
+    if config.join {
+        return None;
     }
-    let id = if config.peers.is_empty() {
-        format!("single-{:016x}", rand::random::<u64>())
-    } else {
-        let mut names: Vec<String> = config
-            .peers
-            .iter()
-            .map(|p| format!("{}={}", p.member.name, p.member.addr))
-            .collect();
-        names.sort();
-        format!("static-{:013x}", node_id_for_name(&names.join(",")))
-    };
-    crate::storage::fsutil::atomic_write(&path, id.as_bytes())?;
-    Ok(id)
+    if config.peers.is_empty() {
+        return Some(format!("single-{:016x}", rand::random::<u64>()));
+    }
+    let mut names: Vec<String> = config
+        .peers
+        .iter()
+        .map(|p| format!("{}={}", p.member.name, p.member.addr))
+        .collect();
+    names.sort();
+    Some(format!(
+        "static-{:013x}",
+        node_id_for_name(&names.join(","))
+    ))
 }
 
 /// Holds an exclusive lock on the data dir for the life of the process, so two nodes can
@@ -97,7 +95,11 @@ impl Node {
         fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let lock = lock_data_dir(&config.data_dir)?;
-        let cluster_id: Arc<str> = load_or_create_cluster_id(&config)?.into();
+        let identity = identity::load_or_create(&config.data_dir, &config.name, config.join)?;
+        let cluster_id = ClusterId::load(&config.data_dir)?;
+        if let Some(id) = initial_cluster_id(&config) {
+            cluster_id.set_if_unset(&id)?;
+        }
         let log = LogStore::open(&config.data_dir.join("raft"), config.raft.segment_bytes)
             .context("opening the raft log")?;
         let snapshots = SnapshotStore::open(&config.data_dir.join("snapshots"))?;
@@ -111,7 +113,7 @@ impl Node {
             cluster_id: cluster_id.clone(),
         };
         let raft: Raft = Raft::new(
-            config.id,
+            identity.node_id,
             Arc::new(raft_config(&config)?),
             network,
             log_for_reader,
@@ -127,10 +129,13 @@ impl Node {
             .await
             .with_context(|| format!("binding API address {}", config.api_addr))?;
 
-        let app = Arc::new(App::new(config, raft, state, cluster_id, channels, reader));
+        let app = Arc::new(App::new(
+            config, identity, raft, state, cluster_id, channels, reader,
+        ));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
+        let admin = AdminServer::new(AdminService { app: app.clone() });
         let svc = RaftPeerServer::new(PeerService { app: app.clone() })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -140,6 +145,7 @@ impl Node {
             let res = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(svc)
+                .add_service(admin)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = grpc_stop.wait_for(|s| *s).await;
                 })
@@ -167,11 +173,14 @@ impl Node {
             stop_rx.clone(),
         )));
 
-        bootstrap(&app).await?;
+        if !app.config.join {
+            bootstrap(&app).await?;
+        }
         tracing::info!(
             node = %app.config.name,
-            id = app.config.id,
-            cluster = %app.cluster_id,
+            id = app.id(),
+            cluster = %app.cluster_id.wire(),
+            join_mode = app.config.join,
             peer_addr = %app.config.listen_addr,
             api_addr = %app.config.api_addr,
             data_dir = %app.config.data_dir.display(),
@@ -209,7 +218,7 @@ async fn bootstrap(app: &App) -> anyhow::Result<()> {
         return Ok(());
     }
     let members: BTreeMap<NodeId, Member> = if app.config.peers.is_empty() {
-        BTreeMap::from([(app.config.id, app.config.own_member())])
+        BTreeMap::from([(app.id(), app.config.own_member())])
     } else {
         app.config
             .peers
@@ -229,49 +238,23 @@ async fn bootstrap(app: &App) -> anyhow::Result<()> {
 }
 
 async fn transfer_leadership_away(app: &App) {
-    let m = app.metrics();
-    if m.state != ServerState::Leader {
-        return;
-    }
-    let voters: Vec<NodeId> = m
-        .membership_config
-        .membership()
-        .voter_ids()
-        .filter(|id| *id != app.config.id)
-        .collect();
-    let Some(replication) = m.replication.as_ref() else {
-        return;
-    };
-    let target = voters
-        .iter()
-        .max_by_key(|id| replication.get(id).cloned().flatten().map(|l| l.index));
-    let Some(&target) = target else {
-        return;
-    };
-    tracing::info!(to = target, "shutting down: transferring leadership");
-    if let Err(e) = app.raft.trigger().transfer_leader(target).await {
-        tracing::warn!(error = %e, "leadership transfer failed");
-        return;
-    }
-    let mut rx = app.raft.metrics();
-    let wait = async {
-        loop {
-            {
-                let cur = rx.borrow_watched();
-                if cur.current_leader.is_some_and(|l| l != app.config.id) {
-                    return;
-                }
-            }
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(3), wait)
-        .await
-        .is_err()
+    if !app.is_leader()
+        || app
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count()
+            < 2
     {
-        tracing::warn!("leadership did not move within 3s; stopping anyway");
+        return;
+    }
+    tracing::info!("shutting down: transferring leadership");
+    let req = concord_proto::TransferLeaderRequest { to: 0 };
+    match tokio::time::timeout(Duration::from_secs(3), app.admin_transfer_leader(req)).await {
+        Ok(Ok(r)) => tracing::info!(outcome = %r.message, "leadership handed over"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "leadership transfer failed; stopping anyway"),
+        Err(_) => tracing::warn!("leadership did not move within 3s; stopping anyway"),
     }
 }
 

@@ -116,12 +116,10 @@ impl App {
                 return Err(ServiceError::Unavailable("node is shutting down".into()));
             }
             match self.leader() {
-                Some(l) if l.id == self.config.id => {
-                    match self.propose(cmd.clone(), deadline).await {
-                        Err(ServiceError::NotLeader) => last_reason = "leadership changed".into(),
-                        other => return other,
-                    }
-                }
+                Some(l) if l.id == self.id() => match self.propose(cmd.clone(), deadline).await {
+                    Err(ServiceError::NotLeader) => last_reason = "leadership changed".into(),
+                    other => return other,
+                },
                 Some(l) => {
                     let Some(member) = l.member else {
                         return Err(ServiceError::NoLeader(format!(
@@ -200,7 +198,7 @@ impl App {
             .client(addr)
             .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.message().to_string())))?;
         let mut req = tonic::Request::new(WriteRequest {
-            cluster_id: self.cluster_id.to_string(),
+            cluster_id: self.cluster_id.wire(),
             command,
         });
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
@@ -264,7 +262,7 @@ impl App {
                 return Err(ServiceError::Unavailable("node is shutting down".into()));
             }
             match self.leader() {
-                Some(l) if l.id == self.config.id => match self.read_barrier(deadline).await {
+                Some(l) if l.id == self.id() => match self.read_barrier(deadline).await {
                     Ok(()) => return Ok(local(self)),
                     Err(ServiceError::NotLeader) => last_reason = "leadership changed".into(),
                     Err(e) => return Err(e),
@@ -323,7 +321,7 @@ impl App {
             .client(&addr)
             .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.message().to_string())))?;
         let mut req = tonic::Request::new(ReadRequest {
-            cluster_id: self.cluster_id.to_string(),
+            cluster_id: self.cluster_id.wire(),
             key: key.to_string(),
         });
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
@@ -373,7 +371,7 @@ impl App {
             .client(&addr)
             .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.message().to_string())))?;
         let mut req = tonic::Request::new(ListRequest {
-            cluster_id: self.cluster_id.to_string(),
+            cluster_id: self.cluster_id.wire(),
             prefix: prefix.to_string(),
             start_after: start_after.to_string(),
             limit: u32::try_from(limit).unwrap_or(u32::MAX),

@@ -1,5 +1,6 @@
 //! The HTTP listener: the seed's `/api/...`, probes and `/metrics`.
 
+pub mod admin;
 pub mod error;
 pub mod kv;
 pub mod status;
@@ -29,6 +30,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/status", get(kv::status))
         .route("/api/metrics", get(kv::metrics_json))
         .route("/api/logs", get(kv::logs))
+        .route("/admin/init", post(admin::init))
+        .route("/admin/learners", post(admin::add_learner))
+        .route("/admin/promote", post(admin::promote))
+        .route("/admin/remove", post(admin::remove))
+        .route("/admin/transfer-leader", post(admin::transfer_leader))
+        .route("/admin/members", get(admin::members))
+        .route("/admin/status", get(admin::node_status))
         .route("/metrics", get(prometheus))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -54,7 +62,12 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     let m = metrics();
     m.http_in_flight.inc();
     let started = Instant::now();
-    let limit = app.config.limits.request_timeout + Duration::from_secs(1);
+    // Membership changes wait for their effect (replication, a new leader) a little longer.
+    let limit = if route.starts_with("/admin") {
+        app.config.limits.request_timeout + Duration::from_secs(15)
+    } else {
+        app.config.limits.request_timeout + Duration::from_secs(1)
+    };
     let response = match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
         Err(_) => ApiError::new(

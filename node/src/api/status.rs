@@ -32,8 +32,12 @@ pub fn status_json(app: &App) -> Value {
     let leader = m.current_leader.map(member);
     json!({
         "nodeId": app.config.name,
-        "id": app.config.id,
-        "clusterId": &*app.cluster_id,
+        "id": app.id(),
+        "incarnation": app.identity.incarnation,
+        "initialized": m.membership_config.membership().voter_ids().next().is_some(),
+        "clusterId": app.cluster_id.get().map(|s| s.to_string()),
+        "refusedPeerMessages": app.refused_messages.load(std::sync::atomic::Ordering::Relaxed),
+        "lastRefusal": app.last_refusal.lock().clone(),
         "role": role(m.state),
         "term": m.current_term,
         "leader": leader,

@@ -68,12 +68,86 @@ enum Cmd {
         #[arg(long)]
         absent: bool,
     },
-    /// Show the contacted node's status.
-    Status,
+    /// Show the contacted node's status (`--all`: every member, as the leader sees them).
+    Status {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Membership: list, add (as learner), promote, remove.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Leadership.
+    #[command(subcommand)]
+    Leader(LeaderCmd),
+    /// Form a new cluster from an uninitialized (join-mode) node.
+    Init {
+        /// Initial voters as id:name:host:port; default: the contacted node alone.
+        #[arg(long = "member")]
+        members: Vec<String>,
+    },
     /// Round-trip every endpoint against a running cluster (the seed's test client).
     Check,
     /// Drive a concurrent load and print throughput and latency percentiles.
     Bench(concord_node::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Every member with role, replication progress and reachability.
+    List,
+    /// Add a learner (it starts receiving the log; promote it once caught up).
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        name: String,
+        /// Peer address, host:port.
+        #[arg(long)]
+        address: String,
+    },
+    /// Promote a caught-up learner to voter.
+    Promote { id: u64 },
+    /// Remove a member (refused if the remaining healthy voters could not form a quorum).
+    Remove {
+        id: u64,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LeaderCmd {
+    /// Move leadership to a voter (default: the most up-to-date one).
+    Transfer {
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+fn members_table(v: &Value) -> String {
+    let mut out = format!(
+        "{:<18} {:<16} {:<22} {:<8} {:<6} {:>8} {:>6} {:>10} {}\n",
+        "ID", "NAME", "ADDRESS", "ROLE", "LEADER", "MATCHED", "LAG", "CONTACT", "REACHABLE"
+    );
+    for m in v["members"].as_array().into_iter().flatten() {
+        let contact = m["lastContactMs"]
+            .as_u64()
+            .map(|ms| format!("{ms}ms"))
+            .unwrap_or_else(|| "never".into());
+        out.push_str(&format!(
+            "{:<18} {:<16} {:<22} {:<8} {:<6} {:>8} {:>6} {:>10} {}\n",
+            m["id"],
+            m["name"].as_str().unwrap_or(""),
+            m["address"].as_str().unwrap_or(""),
+            m["role"].as_str().unwrap_or(""),
+            if m["leader"] == true { "*" } else { "" },
+            m["matchedIndex"],
+            m["lag"],
+            contact,
+            m["reachable"]
+        ));
+    }
+    out.trim_end().to_string()
 }
 
 fn print(output: Output, v: &Value, text: impl FnOnce() -> String) {
@@ -164,7 +238,73 @@ async fn main() -> ExitCode {
                 Err(e) => return fail(e),
             }
         }
-        Cmd::Status => match client.status().await {
+        Cmd::Status { all: true } | Cmd::Member(MemberCmd::List) => {
+            match client.admin_get("/admin/members").await {
+                Ok(v) => print(out, &v, || members_table(&v)),
+                Err(e) => return fail(e),
+            }
+        }
+        Cmd::Member(cmd) => {
+            let (path, body) = match cmd {
+                MemberCmd::List => ("/admin/members", Value::Null),
+                MemberCmd::Add { id, name, address } => (
+                    "/admin/learners",
+                    json!({ "id": id, "name": name, "address": address }),
+                ),
+                MemberCmd::Promote { id } => ("/admin/promote", json!({ "id": id })),
+                MemberCmd::Remove { id, force } => {
+                    ("/admin/remove", json!({ "id": id, "force": force }))
+                }
+            };
+            let res = if body.is_null() {
+                client.admin_get(path).await
+            } else {
+                client.admin_post(path, &body).await
+            };
+            match res {
+                Ok(v) => print(out, &v, || {
+                    v["message"].as_str().unwrap_or("ok").to_string()
+                }),
+                Err(e) => return fail(e),
+            }
+        }
+        Cmd::Leader(LeaderCmd::Transfer { to }) => {
+            match client
+                .admin_post("/admin/transfer-leader", &json!({ "to": to.unwrap_or(0) }))
+                .await
+            {
+                Ok(v) => print(out, &v, || {
+                    v["message"].as_str().unwrap_or("ok").to_string()
+                }),
+                Err(e) => return fail(e),
+            }
+        }
+        Cmd::Init { members } => {
+            let mut specs = Vec::new();
+            for m in &members {
+                let parts: Vec<&str> = m.splitn(3, ':').collect();
+                let id = parts.first().and_then(|s| s.parse::<u64>().ok());
+                match (id, parts.get(1), parts.get(2)) {
+                    (Some(id), Some(name), Some(addr)) => {
+                        specs.push(json!({ "id": id, "name": name, "address": addr }))
+                    }
+                    _ => {
+                        eprintln!("error: --member {m:?} is not id:name:host:port");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            match client
+                .admin_post("/admin/init", &json!({ "members": specs }))
+                .await
+            {
+                Ok(v) => print(out, &v, || {
+                    v["message"].as_str().unwrap_or("ok").to_string()
+                }),
+                Err(e) => return fail(e),
+            }
+        }
+        Cmd::Status { all: false } => match client.status().await {
             Ok(v) => print(out, &v, || {
                 format!(
                     "node {} ({}) role={} term={} leader={} commit={} applied={} voters={} learners={}",

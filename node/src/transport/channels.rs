@@ -20,6 +20,13 @@ pub struct Channels {
 impl Channels {
     /// A client for the peer at `addr` (`host:port`), sharing the peer's channel.
     pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, tonic::Status> {
+        Ok(RaftPeerClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// The long-lived channel to `addr`.
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::Status> {
         let mut map = self.by_addr.lock();
         let channel = match map.get(addr) {
             Some(c) => c.clone(),
@@ -38,8 +45,6 @@ impl Channels {
                 c
             }
         };
-        Ok(RaftPeerClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        Ok(channel)
     }
 }

@@ -1,7 +1,6 @@
 //! openraft's network: sends Raft RPCs to one peer over its gRPC channel.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Instant;
 
 use concord_proto::{RaftMessage, SnapshotChunk};
@@ -13,6 +12,7 @@ use openraft::raft::{
 use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
 
 use super::{decode, encode, Channels};
+use crate::identity::ClusterId;
 use crate::metrics::metrics;
 use crate::types::{Member, NodeId, Snapshot, TypeConfig, Vote};
 
@@ -22,7 +22,7 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct NetworkFactory {
     pub channels: Channels,
-    pub cluster_id: Arc<str>,
+    pub cluster_id: ClusterId,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -42,7 +42,7 @@ pub struct PeerNetwork {
     target: NodeId,
     addr: String,
     channels: Channels,
-    cluster_id: Arc<str>,
+    cluster_id: ClusterId,
 }
 
 type Rpc<T> = Result<T, RPCError<TypeConfig>>;
@@ -87,8 +87,9 @@ impl PeerNetwork {
         let payload =
             encode(req).map_err(|e| RPCError::Network(NetworkError::from_string(e.message())))?;
         let mut request = tonic::Request::new(RaftMessage {
-            cluster_id: self.cluster_id.to_string(),
+            cluster_id: self.cluster_id.wire(),
             payload,
+            target_id: self.target,
         });
         request.set_timeout(option.soft_ttl());
         let mut client = self
@@ -170,17 +171,19 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let mut pieces = data.chunks(SNAPSHOT_CHUNK_BYTES).peekable();
         if pieces.peek().is_none() {
             chunks.push(SnapshotChunk {
-                cluster_id: self.cluster_id.to_string(),
+                cluster_id: self.cluster_id.wire(),
                 vote: vote_bytes.clone(),
                 meta: meta_bytes.clone(),
                 data: Vec::new(),
                 done: true,
+                target_id: self.target,
             });
         }
         let mut first = true;
         while let Some(piece) = pieces.next() {
             chunks.push(SnapshotChunk {
-                cluster_id: self.cluster_id.to_string(),
+                cluster_id: self.cluster_id.wire(),
+                target_id: self.target,
                 vote: if first {
                     vote_bytes.clone()
                 } else {

@@ -25,18 +25,30 @@ const MAX_SNAPSHOT_BYTES: usize = 8 * 1024 * 1024 * 1024;
 
 impl PeerService {
     fn check_cluster(&self, cluster_id: &str) -> Result<(), Status> {
-        if cluster_id.is_empty() || cluster_id == &*self.app.cluster_id {
-            return Ok(());
+        self.app
+            .cluster_id
+            .accept(cluster_id)
+            .map_err(|reason| self.refuse(reason))
+    }
+
+    /// A Raft message must be meant for this member: after a disk wipe the same name and
+    /// address belong to a new member, which must not answer for the old one.
+    fn check_raft(&self, cluster_id: &str, target_id: u64) -> Result<(), Status> {
+        if target_id != 0 && target_id != self.app.id() {
+            return Err(self.refuse(format!(
+                "wrong-member: this node is member {} ({}, incarnation {}), the message is for member {target_id}",
+                self.app.id(),
+                self.app.identity.name,
+                self.app.identity.incarnation
+            )));
         }
-        tracing::warn!(
-            ours = %self.app.cluster_id,
-            theirs = %cluster_id,
-            "refused a peer message from another cluster"
-        );
-        Err(Status::failed_precondition(format!(
-            "cluster-mismatch: this node belongs to cluster {}, the message to cluster {}",
-            self.app.cluster_id, cluster_id
-        )))
+        self.check_cluster(cluster_id)
+    }
+
+    fn refuse(&self, reason: String) -> Status {
+        tracing::warn!(%reason, "refused a peer message");
+        self.app.record_refusal(reason.clone());
+        Status::failed_precondition(reason)
     }
 
     fn bad_payload(e: std::io::Error) -> Status {
@@ -45,8 +57,9 @@ impl PeerService {
 
     fn reply<T: serde::Serialize>(&self, v: &T) -> Result<Response<RaftMessage>, Status> {
         Ok(Response::new(RaftMessage {
-            cluster_id: self.app.cluster_id.to_string(),
+            cluster_id: self.app.cluster_id.wire(),
             payload: encode(v)?,
+            target_id: 0,
         }))
     }
 
@@ -62,7 +75,7 @@ impl RaftPeer for PeerService {
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
-        self.check_cluster(&msg.cluster_id)?;
+        self.check_raft(&msg.cluster_id, msg.target_id)?;
         let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
         let resp = self
             .app
@@ -75,7 +88,7 @@ impl RaftPeer for PeerService {
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
-        self.check_cluster(&msg.cluster_id)?;
+        self.check_raft(&msg.cluster_id, msg.target_id)?;
         let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
         let resp = self.app.raft.vote(rpc).await.map_err(Self::raft_stopped)?;
         self.reply(&resp)
@@ -83,7 +96,7 @@ impl RaftPeer for PeerService {
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
-        self.check_cluster(&msg.cluster_id)?;
+        self.check_raft(&msg.cluster_id, msg.target_id)?;
         let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
         let resp = self
             .app
@@ -99,7 +112,7 @@ impl RaftPeer for PeerService {
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
-        self.check_cluster(&msg.cluster_id)?;
+        self.check_raft(&msg.cluster_id, msg.target_id)?;
         let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
         let resp = self
             .app
@@ -122,7 +135,7 @@ impl RaftPeer for PeerService {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if vote.is_none() {
-                self.check_cluster(&chunk.cluster_id)?;
+                self.check_raft(&chunk.cluster_id, chunk.target_id)?;
                 vote = Some(decode(&chunk.vote).map_err(Self::bad_payload)?);
                 meta = Some(decode(&chunk.meta).map_err(Self::bad_payload)?);
             }

@@ -1,0 +1,635 @@
+//! Membership administration: what the operator and `concordctl member ...` drive.
+//!
+//! Every change runs on the leader (other nodes forward), one at a time, and refuses what would
+//! be unsafe: promoting a learner that is behind, removing a voter when the remaining healthy
+//! voters could not form a quorum, a second change while one is running.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_proto::admin_client::AdminClient;
+use concord_proto::admin_server::Admin;
+use concord_proto::{
+    AddLearnerRequest, AdminResult, InitRequest, MemberSpec, MembersRequest, MembersResponse,
+    NodeStatusRequest, NodeStatusResponse, PromoteRequest, RemoveMemberRequest,
+    TransferLeaderRequest,
+};
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Instant as _, RaftMetrics, ServerState};
+use tonic::{Request, Response, Status};
+
+use crate::app::App;
+use crate::types::{Member, NodeId, TypeConfig};
+
+/// How long a change waits for its effect (replication to start, a leader to move).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("already initialized: {0}")]
+    AlreadyInitialized(String),
+    #[error("busy: another membership change is in progress; retry when it finishes")]
+    Busy,
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("no leader: {0}")]
+    NoLeader(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AdminError {
+    pub fn http_status(&self) -> u16 {
+        match self {
+            AdminError::Invalid(_) => 400,
+            AdminError::NotFound(_) => 404,
+            AdminError::AlreadyInitialized(_) | AdminError::Busy | AdminError::Refused(_) => 409,
+            AdminError::NoLeader(_) => 503,
+            AdminError::Internal(_) => 500,
+        }
+    }
+
+    pub fn retryable(&self) -> bool {
+        matches!(self, AdminError::Busy | AdminError::NoLeader(_))
+    }
+}
+
+// gRPC codes for each error, and back: a forwarded call's refusal reaches the caller unchanged.
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Status {
+        let msg = e.to_string();
+        match e {
+            AdminError::Invalid(_) => Status::invalid_argument(msg),
+            AdminError::NotFound(_) => Status::not_found(msg),
+            AdminError::AlreadyInitialized(_) => Status::already_exists(msg),
+            AdminError::Busy => Status::aborted(msg),
+            AdminError::Refused(_) => Status::failed_precondition(msg),
+            AdminError::NoLeader(_) => Status::unavailable(msg),
+            AdminError::Internal(_) => Status::internal(msg),
+        }
+    }
+}
+
+fn from_status(s: Status) -> AdminError {
+    let msg = s.message().to_string();
+    let strip = |p: &str| msg.strip_prefix(p).unwrap_or(&msg).to_string();
+    match s.code() {
+        tonic::Code::InvalidArgument => AdminError::Invalid(strip("invalid request: ")),
+        tonic::Code::NotFound => AdminError::NotFound(strip("not found: ")),
+        tonic::Code::AlreadyExists => {
+            AdminError::AlreadyInitialized(strip("already initialized: "))
+        }
+        tonic::Code::Aborted => AdminError::Busy,
+        tonic::Code::FailedPrecondition => AdminError::Refused(strip("refused: ")),
+        tonic::Code::Unavailable => AdminError::NoLeader(strip("no leader: ")),
+        _ => AdminError::Internal(msg),
+    }
+}
+
+fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> AdminError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            AdminError::NoLeader("leadership moved during the change; retry".into())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            AdminError::Refused(c.to_string())
+        }
+        other => AdminError::Internal(other.to_string()),
+    }
+}
+
+fn result(message: impl Into<String>, log_index: u64) -> AdminResult {
+    AdminResult {
+        message: message.into(),
+        log_index,
+    }
+}
+
+/// Role, matched index and health of each member, as the leader sees them.
+struct View {
+    metrics: RaftMetrics<TypeConfig>,
+    reachable_within: Duration,
+}
+
+impl View {
+    fn voters(&self) -> BTreeSet<NodeId> {
+        self.metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    fn learners(&self) -> BTreeSet<NodeId> {
+        self.metrics
+            .membership_config
+            .membership()
+            .learner_ids()
+            .collect()
+    }
+
+    fn last_log(&self) -> u64 {
+        self.metrics.last_log_index.unwrap_or(0)
+    }
+
+    fn matched(&self, id: NodeId) -> Option<u64> {
+        if id == self.metrics.id {
+            return self.metrics.last_log_index;
+        }
+        self.metrics
+            .replication
+            .as_ref()?
+            .get(&id)?
+            .as_ref()
+            .map(|l| l.index)
+    }
+
+    fn last_contact(&self, id: NodeId) -> Option<Duration> {
+        if id == self.metrics.id {
+            return Some(Duration::ZERO);
+        }
+        let hb = self.metrics.heartbeat.as_ref()?.get(&id)?.as_ref()?;
+        Some(hb.elapsed())
+    }
+
+    fn healthy(&self, id: NodeId) -> bool {
+        self.last_contact(id)
+            .is_some_and(|d| d <= self.reachable_within)
+    }
+}
+
+impl App {
+    fn view(&self) -> View {
+        View {
+            metrics: self.metrics(),
+            // Missing a few heartbeats is normal; missing an election timeout's worth is not.
+            reachable_within: self.config.raft.election_timeout_max
+                + self.config.raft.heartbeat * 2,
+        }
+    }
+
+    async fn leader_admin_client(
+        &self,
+    ) -> Result<AdminClient<tonic::transport::Channel>, AdminError> {
+        let leader = self.leader().ok_or_else(|| {
+            AdminError::NoLeader("no leader is known; is the cluster initialized?".into())
+        })?;
+        let member = leader
+            .member
+            .ok_or_else(|| AdminError::NoLeader(format!("leader {} has no address", leader.id)))?;
+        let channel = self
+            .channels
+            .channel(&member.addr)
+            .map_err(|e| AdminError::Internal(e.message().to_string()))?;
+        Ok(AdminClient::new(channel))
+    }
+
+    fn lock_membership(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, AdminError> {
+        self.membership_lock
+            .try_lock()
+            .map_err(|_| AdminError::Busy)
+    }
+
+    pub async fn admin_init(&self, req: InitRequest) -> Result<AdminResult, AdminError> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| AdminError::Internal(e.to_string()))?
+        {
+            return Err(AdminError::AlreadyInitialized(format!(
+                "node {} is already a member of cluster {}",
+                self.identity.name,
+                self.cluster_id.wire()
+            )));
+        }
+        let _guard = self.lock_membership()?;
+        let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
+        for m in &req.members {
+            let (id, member) = check_spec(m)?;
+            members.insert(id, member);
+        }
+        if members.is_empty() {
+            members.insert(self.id(), self.config.own_member());
+        }
+        if !members.contains_key(&self.id()) {
+            return Err(AdminError::Invalid(format!(
+                "the initial members must include this node (id {})",
+                self.id()
+            )));
+        }
+        let cluster = self
+            .cluster_id
+            .set_if_unset(&format!("ckv-{:016x}", rand::random::<u64>()))
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        match self.raft.initialize(members.clone()).await {
+            Ok(()) => {
+                tracing::info!(cluster = %cluster, members = members.len(), "cluster initialized");
+                Ok(result(
+                    format!(
+                        "initialized cluster {cluster} with {} member(s)",
+                        members.len()
+                    ),
+                    0,
+                ))
+            }
+            Err(RaftError::APIError(e)) => Err(AdminError::AlreadyInitialized(e.to_string())),
+            Err(e) => Err(AdminError::Internal(e.to_string())),
+        }
+    }
+
+    pub async fn admin_add_learner(
+        &self,
+        req: AddLearnerRequest,
+    ) -> Result<AdminResult, AdminError> {
+        if !self.is_leader() {
+            let mut c = self.leader_admin_client().await?;
+            return Ok(c.add_learner(req).await.map_err(from_status)?.into_inner());
+        }
+        let spec = req
+            .member
+            .ok_or_else(|| AdminError::Invalid("missing member".into()))?;
+        let (id, member) = check_spec(&spec)?;
+        let _guard = self.lock_membership()?;
+        let view = self.view();
+        if view.voters().contains(&id) {
+            return Err(AdminError::Refused(format!("{id} is already a voter")));
+        }
+        if let Some(existing) = view.metrics.membership_config.membership().get_node(&id) {
+            if *existing == member {
+                return Ok(result(format!("{id} is already a learner"), 0));
+            }
+        }
+        let resp = self
+            .raft
+            .add_learner(id, member.clone(), false)
+            .await
+            .map_err(write_error)?;
+        tracing::info!(learner = id, name = %member.name, addr = %member.addr, "learner added");
+        // Return once replication to it has started (or say that it has not, yet).
+        let started = self
+            .wait_metrics(SETTLE_TIMEOUT, |m| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id))
+                    .is_some_and(|matched| matched.is_some())
+            })
+            .await;
+        let note = if started {
+            "replication started"
+        } else {
+            "replication has not started yet (is the node running and reachable?)"
+        };
+        Ok(result(
+            format!("added learner {id} ({}): {note}", member.name),
+            resp.log_id().index,
+        ))
+    }
+
+    pub async fn admin_promote(&self, req: PromoteRequest) -> Result<AdminResult, AdminError> {
+        if !self.is_leader() {
+            let mut c = self.leader_admin_client().await?;
+            return Ok(c.promote(req).await.map_err(from_status)?.into_inner());
+        }
+        let id = req.id;
+        let _guard = self.lock_membership()?;
+        let view = self.view();
+        if view.voters().contains(&id) {
+            return Ok(result(format!("{id} is already a voter"), 0));
+        }
+        if !view.learners().contains(&id) {
+            return Err(AdminError::NotFound(format!(
+                "{id} is not a learner of this cluster"
+            )));
+        }
+        let limit = self.config.raft.max_promote_lag;
+        let lag = match view.matched(id) {
+            Some(m) => view.last_log().saturating_sub(m),
+            None => return Err(AdminError::Refused(format!(
+                "learner {id} has not received any entries yet; lag is {} entries (limit {limit})",
+                view.last_log()
+            ))),
+        };
+        if lag > limit {
+            return Err(AdminError::Refused(format!(
+                "learner {id} is {lag} entries behind the leader (limit {limit}); wait for it to catch up"
+            )));
+        }
+        let resp = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(write_error)?;
+        tracing::info!(voter = id, lag, "learner promoted");
+        Ok(result(
+            format!("promoted {id} to voter (lag was {lag})"),
+            resp.log_id().index,
+        ))
+    }
+
+    pub async fn admin_remove(&self, req: RemoveMemberRequest) -> Result<AdminResult, AdminError> {
+        if !self.is_leader() {
+            let mut c = self.leader_admin_client().await?;
+            return Ok(c
+                .remove_member(req)
+                .await
+                .map_err(from_status)?
+                .into_inner());
+        }
+        let id = req.id;
+        let guard = self.lock_membership()?;
+        let view = self.view();
+        let voters = view.voters();
+        if view.learners().contains(&id) {
+            let resp = self
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(write_error)?;
+            tracing::info!(learner = id, "learner removed");
+            return Ok(result(format!("removed learner {id}"), resp.log_id().index));
+        }
+        if !voters.contains(&id) {
+            return Err(AdminError::NotFound(format!(
+                "{id} is not a member of this cluster"
+            )));
+        }
+        if voters.len() == 1 {
+            return Err(AdminError::Refused(format!(
+                "{id} is the only voter; a cluster cannot remove its last voter"
+            )));
+        }
+        let remaining: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+        let quorum = remaining.len() / 2 + 1;
+        let healthy = remaining.iter().filter(|v| view.healthy(**v)).count();
+        if healthy < quorum && !req.force {
+            return Err(AdminError::Refused(format!(
+                "removing {id} would leave {} voter(s) of which only {healthy} are healthy, fewer than the quorum of {quorum}; \
+                 bring members back first, or pass force",
+                remaining.len()
+            )));
+        }
+        if id == self.id() {
+            // The leader cannot safely remove itself while it leads: hand over first, then let
+            // the new leader do the removal.
+            drop(guard);
+            let to = self.best_transfer_target(&view, None)?;
+            self.transfer_leadership_to(to).await?;
+            let mut c = self.leader_admin_client().await?;
+            let mut r = c
+                .remove_member(req)
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            r.message = format!("transferred leadership to {to}, then {}", r.message);
+            return Ok(r);
+        }
+        let resp = self
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await
+            .map_err(write_error)?;
+        tracing::info!(voter = id, forced = req.force, "voter removed");
+        Ok(result(format!("removed voter {id}"), resp.log_id().index))
+    }
+
+    pub async fn admin_transfer_leader(
+        &self,
+        req: TransferLeaderRequest,
+    ) -> Result<AdminResult, AdminError> {
+        if !self.is_leader() {
+            let mut c = self.leader_admin_client().await?;
+            return Ok(c
+                .transfer_leader(req)
+                .await
+                .map_err(from_status)?
+                .into_inner());
+        }
+        let _guard = self.lock_membership()?;
+        let view = self.view();
+        let want = (req.to != 0).then_some(req.to);
+        if want == Some(self.id()) {
+            return Ok(result(format!("{} is already the leader", self.id()), 0));
+        }
+        let to = self.best_transfer_target(&view, want)?;
+        self.transfer_leadership_to(to).await?;
+        Ok(result(format!("leadership transferred to {to}"), 0))
+    }
+
+    /// The named voter, or the most up-to-date voter other than this node.
+    fn best_transfer_target(
+        &self,
+        view: &View,
+        want: Option<NodeId>,
+    ) -> Result<NodeId, AdminError> {
+        let voters = view.voters();
+        if let Some(to) = want {
+            if !voters.contains(&to) {
+                return Err(AdminError::Invalid(format!("{to} is not a voter")));
+            }
+            return Ok(to);
+        }
+        voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.id() && view.healthy(*v))
+            .max_by_key(|v| view.matched(*v))
+            .ok_or_else(|| {
+                AdminError::Refused("no other healthy voter to transfer leadership to".into())
+            })
+    }
+
+    /// Asks `to` to take over and waits until it has.
+    pub async fn transfer_leadership_to(&self, to: NodeId) -> Result<(), AdminError> {
+        tracing::info!(to, "transferring leadership");
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        if self
+            .wait_metrics(SETTLE_TIMEOUT, |m| m.current_leader == Some(to))
+            .await
+        {
+            Ok(())
+        } else {
+            Err(AdminError::NoLeader(format!(
+                "{to} did not take over within {SETTLE_TIMEOUT:?}"
+            )))
+        }
+    }
+
+    async fn wait_metrics(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&RaftMetrics<TypeConfig>) -> bool,
+    ) -> bool {
+        let mut rx = self.raft.metrics();
+        let wait = async {
+            loop {
+                if done(&rx.borrow_watched()) {
+                    return true;
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
+
+    pub async fn admin_members(&self) -> Result<MembersResponse, AdminError> {
+        if !self.is_leader() {
+            let mut c = self.leader_admin_client().await?;
+            return Ok(c
+                .members(MembersRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner());
+        }
+        let view = self.view();
+        let membership = view.metrics.membership_config.membership();
+        let voters = view.voters();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = view.matched(*id).unwrap_or(0);
+                concord_proto::Member {
+                    id: *id,
+                    name: node.name.clone(),
+                    address: node.addr.clone(),
+                    role: if voters.contains(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    }
+                    .into(),
+                    leader: *id == self.id(),
+                    matched_index: matched,
+                    lag: view.last_log().saturating_sub(matched),
+                    last_contact_ms: view.last_contact(*id).map(|d| d.as_millis() as u64),
+                    reachable: view.healthy(*id),
+                }
+            })
+            .collect();
+        Ok(MembersResponse {
+            members,
+            leader_id: self.id(),
+            last_log_index: view.last_log(),
+        })
+    }
+
+    pub async fn admin_node_status(&self) -> NodeStatusResponse {
+        let m = self.metrics();
+        let initialized = self.raft.is_initialized().await.unwrap_or(false);
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner if initialized => "learner",
+            ServerState::Learner => "uninitialized",
+            ServerState::Shutdown => "shutdown",
+        };
+        NodeStatusResponse {
+            id: self.id(),
+            name: self.identity.name.clone(),
+            cluster_id: self.cluster_id.wire(),
+            initialized,
+            role: role.into(),
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            commit_index: m.cluster_committed.as_ref().map(|l| l.index).unwrap_or(0),
+            applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index).unwrap_or(0),
+            incarnation: self.identity.incarnation.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            address: self.config.advertise_addr.clone(),
+            ready: crate::api::status::readiness(self).is_ok(),
+        }
+    }
+}
+
+fn check_spec(m: &MemberSpec) -> Result<(NodeId, Member), AdminError> {
+    if m.id == 0 {
+        return Err(AdminError::Invalid("member id must be non-zero".into()));
+    }
+    if m.name.is_empty() {
+        return Err(AdminError::Invalid("member name must not be empty".into()));
+    }
+    let port_ok = m
+        .address
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !port_ok {
+        return Err(AdminError::Invalid(format!(
+            "member address {:?} is not host:port",
+            m.address
+        )));
+    }
+    Ok((
+        m.id,
+        Member {
+            name: m.name.clone(),
+            addr: m.address.clone(),
+        },
+    ))
+}
+
+/// The gRPC face of the admin operations.
+pub struct AdminService {
+    pub app: Arc<App>,
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn init(&self, req: Request<InitRequest>) -> Result<Response<AdminResult>, Status> {
+        Ok(Response::new(self.app.admin_init(req.into_inner()).await?))
+    }
+    async fn add_learner(
+        &self,
+        req: Request<AddLearnerRequest>,
+    ) -> Result<Response<AdminResult>, Status> {
+        Ok(Response::new(
+            self.app.admin_add_learner(req.into_inner()).await?,
+        ))
+    }
+    async fn promote(&self, req: Request<PromoteRequest>) -> Result<Response<AdminResult>, Status> {
+        Ok(Response::new(
+            self.app.admin_promote(req.into_inner()).await?,
+        ))
+    }
+    async fn remove_member(
+        &self,
+        req: Request<RemoveMemberRequest>,
+    ) -> Result<Response<AdminResult>, Status> {
+        Ok(Response::new(
+            self.app.admin_remove(req.into_inner()).await?,
+        ))
+    }
+    async fn transfer_leader(
+        &self,
+        req: Request<TransferLeaderRequest>,
+    ) -> Result<Response<AdminResult>, Status> {
+        Ok(Response::new(
+            self.app.admin_transfer_leader(req.into_inner()).await?,
+        ))
+    }
+    async fn members(
+        &self,
+        _req: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Ok(Response::new(self.app.admin_members().await?))
+    }
+    async fn node_status(
+        &self,
+        _req: Request<NodeStatusRequest>,
+    ) -> Result<Response<NodeStatusResponse>, Status> {
+        Ok(Response::new(self.app.admin_node_status().await))
+    }
+}

@@ -1,0 +1,153 @@
+//! Who this node is: its Raft id, its data dir's incarnation, and the cluster it belongs to.
+//!
+//! The Raft id is chosen once, when the data dir is first used, and stored there, so it is stable
+//! across restarts. In static mode (a peer list in the config) it is derived from the name alone,
+//! because every node must know every other node's id before they have talked. In join mode (the
+//! operator's mode) it is derived from the name *and* a random incarnation, so a member restarted
+//! on an empty volume is a new member and can never answer for the one it replaces.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::fsutil::{atomic_write, read_checked, with_checksum};
+use crate::types::{node_id_for_name, NodeId};
+
+const IDENTITY_FILE: &str = "identity";
+const CLUSTER_ID_FILE: &str = "cluster_id";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub node_id: NodeId,
+    pub name: String,
+    /// Random, created with the data dir.
+    pub incarnation: String,
+}
+
+/// Loads the identity stored in `dir`, or creates one for a fresh data dir.
+pub fn load_or_create(dir: &Path, name: &str, join_mode: bool) -> anyhow::Result<Identity> {
+    let path = dir.join(IDENTITY_FILE);
+    if let Some(bytes) = read_checked(&path)? {
+        let id: Identity = serde_json::from_slice(&bytes)?;
+        if id.name != name {
+            anyhow::bail!(
+                "data dir {} belongs to member {:?}, not {name:?}; use that name or an empty data dir",
+                dir.display(),
+                id.name
+            );
+        }
+        return Ok(id);
+    }
+    let incarnation = format!("{:016x}", rand::random::<u64>());
+    let node_id = if join_mode {
+        node_id_for_name(&format!("{name}/{incarnation}"))
+    } else {
+        node_id_for_name(name)
+    };
+    let id = Identity {
+        node_id,
+        name: name.to_string(),
+        incarnation,
+    };
+    atomic_write(&path, &with_checksum(&serde_json::to_vec(&id)?))?;
+    Ok(id)
+}
+
+/// The cluster this node belongs to. Unknown for a node waiting to join until the first
+/// message from a cluster arrives; fixed from then on.
+#[derive(Debug, Clone)]
+pub struct ClusterId {
+    inner: Arc<RwLock<Option<Arc<str>>>>,
+    path: PathBuf,
+}
+
+impl ClusterId {
+    pub fn load(dir: &Path) -> anyhow::Result<ClusterId> {
+        let path = dir.join(CLUSTER_ID_FILE);
+        let current = match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => Some(Arc::from(s.trim())),
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(ClusterId {
+            inner: Arc::new(RwLock::new(current)),
+            path,
+        })
+    }
+
+    pub fn get(&self) -> Option<Arc<str>> {
+        self.inner.read().clone()
+    }
+
+    /// The id as sent on the wire ("" while unknown).
+    pub fn wire(&self) -> String {
+        self.get().map(|s| s.to_string()).unwrap_or_default()
+    }
+
+    /// Sets the id if none is set yet (durably). Returns the id in force.
+    pub fn set_if_unset(&self, id: &str) -> std::io::Result<Arc<str>> {
+        let mut cur = self.inner.write();
+        if let Some(existing) = cur.as_ref() {
+            return Ok(existing.clone());
+        }
+        atomic_write(&self.path, id.as_bytes())?;
+        let id: Arc<str> = Arc::from(id);
+        *cur = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Checks a peer's cluster id: equal, or adopted if this node has none yet.
+    pub fn accept(&self, theirs: &str) -> Result<(), String> {
+        if theirs.is_empty() {
+            return Ok(());
+        }
+        match self.get() {
+            Some(ours) if &*ours == theirs => Ok(()),
+            Some(ours) => Err(format!(
+                "cluster-mismatch: this node belongs to cluster {ours}, the message to cluster {theirs}"
+            )),
+            None => {
+                self.set_if_unset(theirs)
+                    .map_err(|e| format!("cannot persist cluster id: {e}"))?;
+                tracing::info!(cluster = theirs, "joined cluster");
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_stable_and_a_fresh_dir_gets_a_new_join_id() {
+        let a = tempfile::tempdir().unwrap();
+        let first = load_or_create(a.path(), "concord-0", true).unwrap();
+        assert_eq!(load_or_create(a.path(), "concord-0", true).unwrap(), first);
+        let b = tempfile::tempdir().unwrap();
+        let wiped = load_or_create(b.path(), "concord-0", true).unwrap();
+        assert_ne!(wiped.node_id, first.node_id);
+        assert!(load_or_create(a.path(), "concord-1", true).is_err());
+        let s = tempfile::tempdir().unwrap();
+        assert_eq!(
+            load_or_create(s.path(), "node1", false).unwrap().node_id,
+            node_id_for_name("node1")
+        );
+    }
+
+    #[test]
+    fn cluster_id_is_adopted_once_and_mismatches_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ClusterId::load(d.path()).unwrap();
+        assert!(c.get().is_none());
+        assert!(c.accept("").is_ok());
+        assert!(c.accept("abc").is_ok());
+        assert!(c.accept("abc").is_ok());
+        assert!(c.accept("xyz").unwrap_err().contains("cluster-mismatch"));
+        assert_eq!(&*ClusterId::load(d.path()).unwrap().get().unwrap(), "abc");
+    }
+}
