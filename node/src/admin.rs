@@ -311,10 +311,12 @@ impl App {
         let limit = self.config.raft.max_promote_lag;
         let lag = match view.matched(id) {
             Some(m) => view.last_log().saturating_sub(m),
-            None => return Err(AdminError::Refused(format!(
+            None => {
+                return Err(AdminError::Refused(format!(
                 "learner {id} has not received any entries yet; lag is {} entries (limit {limit})",
                 view.last_log()
-            ))),
+            )))
+            }
         };
         if lag > limit {
             return Err(AdminError::Refused(format!(

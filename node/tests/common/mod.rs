@@ -97,6 +97,121 @@ impl Cluster {
         cluster
     }
 
+    /// `n` nodes in join mode: uninitialized, waiting for the admin API.
+    pub fn start_join(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        let mut cluster = Cluster {
+            dir,
+            nodes: Vec::new(),
+            http,
+        };
+        for _ in 0..n {
+            cluster.add_join_node();
+        }
+        cluster
+    }
+
+    /// Configures and starts one more join-mode node; returns its index.
+    pub fn add_join_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let name = format!("node{}", i + 1);
+        let (peer_port, api_port) = (free_port(), free_port());
+        let data_dir = self.dir.path().join(&name);
+        let config = self.dir.path().join(format!("{name}.yaml"));
+        fs::write(
+            &config,
+            format!(
+                "server:\n  nodeId: \"{name}\"\n  listenAddr: \"127.0.0.1:{peer_port}\"\n  apiAddr: \"127.0.0.1:{api_port}\"\n  dataDir: \"{}\"\n  join: true\n{FAST_RAFT}  maxPromoteLag: 50\n",
+                data_dir.display()
+            ),
+        )
+        .expect("write config");
+        self.nodes.push(NodeProc {
+            log: self.dir.path().join(format!("{name}.log")),
+            name,
+            peer_port,
+            api_port,
+            config,
+            data_dir,
+            child: None,
+        });
+        self.spawn(i);
+        i
+    }
+
+    /// kill -9 and delete the node's data dir (a lost volume).
+    pub fn wipe(&mut self, i: usize) {
+        self.kill9(i);
+        let _ = fs::remove_dir_all(&self.nodes[i].data_dir);
+    }
+
+    /// The node's admin status, once it answers.
+    pub async fn admin_status(&self, i: usize) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (s, body) = self.get(i, "/admin/status").await;
+            if s == 200 {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} admin status: {s} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn member_id(&self, i: usize) -> u64 {
+        self.admin_status(i).await["id"].as_u64().expect("id")
+    }
+
+    pub async fn voters(&self, i: usize) -> Vec<u64> {
+        let (s, body) = self.get(i, "/admin/members").await;
+        assert_eq!(s, 200, "{body}");
+        let mut v: Vec<u64> = body["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "voter")
+            .map(|m| m["id"].as_u64().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// add learner → wait until caught up → promote, through node `via`.
+    pub async fn add_voter(&self, via: usize, new: usize) {
+        let id = self.member_id(new).await;
+        let spec = json!({
+            "id": id,
+            "name": self.nodes[new].name,
+            "address": format!("127.0.0.1:{}", self.nodes[new].peer_port),
+        });
+        let (s, body) = self.post(via, "/admin/learners", &spec).await;
+        assert_eq!(s, 200, "add learner {new}: {body}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (s, body) = self.post(via, "/admin/promote", &json!({ "id": id })).await;
+            if s == 200 {
+                return;
+            }
+            assert!(s == 409 || s == 503, "promote {new}: unexpected {s} {body}");
+            assert!(
+                Instant::now() < deadline,
+                "learner {new} never caught up: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn remove_member(&self, via: usize, id: u64) -> (u16, Value) {
+        self.post(via, "/admin/remove", &json!({ "id": id })).await
+    }
+
     pub fn spawn(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         let log = fs::OpenOptions::new()
@@ -186,6 +301,33 @@ impl Cluster {
             assert!(
                 Instant::now() < deadline,
                 "no agreed leader within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the nodes in `among` agree on a leader; returns its index.
+    pub async fn wait_leader_among(&self, among: &[usize], timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = Vec::new();
+            for &i in among {
+                if let Some(s) = self.status(i).await {
+                    seen.push(s["leader"]["id"].as_u64());
+                }
+            }
+            if seen.len() == among.len() && seen[0].is_some() && seen.iter().all(|l| *l == seen[0])
+            {
+                for &i in among {
+                    let id = self.admin_status(i).await["id"].as_u64();
+                    if id == seen[0] {
+                        return i;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader among {among:?}: {seen:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
