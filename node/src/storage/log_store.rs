@@ -55,6 +55,18 @@ enum WriterCmd {
 pub struct LogStore {
     shared: Arc<Shared>,
     writer: mpsc::Sender<WriterCmd>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogStore {
+    /// Lets the writer finish what is queued, so nothing else opens the log while it still runs.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.writer, closed));
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A cheap read handle for replication.
@@ -131,10 +143,14 @@ impl LogStore {
             dir: dir.to_path_buf(),
         });
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer_loop(seglog, rx))?;
-        Ok(LogStore { shared, writer: tx })
+        Ok(LogStore {
+            shared,
+            writer: tx,
+            writer_thread: Some(writer_thread),
+        })
     }
 
     fn send(&self, cmd: WriterCmd) -> io::Result<()> {
@@ -401,5 +417,88 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             mem.last_purged = Some(log_id);
         }
         self.send(WriterCmd::PurgeUpto(log_id.index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::entry::RaftEntry;
+    use openraft::impls::leader_id_adv::LeaderId;
+    use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
+
+    use super::*;
+    use crate::kv::Command;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(LeaderId { term, node_id: 1 }, index)
+    }
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry::new_normal(
+            log_id(term, index),
+            Command::Set {
+                key: format!("k{index}"),
+                value: "v".into(),
+            },
+        )
+    }
+
+    async fn append(store: &mut LogStore, entries: Vec<Entry>) {
+        let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+        store.append(entries, IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn vote_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let vote = Vote::new(7, 3);
+        {
+            let mut s = LogStore::open(dir.path(), 1 << 20).unwrap();
+            s.save_vote(&vote).await.unwrap();
+        }
+        let mut s = LogStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.read_vote().await.unwrap(), Some(vote));
+    }
+
+    #[tokio::test]
+    async fn flushed_entries_survive_reopen_and_truncate_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = LogStore::open(dir.path(), 256).unwrap();
+            append(&mut s, (1..=10).map(|i| entry(1, i)).collect()).await;
+            s.truncate_after(Some(log_id(1, 6))).await.unwrap();
+            append(&mut s, (7..=8).map(|i| entry(2, i)).collect()).await;
+        }
+        let mut s = LogStore::open(dir.path(), 256).unwrap();
+        let state = s.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(2, 8)));
+        let got = s.try_get_log_entries(1..=8).await.unwrap();
+        assert_eq!(got.len(), 8);
+        assert_eq!(got[6].log_id, log_id(2, 7));
+    }
+
+    #[tokio::test]
+    async fn purge_is_remembered_and_a_log_behind_a_snapshot_restarts_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = LogStore::open(dir.path(), 256).unwrap();
+            append(&mut s, (1..=20).map(|i| entry(1, i)).collect()).await;
+            s.purge(log_id(1, 15)).await.unwrap();
+        }
+        let mut s = LogStore::open(dir.path(), 256).unwrap();
+        let state = s.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 15)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 20)));
+        assert_eq!(s.try_get_log_entries(0..100).await.unwrap().len(), 5);
+        // A follower that installs a snapshot beyond its whole log purges everything and
+        // continues from the snapshot.
+        s.purge(log_id(3, 100)).await.unwrap();
+        append(&mut s, vec![entry(3, 101)]).await;
+        drop(s);
+        let mut s = LogStore::open(dir.path(), 256).unwrap();
+        let state = s.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(3, 100)));
+        assert_eq!(state.last_log_id, Some(log_id(3, 101)));
     }
 }

@@ -58,6 +58,15 @@ pub struct SegmentedLog {
     buf: Vec<u8>,
 }
 
+/// Deleting a segment that is already gone is not an error (a crash between unlink and the
+/// directory sync, or a repeated purge).
+fn remove_segment(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
     dir.join(format!("{first_index:020}.log"))
 }
@@ -321,7 +330,7 @@ impl SegmentedLog {
             if seg.first_index < index {
                 break;
             }
-            fs::remove_file(&seg.path)?;
+            remove_segment(&seg.path)?;
             self.segments.pop();
             self.active = None;
         }
@@ -351,7 +360,7 @@ impl SegmentedLog {
             if seg.next_index() > index + 1 {
                 break;
             }
-            fs::remove_file(&seg.path)?;
+            remove_segment(&seg.path)?;
             self.segments.remove(0);
             removed += 1;
         }
@@ -365,8 +374,9 @@ impl SegmentedLog {
     /// that is ahead of the whole log).
     pub fn reset(&mut self) -> io::Result<()> {
         self.buf.clear();
-        for seg in self.segments.drain(..) {
-            fs::remove_file(&seg.path)?;
+        while let Some(seg) = self.segments.last() {
+            remove_segment(&seg.path)?;
+            self.segments.pop();
         }
         self.active = None;
         sync_dir(&self.dir)
