@@ -113,10 +113,12 @@ fn parse_at(bytes: &[u8], off: usize) -> Parsed {
     idx.copy_from_slice(&rest[8..16]);
     let index = u64::from_le_bytes(idx);
     if len == 0 && crc == 0 && index == 0 {
-        // Zero-filled space: the file system extended the file but the write never landed.
+        // Zero-filled space is a torn tail only if nothing but zeros follows (the file system
+        // extended the file but the write never landed). Zeros with data after them are a hole
+        // in the middle of the log.
         return Parsed::Bad {
             reason: "zero-filled record header".into(),
-            torn: true,
+            torn: rest.iter().all(|b| *b == 0),
         };
     }
     if len > MAX_RECORD_BYTES {
@@ -295,11 +297,11 @@ impl SegmentedLog {
         // The old segment must be complete on disk before records live in the next one.
         self.sync()?;
         let path = segment_path(&self.dir, first_index);
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)?;
+        // Append mode: every write lands at the current end of file, including after a
+        // truncation made through another handle.
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        // A leftover file of that name (from a truncated-away earlier life) starts empty.
+        file.set_len(0)?;
         sync_dir(&self.dir)?;
         self.active = Some(file);
         self.segments.push(Segment {
@@ -344,9 +346,8 @@ impl SegmentedLog {
                 f.set_len(cut)?;
                 f.sync_all()?;
             }
-            if self.active.is_none() {
-                self.active = Some(OpenOptions::new().append(true).open(&seg.path)?);
-            }
+            // Reopen so the next write goes to the new end of file whatever the old handle was.
+            self.active = Some(OpenOptions::new().append(true).open(&seg.path)?);
         }
         sync_dir(&self.dir)
     }
@@ -478,6 +479,23 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_hole_followed_by_records_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentedLog::open(dir.path(), 1 << 20).unwrap();
+        fill(&mut log, 1..=2);
+        drop(log);
+        let seg = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&seg).unwrap();
+        let mut third = Vec::new();
+        frame(3, b"after-the-hole", &mut third);
+        bytes.extend_from_slice(&[0u8; 64]);
+        bytes.extend_from_slice(&third);
+        fs::write(&seg, bytes).unwrap();
+        let err = SegmentedLog::open(dir.path(), 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("zero-filled"), "{err}");
+    }
+
+    #[test]
     fn corruption_in_an_older_segment_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = SegmentedLog::open(dir.path(), 60).unwrap();
@@ -502,6 +520,25 @@ mod tests {
         drop(log);
         let (_, rec) = SegmentedLog::open(dir.path(), 100).unwrap();
         assert_eq!(indexes(&rec), (1..=9).collect::<Vec<_>>());
+    }
+
+    /// Regression: after truncating inside a segment this process created, later appends must
+    /// land at the cut, not at the old end of file (which leaves a zero-filled hole that
+    /// recovery would mistake for a torn tail and cut off — with acknowledged entries after it).
+    #[test]
+    fn appends_after_truncating_a_fresh_segment_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentedLog::open(dir.path(), 1 << 20).unwrap();
+        fill(&mut log, 1..=5);
+        log.truncate_from(3).unwrap();
+        log.append(3, b"new-3").unwrap();
+        log.append(4, b"new-4").unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let (_, rec) = SegmentedLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(indexes(&rec), vec![1, 2, 3, 4]);
+        assert_eq!(rec.records[2].1, b"new-3");
+        assert!(rec.dropped_tail.is_none(), "{:?}", rec.dropped_tail);
     }
 
     #[test]

@@ -429,5 +429,11 @@ impl Drop for Cluster {
         for i in 0..self.nodes.len() {
             self.kill9(i);
         }
+        // CONCORD_TEST_KEEP=1 keeps data dirs and logs of failed tests for inspection.
+        if std::thread::panicking() && std::env::var_os("CONCORD_TEST_KEEP").is_some() {
+            let kept = std::env::temp_dir().join(format!("concord-test-{}", std::process::id()));
+            let _ = fs::rename(self.dir.path(), &kept);
+            eprintln!("kept test data in {}", kept.display());
+        }
     }
 }
