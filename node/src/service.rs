@@ -96,10 +96,12 @@ fn classify(status: tonic::Status, write: bool) -> ForwardFailure {
     }
 }
 
+/// True only when the connection to the leader was never established, so the request cannot
+/// have reached it. A connection that broke mid-request ("connection reset") is not this case.
 fn status_is_connect_error(status: &tonic::Status) -> bool {
     let text = format!("{status:?}").to_lowercase();
     status.code() == tonic::Code::Unavailable
-        && (text.contains("connect") || text.contains("refused"))
+        && (text.contains("error trying to connect") || text.contains("tcp connect error"))
 }
 
 impl App {
