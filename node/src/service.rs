@@ -387,3 +387,29 @@ impl App {
         Ok((resp.keys, resp.more))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_recognised_as_never_sent() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let channels = crate::transport::Channels::default();
+        let mut client = channels.client(&format!("127.0.0.1:{port}")).unwrap();
+        let status = client
+            .forward_write(WriteRequest::default())
+            .await
+            .unwrap_err();
+        assert!(status_is_connect_error(&status), "{status:?}");
+        assert!(matches!(classify(status, true), ForwardFailure::Retry(_)));
+        let broken = tonic::Status::unavailable("h2 protocol error: connection reset by peer");
+        assert!(matches!(
+            classify(broken, true),
+            ForwardFailure::Fail(ServiceError::Unknown(_))
+        ));
+    }
+}
