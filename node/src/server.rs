@@ -141,9 +141,19 @@ impl Node {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut grpc_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+            // nodelay on accepted peer connections: Raft RPCs are small and latency-bound.
+            let incoming = match tonic::transport::server::TcpIncoming::from_listener(
+                grpc_listener,
+                true,
+                Some(Duration::from_secs(30)),
+            ) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::error!(error = %e, "peer listener");
+                    return;
+                }
+            };
             let res = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(svc)
                 .add_service(admin)
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -158,7 +168,9 @@ impl Node {
         let router = crate::api::router(app.clone());
         let mut http_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
+            // Without TCP_NODELAY small responses meet delayed ACKs: 40 ms tail latency.
             let res = axum::serve(http_listener, router)
+                .tcp_nodelay(true)
                 .with_graceful_shutdown(async move {
                     let _ = http_stop.wait_for(|s| *s).await;
                 })
@@ -260,11 +272,15 @@ async fn transfer_leadership_away(app: &App) {
 
 /// Mirrors openraft's metrics into Prometheus gauges as they change.
 async fn export_raft_metrics(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    // openraft's metrics change on every commit. The cheap gauges follow every change; the
+    // per-member ones (label lookups, membership walk) at most twice a second.
+    const SLOW_EVERY: Duration = Duration::from_millis(500);
     let mut rx = app.raft.metrics();
     let mut last_leader = None;
+    let mut last_slow: Option<std::time::Instant> = None;
     loop {
         {
-            let m = rx.borrow_watched().clone();
+            let m = rx.borrow_watched();
             let pm = metrics();
             pm.has_leader.set(i64::from(m.current_leader.is_some()));
             pm.is_leader.set(i64::from(m.state == ServerState::Leader));
@@ -280,30 +296,36 @@ async fn export_raft_metrics(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             pm.snapshot_index
                 .set(m.snapshot.as_ref().map(|l| l.index).unwrap_or(0) as i64);
             pm.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
-            let membership = m.membership_config.membership();
-            pm.members
-                .with_label_values(&["voter"])
-                .set(membership.voter_ids().count() as i64);
-            pm.members
-                .with_label_values(&["learner"])
-                .set(membership.learner_ids().count() as i64);
-            pm.peer_lag_entries.reset();
-            if let Some(rep) = &m.replication {
-                let last = m.last_log_index.unwrap_or(0);
-                for (id, matched) in rep {
-                    let name = membership
-                        .get_node(id)
-                        .map(|n| n.name.clone())
-                        .unwrap_or_else(|| id.to_string());
-                    let lag = last.saturating_sub(matched.as_ref().map(|l| l.index).unwrap_or(0));
-                    pm.peer_lag_entries
-                        .with_label_values(&[name.as_str()])
-                        .set(lag as i64);
+            if last_slow.is_none_or(|t| t.elapsed() >= SLOW_EVERY) {
+                last_slow = Some(std::time::Instant::now());
+                let membership = m.membership_config.membership();
+                pm.members
+                    .with_label_values(&["voter"])
+                    .set(membership.voter_ids().count() as i64);
+                pm.members
+                    .with_label_values(&["learner"])
+                    .set(membership.learner_ids().count() as i64);
+                pm.peer_lag_entries.reset();
+                if let Some(rep) = &m.replication {
+                    let last = m.last_log_index.unwrap_or(0);
+                    for (id, matched) in rep {
+                        let name = membership
+                            .get_node(id)
+                            .map(|n| n.name.clone())
+                            .unwrap_or_else(|| id.to_string());
+                        let lag =
+                            last.saturating_sub(matched.as_ref().map(|l| l.index).unwrap_or(0));
+                        pm.peer_lag_entries
+                            .with_label_values(&[name.as_str()])
+                            .set(lag as i64);
+                    }
                 }
             }
         }
         tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
+            changed = tokio::time::timeout(SLOW_EVERY, rx.changed()) => {
+                if matches!(changed, Ok(Err(_))) { return }
+            }
             _ = stop.wait_for(|s| *s) => return,
         }
     }

@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+// Allocation-heavy paths (request parsing, log entries, gRPC frames) run measurably faster on
+// mimalloc than on glibc malloc (see README, Benchmark).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use concord_node::config::{normalize_args, Config, Flags, LogFormat};
 use concord_node::server::Node;
