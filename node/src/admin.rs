@@ -16,7 +16,7 @@ use concord_proto::{
     TransferLeaderRequest,
 };
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Instant as _, RaftMetrics, ServerState};
 use tonic::{Request, Response, Status};
 
@@ -34,6 +34,8 @@ pub enum AdminError {
     AlreadyInitialized(String),
     #[error("busy: another membership change is in progress; retry when it finishes")]
     Busy,
+    #[error("busy: the previous membership change is not committed yet; retry shortly ({0})")]
+    InProgress(String),
     #[error("refused: {0}")]
     Refused(String),
     #[error("not found: {0}")]
@@ -49,14 +51,20 @@ impl AdminError {
         match self {
             AdminError::Invalid(_) => 400,
             AdminError::NotFound(_) => 404,
-            AdminError::AlreadyInitialized(_) | AdminError::Busy | AdminError::Refused(_) => 409,
+            AdminError::AlreadyInitialized(_)
+            | AdminError::Busy
+            | AdminError::InProgress(_)
+            | AdminError::Refused(_) => 409,
             AdminError::NoLeader(_) => 503,
             AdminError::Internal(_) => 500,
         }
     }
 
     pub fn retryable(&self) -> bool {
-        matches!(self, AdminError::Busy | AdminError::NoLeader(_))
+        matches!(
+            self,
+            AdminError::Busy | AdminError::InProgress(_) | AdminError::NoLeader(_)
+        )
     }
 }
 
@@ -68,7 +76,7 @@ impl From<AdminError> for Status {
             AdminError::Invalid(_) => Status::invalid_argument(msg),
             AdminError::NotFound(_) => Status::not_found(msg),
             AdminError::AlreadyInitialized(_) => Status::already_exists(msg),
-            AdminError::Busy => Status::aborted(msg),
+            AdminError::Busy | AdminError::InProgress(_) => Status::aborted(msg),
             AdminError::Refused(_) => Status::failed_precondition(msg),
             AdminError::NoLeader(_) => Status::unavailable(msg),
             AdminError::Internal(_) => Status::internal(msg),
@@ -97,6 +105,10 @@ fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> AdminE
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
             AdminError::NoLeader("leadership moved during the change; retry".into())
         }
+        // The previous change (or the initial membership) is not committed yet: transient.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(p),
+        )) => AdminError::InProgress(p.to_string()),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             AdminError::Refused(c.to_string())
         }
@@ -115,6 +127,7 @@ fn result(message: impl Into<String>, log_index: u64) -> AdminResult {
 struct View {
     metrics: RaftMetrics<TypeConfig>,
     reachable_within: Duration,
+    caught_up_within: u64,
 }
 
 impl View {
@@ -159,8 +172,16 @@ impl View {
     }
 
     fn healthy(&self, id: NodeId) -> bool {
-        self.last_contact(id)
-            .is_some_and(|d| d <= self.reachable_within)
+        match self.last_contact(id) {
+            Some(d) => d <= self.reachable_within,
+            // openraft resets its acknowledgement clock for a member when the membership
+            // changes (e.g. right after a promotion); until the next acknowledgement, a member
+            // whose replication is caught up is taken as healthy, since only its acknowledgements
+            // could have moved its matched index.
+            None => self
+                .matched(id)
+                .is_some_and(|m| self.last_log().saturating_sub(m) <= self.caught_up_within),
+        }
     }
 }
 
@@ -168,9 +189,11 @@ impl App {
     fn view(&self) -> View {
         View {
             metrics: self.metrics(),
-            // Missing a few heartbeats is normal; missing an election timeout's worth is not.
-            reachable_within: self.config.raft.election_timeout_max
-                + self.config.raft.heartbeat * 2,
+            // A busy or briefly slow member can miss a few acknowledgements; a member silent for
+            // several election timeouts is down.
+            reachable_within: (self.config.raft.election_timeout_max * 3)
+                .max(Duration::from_secs(2)),
+            caught_up_within: self.config.raft.max_promote_lag,
         }
     }
 
@@ -231,9 +254,23 @@ impl App {
         match self.raft.initialize(members.clone()).await {
             Ok(()) => {
                 tracing::info!(cluster = %cluster, members = members.len(), "cluster initialized");
+                // Return once a leader has committed the initial membership, so the next change
+                // (adding a learner) is accepted straight away.
+                let ready = self
+                    .wait_metrics(SETTLE_TIMEOUT, |m| {
+                        m.current_leader.is_some()
+                            && m.membership_config.log_id().is_some()
+                            && m.membership_config.log_id() <= &m.cluster_committed
+                    })
+                    .await;
+                let note = if ready {
+                    ""
+                } else {
+                    "; no leader yet (are a quorum of the members running?)"
+                };
                 Ok(result(
                     format!(
-                        "initialized cluster {cluster} with {} member(s)",
+                        "initialized cluster {cluster} with {} member(s){note}",
                         members.len()
                     ),
                     0,
@@ -371,10 +408,18 @@ impl App {
         let quorum = remaining.len() / 2 + 1;
         let healthy = remaining.iter().filter(|v| view.healthy(**v)).count();
         if healthy < quorum && !req.force {
+            let contacts: Vec<String> = remaining
+                .iter()
+                .map(|v| match view.last_contact(*v) {
+                    Some(d) => format!("{v}: last heard {}ms ago", d.as_millis()),
+                    None => format!("{v}: never heard from"),
+                })
+                .collect();
             return Err(AdminError::Refused(format!(
-                "removing {id} would leave {} voter(s) of which only {healthy} are healthy, fewer than the quorum of {quorum}; \
+                "removing {id} would leave {} voter(s) of which only {healthy} are healthy, fewer than the quorum of {quorum} ({}); \
                  bring members back first, or pass force",
-                remaining.len()
+                remaining.len(),
+                contacts.join(", ")
             )));
         }
         if id == self.id() {

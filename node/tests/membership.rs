@@ -300,7 +300,8 @@ async fn unsafe_changes_are_refused_and_change_nothing() {
     let leader = c.wait_leader_among(&[0, 1, 2], WAIT).await;
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     c.kill9(followers[0]);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the leader's "healthy" window (3 election timeouts, at least 2 s).
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     let (s, body) = c.remove_member(leader, ids[followers[1]]).await;
     assert_eq!(s, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("quorum"), "{body}");

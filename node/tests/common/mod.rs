@@ -191,8 +191,17 @@ impl Cluster {
             "name": self.nodes[new].name,
             "address": format!("127.0.0.1:{}", self.nodes[new].peer_port),
         });
-        let (s, body) = self.post(via, "/admin/learners", &spec).await;
-        assert_eq!(s, 200, "add learner {new}: {body}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (s, body) = self.post(via, "/admin/learners", &spec).await;
+            if s == 200 {
+                break;
+            }
+            // Only documented retryable refusals (busy, no leader) may be retried.
+            assert_eq!(body["retryable"], true, "add learner {new}: {s} {body}");
+            assert!(Instant::now() < deadline, "add learner {new}: {s} {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let (s, body) = self.post(via, "/admin/promote", &json!({ "id": id })).await;
