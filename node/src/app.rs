@@ -27,6 +27,8 @@ pub struct App {
     /// Peer messages refused (wrong cluster or wrong member), and the last reason.
     pub refused_messages: AtomicU64,
     pub last_refusal: Mutex<Option<String>>,
+    /// When a leader last replicated to (or heartbeat) this node.
+    last_leader_contact: Mutex<Option<Instant>>,
     shutting_down: AtomicBool,
 }
 
@@ -59,6 +61,7 @@ impl App {
             membership_lock: tokio::sync::Mutex::new(()),
             refused_messages: AtomicU64::new(0),
             last_refusal: Mutex::new(None),
+            last_leader_contact: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -86,6 +89,45 @@ impl App {
     pub fn record_refusal(&self, reason: String) {
         self.refused_messages.fetch_add(1, Ordering::Relaxed);
         *self.last_refusal.lock() = Some(reason);
+    }
+
+    pub fn note_leader_contact(&self) {
+        *self.last_leader_contact.lock() = Some(Instant::now());
+    }
+
+    /// Whether this node is in touch with a leader right now: openraft keeps the last leader's
+    /// id after losing contact, so "a leader id is known" alone would say yes on a partitioned
+    /// node. A leader must have heard from a quorum recently; anyone else from the leader.
+    pub fn leader_contact(&self, m: &RaftMetrics<TypeConfig>) -> Result<(), String> {
+        let window = self.config.raft.election_timeout_max * 2;
+        let Some(leader) = m.current_leader else {
+            return Err("no leader known".into());
+        };
+        if leader == self.id() {
+            if m.membership_config.membership().voter_ids().count() <= 1 {
+                return Ok(());
+            }
+            return match m
+                .last_quorum_acked
+                .as_ref()
+                .map(|t| openraft::Instant::elapsed(&**t))
+            {
+                Some(d) if d <= window => Ok(()),
+                Some(d) => Err(format!(
+                    "leader has not heard from a quorum for {}ms",
+                    d.as_millis()
+                )),
+                None => Err("leader has not heard from a quorum yet".into()),
+            };
+        }
+        match *self.last_leader_contact.lock() {
+            Some(t) if t.elapsed() <= window => Ok(()),
+            Some(t) => Err(format!(
+                "no contact with leader {leader} for {}ms",
+                t.elapsed().as_millis()
+            )),
+            None => Err(format!("no contact with leader {leader} since start")),
+        }
     }
 
     pub fn begin_shutdown(&self) {

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub snapshot_save_seconds: Histogram,
     pub snapshot_load_seconds: Histogram,
     pub snapshot_size_bytes: IntGauge,
+    pub data_dir_bytes: IntGauge,
     // peers
     pub peer_rpc_seconds: HistogramVec,
     pub peer_rpc_failures: IntCounterVec,
@@ -48,6 +49,15 @@ pub struct Metrics {
     pub key_bytes: IntGauge,
     pub build_info: IntGaugeVec,
 }
+
+/// Outgoing peer RPCs, the `method` label's values.
+pub const PEER_METHODS: &[&str] = &[
+    "append_entries",
+    "vote",
+    "pre_vote",
+    "transfer_leader",
+    "install_snapshot",
+];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -162,6 +172,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "disk_snapshot_size_bytes",
             "Size of the latest snapshot file"
         )?),
+        data_dir_bytes: reg!(IntGauge::new(
+            "disk_data_dir_bytes",
+            "Bytes used by the data directory (log, snapshots, metadata)"
+        )?),
         peer_rpc_seconds: reg!(HistogramVec::new(
             HistogramOpts::new("peer_rpc_duration_seconds", "Outgoing peer RPC latency")
                 .buckets(LATENCY_BUCKETS.to_vec()),
@@ -208,6 +222,28 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?),
         registry,
     };
+    // Label values from fixed sets are created up front, so every series exists (at zero)
+    // before the first event and alerts can rely on it.
+    for reason in ["timeout", "leader_changed", "rejected", "fatal"] {
+        m.proposals_failed.with_label_values(&[reason]);
+    }
+    for kind in ["write", "read", "list"] {
+        m.forwarded.with_label_values(&[kind]);
+    }
+    for reason in [
+        "bad_request",
+        "too_large",
+        "no_leader",
+        "outcome_unknown",
+        "unavailable",
+        "internal",
+    ] {
+        m.http_rejected.with_label_values(&[reason]);
+    }
+    for method in PEER_METHODS {
+        m.peer_rpc_seconds.with_label_values(&[method]);
+        m.peer_rpc_failures.with_label_values(&[method]);
+    }
     m.build_info
         .with_label_values(&[
             env!("CARGO_PKG_VERSION"),

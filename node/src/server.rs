@@ -184,6 +184,10 @@ impl Node {
             app.clone(),
             stop_rx.clone(),
         )));
+        tasks.push(tokio::spawn(measure_data_dir(
+            app.config.data_dir.clone(),
+            stop_rx.clone(),
+        )));
 
         if !app.config.join {
             bootstrap(&app).await?;
@@ -270,6 +274,35 @@ async fn transfer_leadership_away(app: &App) {
     }
 }
 
+/// Total size of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Refreshes the data dir size gauge; walking the directory is cheap but not free.
+async fn measure_data_dir(dir: std::path::PathBuf, mut stop: watch::Receiver<bool>) {
+    loop {
+        let d = dir.clone();
+        if let Ok(bytes) = tokio::task::spawn_blocking(move || dir_bytes(&d)).await {
+            metrics().data_dir_bytes.set(bytes as i64);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Mirrors openraft's metrics into Prometheus gauges as they change.
 async fn export_raft_metrics(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     // openraft's metrics change on every commit. The cheap gauges follow every change; the
@@ -282,7 +315,7 @@ async fn export_raft_metrics(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         {
             let m = rx.borrow_watched();
             let pm = metrics();
-            pm.has_leader.set(i64::from(m.current_leader.is_some()));
+            pm.has_leader.set(i64::from(app.leader_contact(&m).is_ok()));
             pm.is_leader.set(i64::from(m.state == ServerState::Leader));
             if m.current_leader.is_some() && m.current_leader != last_leader {
                 pm.leader_changes.inc();

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod error;
 pub mod kv;
+pub mod probes;
 pub mod status;
 
 use std::sync::Arc;
@@ -38,9 +39,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/members", get(admin::members))
         .route("/admin/status", get(admin::node_status))
         .route("/metrics", get(prometheus))
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
-        .route("/healthz", get(readyz))
+        .route("/livez", get(probes::livez))
+        .route("/readyz", get(probes::readyz))
+        .route("/readyz/:check", get(probes::readyz_one))
+        .route("/healthz", get(probes::readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
@@ -90,20 +92,4 @@ async fn prometheus() -> impl IntoResponse {
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         render(),
     )
-}
-
-/// Liveness never depends on peers: a partitioned node is alive and must not be restarted.
-async fn livez() -> impl IntoResponse {
-    (StatusCode::OK, "ok\n")
-}
-
-async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match status::readiness(&app) {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {reason}\n"),
-        )
-            .into_response(),
-    }
 }

@@ -95,25 +95,4 @@ pub fn metrics_json(app: &App) -> Value {
     })
 }
 
-/// Ready: a leader is known and this node has applied everything it knows to be committed.
-/// Learners count as ready once caught up the same way (see README "Probes").
-pub fn readiness(app: &App) -> Result<(), String> {
-    if app.is_shutting_down() {
-        return Err("node is shutting down".into());
-    }
-    let m = app.metrics();
-    if m.running_state.is_err() {
-        return Err("raft has stopped after a fatal error".into());
-    }
-    if m.current_leader.is_none() {
-        return Err("no leader known".into());
-    }
-    let committed = m.cluster_committed.as_ref().map(|l| l.index).unwrap_or(0);
-    let applied = m.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
-    if applied < committed {
-        return Err(format!(
-            "applied index {applied} is behind commit index {committed}"
-        ));
-    }
-    Ok(())
-}
+pub use super::probes::readiness;

@@ -83,6 +83,10 @@ impl RaftPeer for PeerService {
             .append_entries(rpc)
             .await
             .map_err(Self::raft_stopped)?;
+        // Heard from the current leader (a stale one gets HigherVote and does not count).
+        if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+            self.app.note_leader_contact();
+        }
         self.reply(&resp)
     }
 

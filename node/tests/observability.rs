@@ -1,0 +1,204 @@
+//! Metrics exposition and health probes on real processes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Every metric an operator alerts on; a rename must break this test, not a dashboard.
+const REQUIRED: &[&str] = &[
+    "concord_server_has_leader",
+    "concord_server_is_leader",
+    "concord_server_leader_changes_seen_total",
+    "concord_server_current_term",
+    "concord_server_commit_index",
+    "concord_server_applied_index",
+    "concord_server_snapshot_index",
+    "concord_server_proposals_committed_total",
+    "concord_server_proposals_applied_total",
+    "concord_server_proposals_failed_total",
+    "concord_server_proposals_pending",
+    "concord_server_members",
+    "concord_server_forwarded_requests_total",
+    "concord_disk_log_fsync_duration_seconds",
+    "concord_disk_log_written_bytes_total",
+    "concord_disk_snapshot_save_duration_seconds",
+    "concord_disk_snapshot_load_duration_seconds",
+    "concord_disk_snapshot_size_bytes",
+    "concord_disk_log_segments",
+    "concord_disk_data_dir_bytes",
+    "concord_peer_replication_lag_entries",
+    "concord_peer_rpc_failures_total",
+    "concord_peer_rpc_duration_seconds",
+    "concord_http_request_duration_seconds",
+    "concord_http_requests_in_flight",
+    "concord_http_rejected_requests_total",
+    "concord_store_keys",
+    "concord_store_bytes",
+    "concord_process_cpu_seconds_total",
+    "concord_process_resident_memory_bytes",
+    "concord_process_open_fds",
+    "concord_build_info",
+];
+
+async fn scrape(c: &Cluster, i: usize) -> prometheus_parse::Scrape {
+    let text = c
+        .http
+        .get(format!("{}/metrics", c.nodes[i].api()))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid exposition")
+}
+
+fn value(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+        .map(|x| match &x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+            prometheus_parse::Value::Summary(_) => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_name_everything_and_move_with_writes() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(WAIT).await;
+    let follower = (leader + 1) % 3;
+    for i in 0..20 {
+        let (s, body) = c
+            .set(follower, &format!("secret-key-{i}"), "secret-value")
+            .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let (s, _) = c.post_raw(follower, "/api/set", b"{bad".to_vec()).await;
+    assert_eq!(s, 400);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let l = scrape(&c, leader).await;
+    let f = scrape(&c, follower).await;
+    let names: BTreeSet<&str> = l.samples.iter().map(|s| s.metric.as_str()).collect();
+    for name in REQUIRED {
+        assert!(
+            names.contains(name),
+            "missing metric {name}; have {names:?}"
+        );
+    }
+    assert!(value(&l, "concord_server_proposals_committed_total", None) >= 20.0);
+    assert!(
+        value(
+            &f,
+            "concord_server_forwarded_requests_total",
+            Some(("kind", "write"))
+        ) >= 20.0
+    );
+    assert!(value(&l, "concord_disk_log_fsync_duration_seconds", None) > 0.0);
+    assert!(
+        value(
+            &f,
+            "concord_http_rejected_requests_total",
+            Some(("reason", "bad_request"))
+        ) >= 1.0
+    );
+    assert_eq!(value(&l, "concord_server_is_leader", None), 1.0);
+    assert_eq!(value(&f, "concord_server_is_leader", None), 0.0);
+    assert_eq!(value(&f, "concord_server_has_leader", None), 1.0);
+    assert_eq!(
+        value(&l, "concord_server_members", Some(("role", "voter"))),
+        3.0
+    );
+    assert!(value(&l, "concord_store_keys", None) >= 20.0);
+    // Bounded cardinality: no key or value ever becomes a label.
+    for s in l.samples.iter().chain(f.samples.iter()) {
+        for (k, v) in s.labels.iter() {
+            assert!(
+                !v.contains("secret"),
+                "label {k}={v} on {} leaks user data",
+                s.metric
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_quorum_and_livez_never_does() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(WAIT).await;
+    let survivor = (leader + 1) % 3;
+    let (s, _) = c.get(survivor, "/readyz").await;
+    assert_eq!(s, 200);
+    // The survivor loses its quorum: the leader and the third node die.
+    for i in 0..3 {
+        if i != survivor {
+            c.kill9(i);
+        }
+    }
+    let lost_at = Instant::now();
+    let deadline = lost_at + WAIT;
+    loop {
+        let (live, _) = c.get(survivor, "/livez").await;
+        assert_eq!(live, 200, "livez must not depend on peers");
+        let (ready, body) = c.get(survivor, "/readyz?verbose").await;
+        let has_leader = value(
+            &scrape(&c, survivor).await,
+            "concord_server_has_leader",
+            None,
+        );
+        if ready == 503 && has_leader == 0.0 {
+            assert!(
+                body.as_str().unwrap_or_default().contains("[-]leader"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready without a quorum: {ready} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("readyz went 503 {:?} after quorum loss", lost_at.elapsed());
+    let (s, _) = c.get(survivor, "/readyz/leader").await;
+    assert_eq!(s, 503);
+    let (s, _) = c.get(survivor, "/readyz/applied").await;
+    assert_eq!(s, 200, "the applied check alone still passes");
+    // Heal.
+    for i in 0..3 {
+        if i != survivor {
+            c.spawn(i);
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (ready, body) = c.get(survivor, "/readyz").await;
+        if ready == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready after healing: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        value(
+            &scrape(&c, survivor).await,
+            "concord_server_has_leader",
+            None
+        ),
+        1.0
+    );
+    let (s, _) = c.get(survivor, "/healthz").await;
+    assert_eq!(s, 200);
+}
