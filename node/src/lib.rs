@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod telemetry;
 pub mod transport;
 pub mod types;

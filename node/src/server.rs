@@ -13,6 +13,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::{ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::admin::AdminService;
 use crate::app::App;
@@ -96,6 +97,7 @@ impl Node {
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let lock = lock_data_dir(&config.data_dir)?;
         let identity = identity::load_or_create(&config.data_dir, &config.name, config.join)?;
+        crate::telemetry::set_log_node_id(identity.node_id);
         let cluster_id = ClusterId::load(&config.data_dir)?;
         if let Some(id) = initial_cluster_id(&config) {
             cluster_id.set_if_unset(&id)?;
@@ -112,6 +114,8 @@ impl Node {
             channels: channels.clone(),
             cluster_id: cluster_id.clone(),
         };
+        // Raft's tasks inherit this span, so every openraft log line names the node.
+        let raft_span = tracing::info_span!("raft", node = %config.name, id = identity.node_id);
         let raft: Raft = Raft::new(
             identity.node_id,
             Arc::new(raft_config(&config)?),
@@ -119,6 +123,7 @@ impl Node {
             log_for_reader,
             sm,
         )
+        .instrument(raft_span)
         .await
         .context("starting raft")?;
 
@@ -219,7 +224,8 @@ impl Node {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
-        if let Err(e) = app.raft.shutdown().await {
+        let span = tracing::info_span!("raft", node = %app.config.name, id = app.id());
+        if let Err(e) = app.raft.shutdown().instrument(span).await {
             tracing::warn!(error = %e, "raft shutdown");
         }
         tracing::info!("concord-node stopped");
@@ -322,6 +328,7 @@ async fn export_raft_metrics(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             }
             last_leader = m.current_leader;
             pm.current_term.set(m.current_term as i64);
+            crate::telemetry::set_log_term(m.current_term);
             pm.commit_index
                 .set(m.cluster_committed.as_ref().map(|l| l.index).unwrap_or(0) as i64);
             pm.applied_index

@@ -145,7 +145,9 @@ impl App {
         }
     }
 
-    /// Proposes on this node, which believes it is the leader.
+    /// Proposes on this node, which believes it is the leader; returns once committed and
+    /// applied.
+    #[tracing::instrument(name = "raft.propose", skip_all, fields(node = %self.identity.name, otel.kind = "internal"))]
     pub async fn propose(&self, cmd: Command, deadline: Instant) -> Result<Written, ServiceError> {
         let m = metrics();
         m.proposals_pending.inc();
@@ -204,6 +206,7 @@ impl App {
             command,
         });
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        crate::telemetry::inject_grpc(req.metadata_mut());
         let resp = client
             .forward_write(req)
             .await
@@ -221,6 +224,7 @@ impl App {
     }
 
     /// Waits until this node, as leader, may serve a linearizable read from its state.
+    #[tracing::instrument(name = "raft.read_index", skip_all, fields(node = %self.identity.name))]
     pub async fn read_barrier(&self, deadline: Instant) -> Result<(), ServiceError> {
         match timeout_at(
             deadline,
@@ -327,6 +331,7 @@ impl App {
             key: key.to_string(),
         });
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        crate::telemetry::inject_grpc(req.metadata_mut());
         let resp = client
             .forward_read(req)
             .await
@@ -379,6 +384,7 @@ impl App {
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
         });
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        crate::telemetry::inject_grpc(req.metadata_mut());
         let resp = client
             .forward_list(req)
             .await

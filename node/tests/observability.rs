@@ -202,3 +202,39 @@ async fn readyz_follows_quorum_and_livez_never_does() {
     let (s, _) = c.get(survivor, "/healthz").await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_and_raft_lines_name_the_node() {
+    let env = vec![
+        ("CONCORD_LOG_FORMAT".to_string(), "json".to_string()),
+        ("CONCORD_LOG".to_string(), "info,openraft=info".to_string()),
+    ];
+    let mut c = Cluster::start_with_env(1, "", env);
+    c.wait_leader(WAIT).await;
+    c.set_retry("k", "v", Duration::from_secs(5)).await;
+    c.terminate(0);
+    let text = c.log_text(0);
+    let mut raft_lines = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        assert_eq!(v["node"], "node1", "{line}");
+        assert!(
+            v["id"].as_u64().is_some() && v["term"].as_u64().is_some(),
+            "{line}"
+        );
+        let target = v["target"].as_str().unwrap_or_default();
+        if target.starts_with("openraft") {
+            raft_lines += 1;
+            assert!(
+                v["id"].as_u64().unwrap_or(0) > 0,
+                "raft line without the node id: {line}"
+            );
+        }
+    }
+    assert!(raft_lines > 0, "no openraft lines at info level:\n{text}");
+}

@@ -15,6 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
+use tracing::Instrument;
 
 use crate::app::App;
 use crate::metrics::{metrics, render};
@@ -70,7 +71,15 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     } else {
         app.config.limits.request_timeout + Duration::from_secs(1)
     };
-    let response = match tokio::time::timeout(limit, next.run(req)).await {
+    let span = tracing::info_span!(
+        "http.request",
+        otel.kind = "server",
+        http.method = %req.method(),
+        http.route = %route,
+        node = %app.identity.name,
+    );
+    crate::telemetry::adopt_http_parent(&span, req.headers());
+    let response = match tokio::time::timeout(limit, next.run(req).instrument(span)).await {
         Ok(r) => r,
         Err(_) => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,

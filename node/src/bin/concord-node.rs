@@ -8,22 +8,8 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use concord_node::config::{normalize_args, Config, Flags, LogFormat};
+use concord_node::config::{normalize_args, Config, Flags};
 use concord_node::server::Node;
-use tracing_subscriber::EnvFilter;
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("CONCORD_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -51,7 +37,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(config.log_format);
+    let _telemetry = concord_node::telemetry::init(config.log_format, &config.name);
     let node = match Node::start(config).await {
         Ok(n) => n,
         Err(e) => {

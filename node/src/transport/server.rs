@@ -9,6 +9,7 @@ use concord_proto::{
 };
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::{decode, encode};
 use crate::app::App;
@@ -176,6 +177,35 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let span = tracing::info_span!("peer.forward_write", otel.kind = "server", node = %self.app.identity.name);
+        crate::telemetry::adopt_grpc_parent(&span, req.metadata());
+        self.forward_write_inner(req).instrument(span).await
+    }
+
+    async fn forward_read(
+        &self,
+        req: Request<ReadRequest>,
+    ) -> Result<Response<ReadResponse>, Status> {
+        let span = tracing::info_span!("peer.forward_read", otel.kind = "server", node = %self.app.identity.name);
+        crate::telemetry::adopt_grpc_parent(&span, req.metadata());
+        self.forward_read_inner(req).instrument(span).await
+    }
+
+    async fn forward_list(
+        &self,
+        req: Request<ListRequest>,
+    ) -> Result<Response<ListResponse>, Status> {
+        let span = tracing::info_span!("peer.forward_list", otel.kind = "server", node = %self.app.identity.name);
+        crate::telemetry::adopt_grpc_parent(&span, req.metadata());
+        self.forward_list_inner(req).instrument(span).await
+    }
+}
+
+impl PeerService {
+    async fn forward_write_inner(
+        &self,
+        req: Request<WriteRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
         let deadline = tokio::time::Instant::now() + self.app.config.limits.request_timeout;
         let msg = req.into_inner();
         self.check_cluster(&msg.cluster_id)?;
@@ -189,8 +219,10 @@ impl RaftPeer for PeerService {
             result: encode(&written.result)?,
         }))
     }
+}
 
-    async fn forward_read(
+impl PeerService {
+    async fn forward_read_inner(
         &self,
         req: Request<ReadRequest>,
     ) -> Result<Response<ReadResponse>, Status> {
@@ -208,8 +240,10 @@ impl RaftPeer for PeerService {
             None => ReadResponse::default(),
         }))
     }
+}
 
-    async fn forward_list(
+impl PeerService {
+    async fn forward_list_inner(
         &self,
         req: Request<ListRequest>,
     ) -> Result<Response<ListResponse>, Status> {

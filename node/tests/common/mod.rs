@@ -42,6 +42,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<NodeProc>,
     pub http: reqwest::Client,
+    /// Extra environment for every node process.
+    pub env: Vec<(String, String)>,
 }
 
 /// Raft timing for tests: fast elections so failover tests stay short.
@@ -51,6 +53,10 @@ pub const FAST_RAFT: &str =
 impl Cluster {
     /// Writes seed-format YAML for `n` nodes (plus `extra` YAML sections) and starts them.
     pub fn start(n: usize, extra: &str) -> Cluster {
+        Self::start_with_env(n, extra, Vec::new())
+    }
+
+    pub fn start_with_env(n: usize, extra: &str, env: Vec<(String, String)>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let peers: Vec<String> = ports
@@ -90,7 +96,12 @@ impl Cluster {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client");
-        let mut cluster = Cluster { dir, nodes, http };
+        let mut cluster = Cluster {
+            dir,
+            nodes,
+            http,
+            env,
+        };
         for i in 0..n {
             cluster.spawn(i);
         }
@@ -108,6 +119,7 @@ impl Cluster {
             dir,
             nodes: Vec::new(),
             http,
+            env: Vec::new(),
         };
         for _ in 0..n {
             cluster.add_join_node();
@@ -232,6 +244,7 @@ impl Cluster {
             .arg("-config")
             .arg(&node.config)
             .env("CONCORD_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()
