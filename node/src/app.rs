@@ -29,6 +29,8 @@ pub struct App {
     pub last_refusal: Mutex<Option<String>>,
     /// When a leader last replicated to (or heartbeat) this node.
     last_leader_contact: Mutex<Option<Instant>>,
+    /// Until when this node refuses to vote (after cutting a damaged log tail at start).
+    abstain_until: Mutex<Option<Instant>>,
     shutting_down: AtomicBool,
 }
 
@@ -62,6 +64,7 @@ impl App {
             refused_messages: AtomicU64::new(0),
             last_refusal: Mutex::new(None),
             last_leader_contact: Mutex::new(None),
+            abstain_until: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -93,6 +96,32 @@ impl App {
 
     pub fn note_leader_contact(&self) {
         *self.last_leader_contact.lock() = Some(Instant::now());
+        // A leader is replicating to us: we are repairing from it, and may vote again.
+        *self.abstain_until.lock() = None;
+    }
+
+    /// After start-up cut a damaged tail off the log, this node may have lost entries it had
+    /// acknowledged. Its vote could then elect a leader that lacks them, so it abstains until a
+    /// leader replicates to it or `window` passes (so a whole cluster restarting after a crash,
+    /// where every node cut a torn tail, still elects someone).
+    pub fn abstain_from_votes_for(&self, window: std::time::Duration) {
+        *self.abstain_until.lock() = Some(Instant::now() + window);
+    }
+
+    /// Why this node will not vote right now, if it will not.
+    pub fn abstaining(&self) -> Option<String> {
+        let mut until = self.abstain_until.lock();
+        match *until {
+            Some(t) if Instant::now() < t => Some(format!(
+                "abstaining from votes for {}ms: recovered from a damaged log tail and not yet caught up with a leader",
+                t.saturating_duration_since(Instant::now()).as_millis()
+            )),
+            Some(_) => {
+                *until = None;
+                None
+            }
+            None => None,
+        }
     }
 
     /// Whether this node is in touch with a leader right now: openraft keeps the last leader's

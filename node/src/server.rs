@@ -78,6 +78,17 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_threshold),
         max_in_snapshot_log_to_keep: r.logs_to_keep_after_snapshot,
         enable_pre_vote: Some(true),
+        // A follower whose log lost its tail to a disk fault (a torn or corrupt tail cut off at
+        // start) must not panic the leader's replication: without this openraft aborts the
+        // leader, then the next one, and one bad disk takes the whole cluster down (found by the
+        // chaos suite's disk nemesis). With it the leader re-replicates from what the follower
+        // really has.
+        allow_log_reversion: Some(true),
+        // openraft's default lets a restarted leader resume its term without an election. Our
+        // state machine is rebuilt from the log at start and the commit index is not persisted,
+        // so a resumed leader could serve reads from a stale map, and one whose log tail was
+        // damaged would overwrite followers' copies of entries it lost. Always elect.
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     c.validate().context("raft configuration")
@@ -107,6 +118,7 @@ impl Node {
         let snapshots = SnapshotStore::open(&config.data_dir.join("snapshots"))?;
         let sm = StateMachineStore::open(snapshots).context("opening snapshots")?;
         let state = sm.shared();
+        let repaired_tail_bytes = log.repaired_tail_bytes;
         let mut log_for_reader = log;
         let reader = openraft::storage::RaftLogStorage::get_log_reader(&mut log_for_reader).await;
         let channels = Channels::default();
@@ -137,6 +149,27 @@ impl Node {
         let app = Arc::new(App::new(
             config, identity, raft, state, cluster_id, channels, reader,
         ));
+        if repaired_tail_bytes > 0 {
+            let window = (app.config.raft.election_timeout_max * 3).max(Duration::from_secs(3));
+            tracing::warn!(
+                bytes = repaired_tail_bytes,
+                window_ms = window.as_millis() as u64,
+                "the log tail was damaged and cut off at start; not voting until a leader has replicated to this node"
+            );
+            app.abstain_from_votes_for(window);
+            // Nor campaign: its own vote for itself plus one peer as stale as it is would elect
+            // a leader without the lost entries. Elections resume once a leader has replicated
+            // to it, or after the window.
+            app.raft.runtime_config().elect(false);
+            let a = app.clone();
+            tokio::spawn(async move {
+                while a.abstaining().is_some() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                a.raft.runtime_config().elect(true);
+                tracing::info!("caught up after log repair: voting and elections resumed");
+            });
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 

@@ -53,6 +53,8 @@ enum WriterCmd {
 
 /// The Raft log store handed to openraft.
 pub struct LogStore {
+    /// Bytes cut off a damaged tail when the log was opened (0 after a clean shutdown).
+    pub repaired_tail_bytes: u64,
     shared: Arc<Shared>,
     writer: mpsc::Sender<WriterCmd>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -147,6 +149,11 @@ impl LogStore {
             .name("raft-log-writer".into())
             .spawn(move || writer_loop(seglog, rx))?;
         Ok(LogStore {
+            repaired_tail_bytes: recovery
+                .dropped_tail
+                .as_ref()
+                .map(|(_, _, b)| *b)
+                .unwrap_or(0),
             shared,
             writer: tx,
             writer_thread: Some(writer_thread),

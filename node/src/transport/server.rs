@@ -94,6 +94,9 @@ impl RaftPeer for PeerService {
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
         self.check_raft(&msg.cluster_id, msg.target_id)?;
+        if let Some(why) = self.app.abstaining() {
+            return Err(Status::unavailable(why));
+        }
         let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
         let resp = self.app.raft.vote(rpc).await.map_err(Self::raft_stopped)?;
         self.reply(&resp)
@@ -102,6 +105,9 @@ impl RaftPeer for PeerService {
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
         self.check_raft(&msg.cluster_id, msg.target_id)?;
+        if let Some(why) = self.app.abstaining() {
+            return Err(Status::unavailable(why));
+        }
         let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
         let resp = self
             .app

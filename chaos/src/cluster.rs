@@ -1,0 +1,195 @@
+//! Real `concord-node` processes on loopback, with the faults the nemeses need: kill -9,
+//! SIGSTOP/SIGCONT, and damage to a stopped node's log tail.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
+
+pub struct Proc {
+    pub name: String,
+    pub peer_port: u16,
+    pub api_port: u16,
+    pub data_dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    pub paused: bool,
+}
+
+impl Proc {
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+    pub fn peer_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.peer_port)
+    }
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct ChaosCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Proc>,
+    node_bin: PathBuf,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl ChaosCluster {
+    /// Writes a static n-node configuration and starts every node.
+    pub fn start(n: usize, node_bin: &Path) -> anyhow::Result<ChaosCluster> {
+        let dir = tempfile::tempdir()?;
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            ports.push((free_port()?, free_port()?));
+        }
+        let peers: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (p, _))| format!("    - \"n{}:127.0.0.1:{p}\"", i + 1))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (peer_port, api_port)) in ports.into_iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let data_dir = dir.path().join(&name);
+            let config = dir.path().join(format!("{name}.yaml"));
+            // Fast elections and frequent snapshots, so faults exercise elections, snapshot
+            // transfer and log purging within a short run.
+            fs::write(
+                &config,
+                format!(
+                    "server:\n  nodeId: {name}\n  listenAddr: \"127.0.0.1:{peer_port}\"\n  apiAddr: \"127.0.0.1:{api_port}\"\n  dataDir: \"{}\"\n  peers:\n{}\nraft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 300\n  electionTimeoutMaxMs: 600\n  snapshotThreshold: 300\n  logsToKeepAfterSnapshot: 50\n  maxPromoteLag: 100\nlimits:\n  requestTimeoutMs: 2000\n",
+                    data_dir.display(),
+                    peers.join("\n")
+                ),
+            )?;
+            nodes.push(Proc {
+                log: dir.path().join(format!("{name}.log")),
+                name,
+                peer_port,
+                api_port,
+                data_dir,
+                config,
+                child: None,
+                paused: false,
+            });
+        }
+        let mut c = ChaosCluster {
+            dir,
+            nodes,
+            node_bin: node_bin.to_path_buf(),
+        };
+        for i in 0..n {
+            c.spawn(i)?;
+        }
+        Ok(c)
+    }
+
+    pub fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let child = Command::new(&self.node_bin)
+            .arg("-config")
+            .arg(&node.config)
+            .env("CONCORD_LOG", "info,openraft=warn")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("starting {}", self.node_bin.display()))?;
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.nodes[i].paused = false;
+    }
+
+    pub fn pause(&mut self, i: usize) {
+        if let Some(c) = &self.nodes[i].child {
+            signal(c.id(), "STOP");
+            self.nodes[i].paused = true;
+        }
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        if let Some(c) = &self.nodes[i].child {
+            signal(c.id(), "CONT");
+        }
+        self.nodes[i].paused = false;
+    }
+
+    /// Damages the end of a stopped node's newest log segment, as a crash mid-write would:
+    /// cuts off some bytes, or flips a byte of the last record. Returns what it did.
+    pub fn damage_log_tail(&mut self, i: usize, cut: bool, amount: u64) -> anyhow::Result<String> {
+        anyhow::ensure!(!self.nodes[i].running(), "node must be stopped");
+        let seg_dir = self.nodes[i].data_dir.join("raft").join("segments");
+        let mut segs: Vec<PathBuf> = fs::read_dir(&seg_dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        segs.sort();
+        let Some(last) = segs.pop() else {
+            return Ok("no log segment to damage".into());
+        };
+        let len = fs::metadata(&last)?.len();
+        if len == 0 {
+            return Ok("newest segment is empty".into());
+        }
+        if cut {
+            let n = amount.min(len);
+            let f = fs::OpenOptions::new().write(true).open(&last)?;
+            f.set_len(len - n)?;
+            Ok(format!("cut {n} bytes off {}", last.display()))
+        } else {
+            let mut bytes = fs::read(&last)?;
+            let at = bytes.len() - 1 - (amount as usize % bytes.len().min(8));
+            bytes[at] ^= 0x5a;
+            fs::write(&last, bytes)?;
+            Ok(format!("flipped byte {at} of {}", last.display()))
+        }
+    }
+
+    pub fn log_text(&self, i: usize) -> String {
+        fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+}
+
+impl Drop for ChaosCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].paused {
+                self.resume(i);
+            }
+            self.kill9(i);
+        }
+        // CONCORD_CHAOS_KEEP=1 keeps the data dirs and logs for inspection.
+        if std::env::var_os("CONCORD_CHAOS_KEEP").is_some() {
+            let kept = std::env::temp_dir().join(format!("concord-chaos-{}", std::process::id()));
+            if fs::rename(self.dir.path(), &kept).is_ok() {
+                eprintln!("kept chaos cluster data in {}", kept.display());
+            }
+        }
+    }
+}

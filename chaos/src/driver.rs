@@ -1,0 +1,432 @@
+//! Runs a cluster under load and faults, records the history, checks it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::checker;
+use crate::cluster::ChaosCluster;
+use crate::history::{Event, Op, Outcome};
+use crate::nemesis::{NemesisEvent, NemesisKind};
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub nodes: usize,
+    pub clients: usize,
+    pub keys: usize,
+    pub duration: Duration,
+    pub seed: u64,
+    pub nemeses: Vec<NemesisKind>,
+    /// Time between faults.
+    pub interval: Duration,
+    pub node_bin: PathBuf,
+    pub report_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub nemeses: Vec<NemesisKind>,
+    pub operations: usize,
+    pub by_outcome: std::collections::BTreeMap<String, usize>,
+    pub nemesis_events: Vec<NemesisEvent>,
+    /// Things that must never happen, besides a linearizability violation: a node that did not
+    /// come back, an unexpected HTTP status.
+    pub anomalies: Vec<String>,
+    pub violations: Vec<Value>,
+    pub inconclusive: Vec<(String, String)>,
+    pub linearizable: bool,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.linearizable && self.anomalies.is_empty() && self.inconclusive.is_empty()
+    }
+}
+
+struct Shared {
+    started: Instant,
+    history: Mutex<Vec<Event>>,
+    anomalies: Mutex<Vec<String>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+}
+
+async fn request(
+    http: &reqwest::Client,
+    api: &str,
+    op: &Op,
+    key: &str,
+) -> Result<(u16, Value), reqwest::Error> {
+    let req = match op {
+        Op::Read => http.get(format!("{api}/api/get?key={key}")),
+        Op::Write(v) => http
+            .post(format!("{api}/api/set"))
+            .json(&json!({ "key": key, "value": v })),
+        Op::Cas { expected, new } => http
+            .post(format!("{api}/api/cas"))
+            .json(&json!({ "key": key, "expected": expected, "value": new })),
+    };
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+/// Maps a response to what the client may conclude. Anything undocumented is an anomaly.
+fn classify(op: &Op, res: &Result<(u16, Value), reqwest::Error>) -> Result<Outcome, String> {
+    match res {
+        Err(e) if e.is_connect() => Ok(Outcome::Failed),
+        Err(_) => Ok(Outcome::Unknown),
+        Ok((status, body)) => match (op, status) {
+            (Op::Read, 200) => Ok(Outcome::Read(body["value"].as_str().map(String::from))),
+            (Op::Read, 404) => Ok(Outcome::Read(None)),
+            (Op::Read, 503 | 504) => Ok(Outcome::Failed),
+            (_, 200) => Ok(Outcome::Ok),
+            (Op::Cas { .. }, 409) => Ok(Outcome::CasFailed),
+            (_, 503) => Ok(Outcome::Failed),
+            (_, 504) => Ok(Outcome::Unknown),
+            (_, s) => Err(format!("unexpected HTTP {s} for {op:?}: {body}")),
+        },
+    }
+}
+
+async fn client_loop(id: usize, seed: u64, apis: Vec<String>, keys: usize, shared: Arc<Shared>) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("http client");
+    let mut rng = StdRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut last_seen: Vec<Option<String>> = vec![None; keys];
+    let mut seq = 0u64;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let k = rng.gen_range(0..keys);
+        let key = format!("k{k}");
+        let node = rng.gen_range(0..apis.len());
+        seq += 1;
+        let op = match rng.gen_range(0..10) {
+            0..=4 => Op::Read,
+            5..=7 => Op::Write(format!("c{id}-{seq}")),
+            _ => Op::Cas {
+                expected: last_seen[k].clone(),
+                new: format!("c{id}-{seq}"),
+            },
+        };
+        let invoke_us = shared.now_us();
+        let res = request(&http, &apis[node], &op, &key).await;
+        let complete = shared.now_us();
+        match classify(&op, &res) {
+            Ok(outcome) => {
+                match (&op, &outcome) {
+                    (Op::Read, Outcome::Read(v)) => last_seen[k] = v.clone(),
+                    (Op::Write(v), Outcome::Ok) => last_seen[k] = Some(v.clone()),
+                    (Op::Cas { new, .. }, Outcome::Ok) => last_seen[k] = Some(new.clone()),
+                    _ => {}
+                }
+                let complete_us = (outcome != Outcome::Unknown).then_some(complete);
+                shared.history.lock().push(Event {
+                    client: id,
+                    key,
+                    op,
+                    invoke_us,
+                    complete_us,
+                    outcome,
+                    node,
+                });
+            }
+            Err(anomaly) => shared.anomalies.lock().push(anomaly),
+        }
+    }
+}
+
+async fn leader_index(http: &reqwest::Client, cluster: &ChaosCluster) -> Option<usize> {
+    for n in cluster.nodes.iter().filter(|n| n.running() && !n.paused) {
+        let Ok(resp) = http.get(format!("{}/api/status", n.api())).send().await else {
+            continue;
+        };
+        let Ok(st) = resp.json::<Value>().await else {
+            continue;
+        };
+        if let Some(name) = st["leader"]["name"].as_str() {
+            return cluster.nodes.iter().position(|n| n.name == name);
+        }
+    }
+    None
+}
+
+async fn wait_ready(http: &reqwest::Client, cluster: &ChaosCluster, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let mut all = true;
+        for n in cluster.nodes.iter().filter(|n| n.running()) {
+            let ok = http
+                .get(format!("{}/readyz", n.api()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            all &= ok;
+        }
+        if all {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn node_id(http: &reqwest::Client, api: &str) -> Option<u64> {
+    let st: Value = http
+        .get(format!("{api}/admin/status"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    st["id"].as_u64()
+}
+
+/// One fault, healed before returning.
+async fn strike(
+    kind: NemesisKind,
+    rng: &mut StdRng,
+    http: &reqwest::Client,
+    cluster: &mut ChaosCluster,
+    log: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let n = cluster.nodes.len();
+    let leader = leader_index(http, cluster).await;
+    let target = match (leader, rng.gen_bool(0.5)) {
+        (Some(l), true) => l,
+        _ => rng.gen_range(0..n),
+    };
+    let name = cluster.nodes[target].name.clone();
+    let is_leader = leader == Some(target);
+    let hold = Duration::from_millis(rng.gen_range(500..2000));
+    match kind {
+        NemesisKind::Kill => {
+            log.push(format!(
+                "kill -9 {name}{}",
+                if is_leader { " (leader)" } else { "" }
+            ));
+            cluster.kill9(target);
+            tokio::time::sleep(hold).await;
+            cluster.spawn(target)?;
+            log.push(format!("restart {name}"));
+        }
+        NemesisKind::Pause => {
+            log.push(format!(
+                "SIGSTOP {name}{}",
+                if is_leader { " (leader)" } else { "" }
+            ));
+            cluster.pause(target);
+            tokio::time::sleep(hold).await;
+            cluster.resume(target);
+            log.push(format!("SIGCONT {name}"));
+        }
+        NemesisKind::DiskTail => {
+            cluster.kill9(target);
+            let cut = rng.gen_bool(0.5);
+            let what = cluster.damage_log_tail(target, cut, rng.gen_range(1..40))?;
+            log.push(format!("kill -9 {name}, then {what}"));
+            cluster.spawn(target)?;
+            log.push(format!("restart {name} on the damaged log"));
+        }
+        NemesisKind::Membership => {
+            let Some(l) = leader else {
+                log.push("membership: no leader, skipped".into());
+                return Ok(());
+            };
+            let victim = (0..n)
+                .find(|i| *i != l && cluster.nodes[*i].running() && !cluster.nodes[*i].paused);
+            let Some(v) = victim else {
+                return Ok(());
+            };
+            let api = cluster.nodes[l].api();
+            let Some(id) = node_id(http, &cluster.nodes[v].api()).await else {
+                return Ok(());
+            };
+            let r = http
+                .post(format!("{api}/admin/remove"))
+                .json(&json!({ "id": id }))
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            log.push(format!(
+                "remove {} from the membership: HTTP {status}",
+                cluster.nodes[v].name
+            ));
+            if status != 200 {
+                return Ok(());
+            }
+            tokio::time::sleep(hold).await;
+            // Add it back: learner, then voter once caught up (through any node).
+            let spec = json!({ "id": id, "name": cluster.nodes[v].name, "address": cluster.nodes[v].peer_addr() });
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut stage = "learner";
+            while Instant::now() < deadline {
+                let via = cluster.nodes[(l + 2) % n].api();
+                let (path, body) = if stage == "learner" {
+                    ("/admin/learners", spec.clone())
+                } else {
+                    ("/admin/promote", json!({ "id": id }))
+                };
+                let ok = http
+                    .post(format!("{via}{path}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok && stage == "learner" {
+                    stage = "voter";
+                } else if ok {
+                    log.push(format!("{} added back as voter", cluster.nodes[v].name));
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            anyhow::bail!("could not add {} back within 20s", cluster.nodes[v].name);
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
+    anyhow::ensure!(cfg.nodes >= 3, "need at least 3 nodes");
+    let mut cluster = ChaosCluster::start(cfg.nodes, &cfg.node_bin)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    anyhow::ensure!(
+        wait_ready(&http, &cluster, Duration::from_secs(30)).await,
+        "cluster did not become ready:\n{}",
+        cluster.log_text(0)
+    );
+    let shared = Arc::new(Shared {
+        started: Instant::now(),
+        history: Mutex::default(),
+        anomalies: Mutex::default(),
+        stop: AtomicBool::new(false),
+    });
+    let apis: Vec<String> = cluster.nodes.iter().map(|n| n.api()).collect();
+    let mut clients = Vec::new();
+    for id in 0..cfg.clients {
+        clients.push(tokio::spawn(client_loop(
+            id,
+            cfg.seed,
+            apis.clone(),
+            cfg.keys,
+            shared.clone(),
+        )));
+    }
+
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut nemesis_events = Vec::new();
+    let end = Instant::now() + cfg.duration;
+    while Instant::now() + cfg.interval < end {
+        tokio::time::sleep(cfg.interval).await;
+        if cfg.nemeses.is_empty() {
+            continue;
+        }
+        let kind = cfg.nemeses[rng.gen_range(0..cfg.nemeses.len())];
+        let at_ms = shared.started.elapsed().as_millis() as u64;
+        let mut log = Vec::new();
+        if let Err(e) = strike(kind, &mut rng, &http, &mut cluster, &mut log).await {
+            shared
+                .anomalies
+                .lock()
+                .push(format!("nemesis {kind:?} failed: {e:#}"));
+        }
+        for what in log {
+            nemesis_events.push(NemesisEvent { at_ms, what });
+        }
+        // Every node must come back from every fault.
+        if !wait_ready(&http, &cluster, Duration::from_secs(30)).await {
+            let logs: Vec<String> = (0..cluster.nodes.len())
+                .map(|i| cluster.log_text(i))
+                .collect();
+            shared.anomalies.lock().push(format!(
+                "cluster not ready 30s after {kind:?}; last log lines: {:?}",
+                logs.iter()
+                    .map(|l| l.lines().rev().take(5).collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
+            ));
+            break;
+        }
+    }
+    tokio::time::sleep(end.saturating_duration_since(Instant::now())).await;
+    shared.stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    // Final linearizable read of every key: a lost write shows up here if nowhere else.
+    for k in 0..cfg.keys {
+        let key = format!("k{k}");
+        for attempt in 0..50 {
+            let node = attempt % cluster.nodes.len();
+            let invoke_us = shared.now_us();
+            let res = request(&http, &cluster.nodes[node].api(), &Op::Read, &key).await;
+            if let Ok(Outcome::Read(v)) = classify(&Op::Read, &res) {
+                shared.history.lock().push(Event {
+                    client: usize::MAX,
+                    key: key.clone(),
+                    op: Op::Read,
+                    invoke_us,
+                    complete_us: Some(shared.now_us()),
+                    outcome: Outcome::Read(v),
+                    node,
+                });
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop(cluster);
+
+    let history = shared.history.lock().clone();
+    let mut by_outcome = std::collections::BTreeMap::new();
+    for e in &history {
+        let label = match e.outcome {
+            Outcome::Read(_) => "read-ok",
+            Outcome::Ok => "write-ok",
+            Outcome::CasFailed => "cas-refused",
+            Outcome::Failed => "failed",
+            Outcome::Unknown => "unknown",
+        };
+        *by_outcome.entry(label.to_string()).or_insert(0) += 1;
+    }
+    let (violations, inconclusive) =
+        tokio::task::spawn_blocking(move || checker::check(&history, Duration::from_secs(60)))
+            .await?;
+    let history_len = shared.history.lock().len();
+    let report = Report {
+        seed: cfg.seed,
+        nemeses: cfg.nemeses.clone(),
+        operations: history_len,
+        by_outcome,
+        nemesis_events,
+        anomalies: shared.anomalies.lock().clone(),
+        linearizable: violations.is_empty(),
+        violations: violations
+            .iter()
+            .map(|v| json!({ "key": v.key, "minimal_failing_history": v.minimal, "full_history_len": v.history.len() }))
+            .collect(),
+        inconclusive,
+    };
+    if let Some(path) = &cfg.report_path {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(report)
+}

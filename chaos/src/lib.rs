@@ -1,0 +1,8 @@
+//! Jepsen-style testing for ConcordKV: a driver that runs real `concord-node` processes under
+//! faults while clients record every operation, and a linearizability checker for the history.
+
+pub mod checker;
+pub mod cluster;
+pub mod driver;
+pub mod history;
+pub mod nemesis;

@@ -1,0 +1,49 @@
+//! The short run of the fault-injection suite that every test run includes: three real nodes,
+//! concurrent clients on a few keys, every nemesis, and a linearizability check of the history.
+//! `CONCORD_CHAOS_SEED` replays a schedule; `concord-chaos --duration N` runs longer.
+
+use std::time::Duration;
+
+use concord_chaos::driver::{run, RunConfig};
+use concord_chaos::nemesis::ALL;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_chaos_run_is_linearizable() {
+    let seed = std::env::var("CONCORD_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261125);
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("chaos-report.json");
+    let cfg = RunConfig {
+        nodes: 3,
+        clients: 6,
+        keys: 4,
+        duration: Duration::from_secs(45),
+        seed,
+        nemeses: ALL.to_vec(),
+        interval: Duration::from_secs(3),
+        node_bin: env!("CARGO_BIN_EXE_concord-node").into(),
+        report_path: Some(report_path.clone()),
+    };
+    let report = run(cfg).await.expect("chaos run");
+    eprintln!(
+        "chaos seed {seed}: {} operations {:?}; {} faults",
+        report.operations,
+        report.by_outcome,
+        report.nemesis_events.len()
+    );
+    for e in &report.nemesis_events {
+        eprintln!("  {:>7}ms {}", e.at_ms, e.what);
+    }
+    assert!(
+        report.operations > 1000,
+        "too few operations: {}",
+        report.operations
+    );
+    assert!(
+        report.passed(),
+        "seed {seed} failed:\n{}",
+        std::fs::read_to_string(&report_path).unwrap_or_default()
+    );
+}
