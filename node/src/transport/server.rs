@@ -225,9 +225,7 @@ impl PeerService {
             result: encode(&written.result)?,
         }))
     }
-}
 
-impl PeerService {
     async fn forward_read_inner(
         &self,
         req: Request<ReadRequest>,
@@ -246,9 +244,7 @@ impl PeerService {
             None => ReadResponse::default(),
         }))
     }
-}
 
-impl PeerService {
     async fn forward_list_inner(
         &self,
         req: Request<ListRequest>,
