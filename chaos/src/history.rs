@@ -47,10 +47,9 @@ pub struct Event {
 impl Event {
     /// Whether this event constrains the history: failed ops and unknown reads never do.
     pub fn matters(&self) -> bool {
-        match (&self.op, &self.outcome) {
-            (_, Outcome::Failed) => false,
-            (Op::Read, Outcome::Unknown) => false,
-            _ => true,
-        }
+        !matches!(
+            (&self.op, &self.outcome),
+            (_, Outcome::Failed) | (Op::Read, Outcome::Unknown)
+        )
     }
 }
