@@ -405,6 +405,25 @@ impl App {
             )));
         }
         let remaining: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+        // A leader that has just taken over has not heard from anyone yet; give the members
+        // one health window to answer before judging them.
+        let unheard = |m: &RaftMetrics<TypeConfig>| {
+            remaining.iter().any(|v| {
+                *v != m.id
+                    && !m
+                        .heartbeat
+                        .as_ref()
+                        .and_then(|h| h.get(v))
+                        .is_some_and(|t| t.is_some())
+            })
+        };
+        let view = if unheard(&view.metrics) {
+            self.wait_metrics(view.reachable_within, |m| !unheard(m))
+                .await;
+            self.view()
+        } else {
+            view
+        };
         let quorum = remaining.len() / 2 + 1;
         let healthy = remaining.iter().filter(|v| view.healthy(**v)).count();
         if healthy < quorum && !req.force {

@@ -111,6 +111,29 @@ impl App {
 
     /// Proposes `cmd` and waits until it is committed and applied.
     pub async fn write(&self, cmd: Command) -> Result<Written, ServiceError> {
+        self.on_leader(
+            "write",
+            |deadline| self.propose(cmd.clone(), deadline),
+            |addr, deadline| self.forward_write(addr, &cmd, deadline),
+        )
+        .await
+    }
+
+    /// Runs `local` if this node leads, else `remote` against the leader; retries while
+    /// leadership moves (`local` answering `NotLeader`, `remote` answering `Retry`) until the
+    /// request deadline.
+    async fn on_leader<T, L, LF, R, RF>(
+        &self,
+        kind: &'static str,
+        local: L,
+        remote: R,
+    ) -> Result<T, ServiceError>
+    where
+        L: Fn(Instant) -> LF,
+        LF: std::future::Future<Output = Result<T, ServiceError>>,
+        R: Fn(String, Instant) -> RF,
+        RF: std::future::Future<Output = Result<T, ForwardFailure>>,
+    {
         let deadline = self.deadline();
         let mut last_reason = String::from("no leader elected yet");
         loop {
@@ -118,7 +141,7 @@ impl App {
                 return Err(ServiceError::Unavailable("node is shutting down".into()));
             }
             match self.leader() {
-                Some(l) if l.id == self.id() => match self.propose(cmd.clone(), deadline).await {
+                Some(l) if l.id == self.id() => match local(deadline).await {
                     Err(ServiceError::NotLeader) => last_reason = "leadership changed".into(),
                     other => return other,
                 },
@@ -129,9 +152,9 @@ impl App {
                             l.id
                         )));
                     };
-                    metrics().forwarded.with_label_values(&["write"]).inc();
-                    match self.forward_write(&member.addr, &cmd, deadline).await {
-                        Ok(w) => return Ok(w),
+                    metrics().forwarded.with_label_values(&[kind]).inc();
+                    match remote(member.addr, deadline).await {
+                        Ok(v) => return Ok(v),
                         Err(ForwardFailure::Retry(r)) => last_reason = r,
                         Err(ForwardFailure::Fail(e)) => return Err(e),
                     }
@@ -191,7 +214,7 @@ impl App {
 
     async fn forward_write(
         &self,
-        addr: &str,
+        addr: String,
         cmd: &Command,
         deadline: Instant,
     ) -> Result<Written, ForwardFailure> {
@@ -199,7 +222,7 @@ impl App {
             .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.to_string())))?;
         let mut client = self
             .channels
-            .client(addr)
+            .client(&addr)
             .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.message().to_string())))?;
         let mut req = tonic::Request::new(WriteRequest {
             cluster_id: self.cluster_id.wire(),
@@ -249,7 +272,7 @@ impl App {
     }
 
     /// Runs `local` on the leader after a read barrier, forwarding with `remote` when this node
-    /// is a follower; retries while leadership moves.
+    /// is a follower.
     async fn linearizable<T, L, R, Fut>(
         &self,
         kind: &'static str,
@@ -261,39 +284,16 @@ impl App {
         R: Fn(String, Instant) -> Fut,
         Fut: std::future::Future<Output = Result<T, ForwardFailure>>,
     {
-        let deadline = self.deadline();
-        let mut last_reason = String::from("no leader elected yet");
-        loop {
-            if self.is_shutting_down() {
-                return Err(ServiceError::Unavailable("node is shutting down".into()));
-            }
-            match self.leader() {
-                Some(l) if l.id == self.id() => match self.read_barrier(deadline).await {
-                    Ok(()) => return Ok(local(self)),
-                    Err(ServiceError::NotLeader) => last_reason = "leadership changed".into(),
-                    Err(e) => return Err(e),
-                },
-                Some(l) => {
-                    let Some(member) = l.member else {
-                        return Err(ServiceError::NoLeader(format!(
-                            "leader {} has no address",
-                            l.id
-                        )));
-                    };
-                    metrics().forwarded.with_label_values(&[kind]).inc();
-                    match remote(member.addr, deadline).await {
-                        Ok(v) => return Ok(v),
-                        Err(ForwardFailure::Retry(r)) => last_reason = r,
-                        Err(ForwardFailure::Fail(e)) => return Err(e),
-                    }
-                }
-                None => {}
-            }
-            if Instant::now() + RETRY_PAUSE >= deadline {
-                return Err(ServiceError::NoLeader(last_reason));
-            }
-            sleep(RETRY_PAUSE).await;
-        }
+        let local = &local;
+        self.on_leader(
+            kind,
+            |deadline| async move {
+                self.read_barrier(deadline).await?;
+                Ok(local(self))
+            },
+            remote,
+        )
+        .await
     }
 
     pub async fn get(

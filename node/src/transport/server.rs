@@ -67,6 +67,26 @@ impl PeerService {
     fn raft_stopped(e: impl std::fmt::Display) -> Status {
         Status::unavailable(format!("raft stopped: {e}"))
     }
+
+    /// Vote and pre-vote: refused while this node abstains after repairing its log.
+    async fn handle_vote(
+        &self,
+        req: Request<RaftMessage>,
+        pre: bool,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let msg = req.into_inner();
+        self.check_raft(&msg.cluster_id, msg.target_id)?;
+        if let Some(why) = self.app.abstaining() {
+            return Err(Status::unavailable(why));
+        }
+        let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
+        let resp = if pre {
+            self.app.raft.pre_vote(rpc).await
+        } else {
+            self.app.raft.vote(rpc).await
+        };
+        self.reply(&resp.map_err(Self::raft_stopped)?)
+    }
 }
 
 #[tonic::async_trait]
@@ -92,30 +112,11 @@ impl RaftPeer for PeerService {
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let msg = req.into_inner();
-        self.check_raft(&msg.cluster_id, msg.target_id)?;
-        if let Some(why) = self.app.abstaining() {
-            return Err(Status::unavailable(why));
-        }
-        let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
-        let resp = self.app.raft.vote(rpc).await.map_err(Self::raft_stopped)?;
-        self.reply(&resp)
+        self.handle_vote(req, false).await
     }
 
     async fn pre_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let msg = req.into_inner();
-        self.check_raft(&msg.cluster_id, msg.target_id)?;
-        if let Some(why) = self.app.abstaining() {
-            return Err(Status::unavailable(why));
-        }
-        let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
-        let resp = self
-            .app
-            .raft
-            .pre_vote(rpc)
-            .await
-            .map_err(Self::raft_stopped)?;
-        self.reply(&resp)
+        self.handle_vote(req, true).await
     }
 
     async fn transfer_leader(

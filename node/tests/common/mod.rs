@@ -48,7 +48,7 @@ pub struct Cluster {
 
 /// Raft timing for tests: fast elections so failover tests stay short.
 pub const FAST_RAFT: &str =
-    "raft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 300\n  electionTimeoutMaxMs: 600\n";
+    "raft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 500\n  electionTimeoutMaxMs: 1000\n";
 
 impl Cluster {
     /// Writes seed-format YAML for `n` nodes (plus `extra` YAML sections) and starts them.
