@@ -91,9 +91,16 @@ fn render(results: &[(&str, Result<(), String>)], verbose: bool, what: &str) -> 
     (status, body).into_response()
 }
 
-/// Liveness never depends on peers: a partitioned node is alive and must not be restarted.
-pub async fn livez(Query(q): Query<Verbose>) -> Response {
-    render(&[("runtime", Ok(()))], q.verbose.is_some(), "livez")
+/// Liveness never depends on peers: a partitioned node is alive and must not be restarted. It
+/// does fail when Raft itself has stopped on a fatal local error (a failed fsync, a full disk):
+/// only a restart recovers from that.
+pub async fn livez(State(app): State<Arc<App>>, Query(q): Query<Verbose>) -> Response {
+    let raft = check(&app, "raft").unwrap_or(Ok(()));
+    render(
+        &[("runtime", Ok(())), ("raft", raft)],
+        q.verbose.is_some(),
+        "livez",
+    )
 }
 
 pub async fn readyz(State(app): State<Arc<App>>, Query(q): Query<Verbose>) -> Response {
