@@ -6,6 +6,13 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/concordkv-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# The chaos suite's partition nemesis puts nodes in network namespaces and cuts links with
+# iptables. As root (CI) install what it needs; elsewhere it says so and skips partitions.
+if [ "$(id -u)" = 0 ] && ! command -v iptables >/dev/null 2>&1; then
+  echo "== installing iptables (for the partition nemesis)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iproute2 >/dev/null
+fi
+
 echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy"

@@ -10,6 +10,10 @@ use anyhow::Context;
 
 pub struct Proc {
     pub name: String,
+    /// The host address (127.0.0.1, or the node's namespace address).
+    pub ip: String,
+    /// The namespace the node runs in, if any.
+    pub netns: Option<String>,
     pub peer_port: u16,
     pub api_port: u16,
     pub data_dir: PathBuf,
@@ -21,10 +25,10 @@ pub struct Proc {
 
 impl Proc {
     pub fn api(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
+        format!("http://{}:{}", self.ip, self.api_port)
     }
     pub fn peer_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.peer_port)
+        format!("{}:{}", self.ip, self.peer_port)
     }
     pub fn running(&self) -> bool {
         self.child.is_some()
@@ -35,6 +39,8 @@ pub struct ChaosCluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Proc>,
     node_bin: PathBuf,
+    /// Separate hosts (network namespaces), when partitions are wanted and possible.
+    pub hosts: Option<crate::netns::Hosts>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -50,34 +56,45 @@ fn signal(pid: u32, sig: &str) {
 
 impl ChaosCluster {
     /// Writes a static n-node configuration and starts every node.
-    pub fn start(n: usize, node_bin: &Path) -> anyhow::Result<ChaosCluster> {
+    pub fn start(
+        n: usize,
+        node_bin: &Path,
+        hosts: Option<crate::netns::Hosts>,
+    ) -> anyhow::Result<ChaosCluster> {
         let dir = tempfile::tempdir()?;
         let mut ports = Vec::new();
         for _ in 0..n {
             ports.push((free_port()?, free_port()?));
         }
+        let ip = |i: usize| match &hosts {
+            Some(h) => h.ips[i].clone(),
+            None => "127.0.0.1".to_string(),
+        };
         let peers: Vec<String> = ports
             .iter()
             .enumerate()
-            .map(|(i, (p, _))| format!("    - \"n{}:127.0.0.1:{p}\"", i + 1))
+            .map(|(i, (p, _))| format!("    - \"n{}:{}:{p}\"", i + 1, ip(i)))
             .collect();
         let mut nodes = Vec::new();
         for (i, (peer_port, api_port)) in ports.into_iter().enumerate() {
             let name = format!("n{}", i + 1);
             let data_dir = dir.path().join(&name);
             let config = dir.path().join(format!("{name}.yaml"));
+            let host = ip(i);
             // Fast elections and frequent snapshots, so faults exercise elections, snapshot
             // transfer and log purging within a short run.
             fs::write(
                 &config,
                 format!(
-                    "server:\n  nodeId: {name}\n  listenAddr: \"127.0.0.1:{peer_port}\"\n  apiAddr: \"127.0.0.1:{api_port}\"\n  dataDir: \"{}\"\n  peers:\n{}\nraft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 300\n  electionTimeoutMaxMs: 600\n  snapshotThreshold: 300\n  logsToKeepAfterSnapshot: 50\n  maxPromoteLag: 100\nlimits:\n  requestTimeoutMs: 2000\n",
+                    "server:\n  nodeId: {name}\n  listenAddr: \"{host}:{peer_port}\"\n  apiAddr: \"{host}:{api_port}\"\n  dataDir: \"{}\"\n  peers:\n{}\nraft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 300\n  electionTimeoutMaxMs: 600\n  snapshotThreshold: 300\n  logsToKeepAfterSnapshot: 50\n  maxPromoteLag: 100\nlimits:\n  requestTimeoutMs: 2000\n",
                     data_dir.display(),
                     peers.join("\n")
                 ),
             )?;
             nodes.push(Proc {
                 log: dir.path().join(format!("{name}.log")),
+                ip: host,
+                netns: hosts.as_ref().map(|h| h.namespaces[i].clone()),
                 name,
                 peer_port,
                 api_port,
@@ -91,6 +108,7 @@ impl ChaosCluster {
             dir,
             nodes,
             node_bin: node_bin.to_path_buf(),
+            hosts,
         };
         for i in 0..n {
             c.spawn(i)?;
@@ -104,7 +122,16 @@ impl ChaosCluster {
             .create(true)
             .append(true)
             .open(&node.log)?;
-        let child = Command::new(&self.node_bin)
+        // `ip netns exec` execs the node in place, so the child's pid is the node's.
+        let mut cmd = match &node.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.node_bin);
+                c
+            }
+            None => Command::new(&self.node_bin),
+        };
+        let child = cmd
             .arg("-config")
             .arg(&node.config)
             .env("CONCORD_LOG", "info,openraft=warn")

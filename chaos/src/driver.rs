@@ -34,6 +34,8 @@ pub struct RunConfig {
 pub struct Report {
     pub seed: u64,
     pub nemeses: Vec<NemesisKind>,
+    /// Nemeses that could not run here, and why.
+    pub notes: Vec<String>,
     pub operations: usize,
     pub by_outcome: std::collections::BTreeMap<String, usize>,
     pub nemesis_events: Vec<NemesisEvent>,
@@ -244,6 +246,41 @@ async fn strike(
             cluster.spawn(target)?;
             log.push(format!("restart {name} on the damaged log"));
         }
+        NemesisKind::Partition => {
+            let Some(hosts) = cluster.hosts.as_ref() else {
+                return Ok(());
+            };
+            let others = |x: usize| (0..n).filter(move |i| *i != x);
+            let (what, pairs): (String, Vec<(usize, usize)>) = match rng.gen_range(0..3) {
+                0 if leader.is_some() => {
+                    let l = leader.unwrap_or(target);
+                    (
+                        format!("isolate the leader {}", cluster.nodes[l].name),
+                        others(l).map(|o| (l, o)).collect(),
+                    )
+                }
+                1 => {
+                    let a = target;
+                    let b = (a + 1 + rng.gen_range(0..n - 1)) % n;
+                    (
+                        format!(
+                            "bridge: cut {} from {} only",
+                            cluster.nodes[a].name, cluster.nodes[b].name
+                        ),
+                        vec![(a, b)],
+                    )
+                }
+                _ => (
+                    format!("isolate {name} (minority) from the majority"),
+                    others(target).map(|o| (target, o)).collect(),
+                ),
+            };
+            log.push(format!("partition: {what}"));
+            hosts.cut(&pairs)?;
+            tokio::time::sleep(hold + Duration::from_millis(1000)).await;
+            hosts.heal()?;
+            log.push("partition healed".into());
+        }
         NemesisKind::Membership => {
             let Some(l) = leader else {
                 log.push("membership: no leader, skipped".into());
@@ -305,7 +342,25 @@ async fn strike(
 
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     anyhow::ensure!(cfg.nodes >= 3, "need at least 3 nodes");
-    let mut cluster = ChaosCluster::start(cfg.nodes, &cfg.node_bin)?;
+    let mut nemeses = cfg.nemeses.clone();
+    let mut notes = Vec::new();
+    let hosts = if nemeses.contains(&NemesisKind::Partition) {
+        match crate::netns::Hosts::create(cfg.nodes) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                let note = format!(
+                    "NETWORK PARTITIONS DISABLED: cannot create network namespaces ({e:#}); running the other nemeses only"
+                );
+                eprintln!("{note}");
+                notes.push(note);
+                nemeses.retain(|k| *k != NemesisKind::Partition);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut cluster = ChaosCluster::start(cfg.nodes, &cfg.node_bin, hosts)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()?;
@@ -337,10 +392,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let end = Instant::now() + cfg.duration;
     while Instant::now() + cfg.interval < end {
         tokio::time::sleep(cfg.interval).await;
-        if cfg.nemeses.is_empty() {
+        if nemeses.is_empty() {
             continue;
         }
-        let kind = cfg.nemeses[rng.gen_range(0..cfg.nemeses.len())];
+        let kind = nemeses[rng.gen_range(0..nemeses.len())];
         let at_ms = shared.started.elapsed().as_millis() as u64;
         let mut log = Vec::new();
         if let Err(e) = strike(kind, &mut rng, &http, &mut cluster, &mut log).await {
@@ -413,7 +468,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let history_len = shared.history.lock().len();
     let report = Report {
         seed: cfg.seed,
-        nemeses: cfg.nemeses.clone(),
+        nemeses,
+        notes,
         operations: history_len,
         by_outcome,
         nemesis_events,

@@ -6,3 +6,4 @@ pub mod cluster;
 pub mod driver;
 pub mod history;
 pub mod nemesis;
+pub mod netns;

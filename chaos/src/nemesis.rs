@@ -14,6 +14,9 @@ pub enum NemesisKind {
     Membership,
     /// Stop a node, cut or corrupt its log tail, restart it: it must repair and rejoin.
     DiskTail,
+    /// Cut the network: isolate the leader, split one node from the rest, or a bridge (cut one
+    /// pair; the third node still talks to both). Needs network namespaces (root).
+    Partition,
 }
 
 impl FromStr for NemesisKind {
@@ -24,8 +27,9 @@ impl FromStr for NemesisKind {
             "pause" => Ok(NemesisKind::Pause),
             "membership" => Ok(NemesisKind::Membership),
             "disk" | "disk-tail" => Ok(NemesisKind::DiskTail),
+            "partition" => Ok(NemesisKind::Partition),
             other => Err(format!(
-                "unknown nemesis {other:?}; known: kill, pause, membership, disk (network partitions are not implemented yet)"
+                "unknown nemesis {other:?}; known: kill, pause, membership, disk, partition"
             )),
         }
     }
@@ -36,6 +40,7 @@ pub const ALL: &[NemesisKind] = &[
     NemesisKind::Pause,
     NemesisKind::Membership,
     NemesisKind::DiskTail,
+    NemesisKind::Partition,
 ];
 
 /// One thing the nemesis did, for the report.
