@@ -41,6 +41,8 @@ pub struct ChaosCluster {
     node_bin: PathBuf,
     /// Separate hosts (network namespaces), when partitions are wanted and possible.
     pub hosts: Option<crate::netns::Hosts>,
+    /// Each data dir is its own small tmpfs (for the full-disk fault).
+    pub tmpfs: bool,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -60,6 +62,7 @@ impl ChaosCluster {
         n: usize,
         node_bin: &Path,
         hosts: Option<crate::netns::Hosts>,
+        tmpfs: bool,
     ) -> anyhow::Result<ChaosCluster> {
         let dir = tempfile::tempdir()?;
         let mut ports = Vec::new();
@@ -109,7 +112,25 @@ impl ChaosCluster {
             nodes,
             node_bin: node_bin.to_path_buf(),
             hosts,
+            tmpfs: false,
         };
+        if tmpfs {
+            for i in 0..n {
+                let d = c.nodes[i].data_dir.clone();
+                fs::create_dir_all(&d)?;
+                let out = Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", "size=128m", "tmpfs"])
+                    .arg(&d)
+                    .output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "mounting a tmpfs on {}: {}",
+                    d.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                c.tmpfs = true;
+            }
+        }
         for i in 0..n {
             c.spawn(i)?;
         }
@@ -198,6 +219,28 @@ impl ChaosCluster {
         }
     }
 
+    /// Fills node `i`'s tmpfs with a filler file until the disk is full; returns bytes written.
+    pub fn fill_disk(&self, i: usize) -> anyhow::Result<u64> {
+        use std::io::Write;
+        anyhow::ensure!(self.tmpfs, "data dirs are not on tmpfs");
+        let mut f = fs::File::create(self.nodes[i].data_dir.join("filler"))?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        while f.write_all(&chunk).is_ok() {
+            written += chunk.len() as u64;
+        }
+        // Top up the last partial megabyte too.
+        while f.write_all(&chunk[..4096]).is_ok() {
+            written += 4096;
+        }
+        Ok(written)
+    }
+
+    pub fn free_disk(&self, i: usize) -> anyhow::Result<()> {
+        fs::remove_file(self.nodes[i].data_dir.join("filler"))?;
+        Ok(())
+    }
+
     pub fn log_text(&self, i: usize) -> String {
         fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }
@@ -210,6 +253,9 @@ impl Drop for ChaosCluster {
                 self.resume(i);
             }
             self.kill9(i);
+            if self.tmpfs {
+                let _ = Command::new("umount").arg(&self.nodes[i].data_dir).status();
+            }
         }
         // CONCORD_CHAOS_KEEP=1 keeps the data dirs and logs for inspection.
         if std::env::var_os("CONCORD_CHAOS_KEEP").is_some() {

@@ -246,6 +246,27 @@ async fn strike(
             cluster.spawn(target)?;
             log.push(format!("restart {name} on the damaged log"));
         }
+        NemesisKind::DiskFull => {
+            let bytes = cluster.fill_disk(target)?;
+            log.push(format!("disk full on {name} ({} MiB filler)", bytes >> 20));
+            tokio::time::sleep(hold + Duration::from_millis(500)).await;
+            cluster.free_disk(target)?;
+            log.push(format!("space returned on {name}"));
+            // A node whose Raft stopped on the write error fails /livez: restart it, as the
+            // kubelet would.
+            let live = http
+                .get(format!("{}/livez", cluster.nodes[target].api()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if !live {
+                cluster.kill9(target);
+                cluster.spawn(target)?;
+                log.push(format!(
+                    "{name} failed /livez after the full disk: restarted"
+                ));
+            }
+        }
         NemesisKind::Partition => {
             let Some(hosts) = cluster.hosts.as_ref() else {
                 return Ok(());
@@ -360,7 +381,23 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let mut cluster = ChaosCluster::start(cfg.nodes, &cfg.node_bin, hosts)?;
+    let want_tmpfs = nemeses.contains(&NemesisKind::DiskFull);
+    let mut cluster = match ChaosCluster::start(cfg.nodes, &cfg.node_bin, hosts, want_tmpfs) {
+        Ok(c) => c,
+        Err(e) if want_tmpfs => {
+            let note = format!("FULL-DISK FAULT DISABLED: cannot mount tmpfs data dirs ({e:#}); running the other nemeses only");
+            eprintln!("{note}");
+            notes.push(note);
+            nemeses.retain(|k| *k != NemesisKind::DiskFull);
+            let hosts = if nemeses.contains(&NemesisKind::Partition) {
+                crate::netns::Hosts::create(cfg.nodes).ok()
+            } else {
+                None
+            };
+            ChaosCluster::start(cfg.nodes, &cfg.node_bin, hosts, false)?
+        }
+        Err(e) => return Err(e),
+    };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()?;
@@ -477,7 +514,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         linearizable: violations.is_empty(),
         violations: violations
             .iter()
-            .map(|v| json!({ "key": v.key, "minimal_failing_history": v.minimal, "full_history_len": v.history.len() }))
+            .map(|v| json!({ "key": v.key, "minimal_failing_history": v.minimal, "history": v.history }))
             .collect(),
         inconclusive,
     };

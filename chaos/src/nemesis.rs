@@ -14,6 +14,9 @@ pub enum NemesisKind {
     Membership,
     /// Stop a node, cut or corrupt its log tail, restart it: it must repair and rejoin.
     DiskTail,
+    /// Fill a node's disk (its data dir is a small tmpfs) for a while, then free it; a node
+    /// whose Raft stopped on the write error fails `/livez` and is restarted, as a kubelet would.
+    DiskFull,
     /// Cut the network: isolate the leader, split one node from the rest, or a bridge (cut one
     /// pair; the third node still talks to both). Needs network namespaces (root).
     Partition,
@@ -28,8 +31,9 @@ impl FromStr for NemesisKind {
             "membership" => Ok(NemesisKind::Membership),
             "disk" | "disk-tail" => Ok(NemesisKind::DiskTail),
             "partition" => Ok(NemesisKind::Partition),
+            "disk-full" => Ok(NemesisKind::DiskFull),
             other => Err(format!(
-                "unknown nemesis {other:?}; known: kill, pause, membership, disk, partition"
+                "unknown nemesis {other:?}; known: kill, pause, membership, disk, disk-full, partition"
             )),
         }
     }
@@ -41,6 +45,7 @@ pub const ALL: &[NemesisKind] = &[
     NemesisKind::Membership,
     NemesisKind::DiskTail,
     NemesisKind::Partition,
+    NemesisKind::DiskFull,
 ];
 
 /// One thing the nemesis did, for the report.

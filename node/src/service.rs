@@ -206,8 +206,12 @@ impl App {
                 Err(ServiceError::Internal(e.to_string()))
             }
             Ok(Err(RaftError::Fatal(f))) => {
+                // Raft stopped (e.g. a storage error) after the entry may have been appended
+                // and replicated: the write can still commit through another leader.
                 m.proposals_failed.with_label_values(&["fatal"]).inc();
-                Err(ServiceError::Unavailable(format!("raft stopped: {f}")))
+                Err(ServiceError::Unknown(format!(
+                    "raft stopped while the write was in flight: {f}"
+                )))
             }
         }
     }
