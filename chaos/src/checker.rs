@@ -40,15 +40,28 @@ struct Search<'a> {
     /// Completion time, `u64::MAX` for unknown outcomes.
     ret: Vec<u64>,
     required: usize,
-    seen: HashSet<(Vec<u64>, Option<String>)>,
+    done: Vec<bool>,
+    /// Zobrist keys: the linearized set is memoised by the XOR of its members' keys, so a
+    /// visited state costs 16 bytes whatever the history's length.
+    zobrist: Vec<u64>,
+    seen: HashSet<(u64, u64)>,
     deadline: Instant,
     timed_out: bool,
 }
 
+fn value_hash(v: &Option<String>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
 impl Search<'_> {
+    /// `lo`: the first op not yet linearized; `set`: Zobrist hash of the linearized set.
     fn run(
         &mut self,
-        done: &mut Vec<u64>,
+        lo: usize,
+        set: u64,
         linearized_required: usize,
         value: &Option<String>,
     ) -> bool {
@@ -59,31 +72,45 @@ impl Search<'_> {
             self.timed_out = true;
             return false;
         }
-        if !self.seen.insert((done.clone(), value.clone())) {
+        if !self.seen.insert((set, value_hash(value))) {
             return false;
         }
-        let is_done = |done: &Vec<u64>, i: usize| done[i / 64] & (1 << (i % 64)) != 0;
-        // Only an op invoked before every pending op's completion can come next.
-        let min_ret = (0..self.ops.len())
-            .filter(|&i| !is_done(done, i))
-            .map(|i| self.ret[i])
-            .min()
-            .unwrap_or(u64::MAX);
-        for i in 0..self.ops.len() {
-            if is_done(done, i) {
+        // Only an op invoked before every pending op's completion can come next. Ops are sorted
+        // by invocation, so once one starts after the earliest pending completion, so do all
+        // later ones (and none of them can complete earlier).
+        let mut min_ret = u64::MAX;
+        for i in lo..self.ops.len() {
+            if self.ops[i].invoke_us > min_ret {
+                break;
+            }
+            if !self.done[i] {
+                min_ret = min_ret.min(self.ret[i]);
+            }
+        }
+        for i in lo..self.ops.len() {
+            if self.done[i] {
                 continue;
             }
             let e = &self.ops[i];
             if e.invoke_us > min_ret {
-                break; // ops are sorted by invocation
+                break;
             }
             let Some(next) = step(value, &e.op, &e.outcome) else {
                 continue;
             };
-            done[i / 64] |= 1 << (i % 64);
+            self.done[i] = true;
+            let mut next_lo = lo;
+            while next_lo < self.ops.len() && self.done[next_lo] {
+                next_lo += 1;
+            }
             let req = usize::from(self.ret[i] != u64::MAX);
-            let ok = self.run(done, linearized_required + req, &next);
-            done[i / 64] &= !(1 << (i % 64));
+            let ok = self.run(
+                next_lo,
+                set ^ self.zobrist[i],
+                linearized_required + req,
+                &next,
+            );
+            self.done[i] = false;
             if ok {
                 return true;
             }
@@ -111,12 +138,13 @@ pub fn linearizable(events: &[Event], budget: Duration) -> Result<bool, String> 
         ops: &ops,
         ret,
         required,
+        done: vec![false; ops.len()],
+        zobrist: (0..ops.len()).map(|_| rand::random()).collect(),
         seen: HashSet::new(),
         deadline: Instant::now() + budget,
         timed_out: false,
     };
-    let mut done = vec![0u64; ops.len().div_ceil(64).max(1)];
-    let ok = search.run(&mut done, 0, &None);
+    let ok = search.run(0, 0, 0, &None);
     if search.timed_out {
         return Err(format!(
             "search exceeded {budget:?} on {} operations",

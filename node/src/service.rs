@@ -224,16 +224,14 @@ impl App {
     ) -> Result<Written, ForwardFailure> {
         let command = bincode::serialize(cmd)
             .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.to_string())))?;
-        let mut client = self
-            .channels
-            .client(&addr)
-            .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.message().to_string())))?;
-        let mut req = tonic::Request::new(WriteRequest {
-            cluster_id: self.cluster_id.wire(),
-            command,
-        });
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        crate::telemetry::inject_grpc(req.metadata_mut());
+        let (mut client, req) = self.to_leader(
+            &addr,
+            WriteRequest {
+                cluster_id: self.cluster_id.wire(),
+                command,
+            },
+            deadline,
+        )?;
         let resp = client
             .forward_write(req)
             .await
@@ -248,6 +246,30 @@ impl App {
             log_index: resp.log_index,
             result,
         })
+    }
+
+    /// A client for the leader at `addr` and the request to send it: deadline and trace
+    /// context attached.
+    fn to_leader<T>(
+        &self,
+        addr: &str,
+        msg: T,
+        deadline: Instant,
+    ) -> Result<
+        (
+            concord_proto::raft_peer_client::RaftPeerClient<tonic::transport::Channel>,
+            tonic::Request<T>,
+        ),
+        ForwardFailure,
+    > {
+        let client = self
+            .channels
+            .client(addr)
+            .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.message().to_string())))?;
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        crate::telemetry::inject_grpc(req.metadata_mut());
+        Ok((client, req))
     }
 
     /// Waits until this node, as leader, may serve a linearizable read from its state.
@@ -326,16 +348,14 @@ impl App {
         key: &str,
         deadline: Instant,
     ) -> Result<Option<Versioned>, ForwardFailure> {
-        let mut client = self
-            .channels
-            .client(&addr)
-            .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.message().to_string())))?;
-        let mut req = tonic::Request::new(ReadRequest {
-            cluster_id: self.cluster_id.wire(),
-            key: key.to_string(),
-        });
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        crate::telemetry::inject_grpc(req.metadata_mut());
+        let (mut client, req) = self.to_leader(
+            &addr,
+            ReadRequest {
+                cluster_id: self.cluster_id.wire(),
+                key: key.to_string(),
+            },
+            deadline,
+        )?;
         let resp = client
             .forward_read(req)
             .await
@@ -377,18 +397,16 @@ impl App {
         limit: usize,
         deadline: Instant,
     ) -> Result<(Vec<String>, bool), ForwardFailure> {
-        let mut client = self
-            .channels
-            .client(&addr)
-            .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.message().to_string())))?;
-        let mut req = tonic::Request::new(ListRequest {
-            cluster_id: self.cluster_id.wire(),
-            prefix: prefix.to_string(),
-            start_after: start_after.to_string(),
-            limit: u32::try_from(limit).unwrap_or(u32::MAX),
-        });
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        crate::telemetry::inject_grpc(req.metadata_mut());
+        let (mut client, req) = self.to_leader(
+            &addr,
+            ListRequest {
+                cluster_id: self.cluster_id.wire(),
+                prefix: prefix.to_string(),
+                start_after: start_after.to_string(),
+                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            },
+            deadline,
+        )?;
         let resp = client
             .forward_list(req)
             .await
