@@ -245,10 +245,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         m.peer_rpc_failures.with_label_values(&[method]);
     }
     m.build_info
-        .with_label_values(&[
-            env!("CARGO_PKG_VERSION"),
-            option_env!("CONCORD_GIT_REV").unwrap_or("unknown"),
-        ])
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CONCORD_GIT_REV")])
         .set(1);
     #[cfg(target_os = "linux")]
     {
