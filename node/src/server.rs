@@ -113,14 +113,14 @@ impl Node {
         if let Some(id) = initial_cluster_id(&config) {
             cluster_id.set_if_unset(&id)?;
         }
-        let log = LogStore::open(&config.data_dir.join("raft"), config.raft.segment_bytes)
+        let mut log = LogStore::open(&config.data_dir.join("raft"), config.raft.segment_bytes)
             .context("opening the raft log")?;
         let snapshots = SnapshotStore::open(&config.data_dir.join("snapshots"))?;
         let sm = StateMachineStore::open(snapshots).context("opening snapshots")?;
         let state = sm.shared();
         let repaired_tail_bytes = log.repaired_tail_bytes;
-        let mut log_for_reader = log;
-        let reader = openraft::storage::RaftLogStorage::get_log_reader(&mut log_for_reader).await;
+        // A read handle for /api/logs; openraft owns the store itself.
+        let reader = openraft::storage::RaftLogStorage::get_log_reader(&mut log).await;
         let channels = Channels::default();
         let network = NetworkFactory {
             channels: channels.clone(),
@@ -132,7 +132,7 @@ impl Node {
             identity.node_id,
             Arc::new(raft_config(&config)?),
             network,
-            log_for_reader,
+            log,
             sm,
         )
         .instrument(raft_span)
