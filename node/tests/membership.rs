@@ -387,3 +387,50 @@ async fn messages_from_another_cluster_are_refused() {
     );
     c.set_retry("still", "fine", Duration::from_secs(5)).await;
 }
+
+/// The operator speaks gRPC to the same operations: check the service and its error codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_admin_service_answers_and_refuses_with_codes() {
+    use concord_proto::admin_client::AdminClient;
+    use concord_proto::{InitRequest, MembersRequest, NodeStatusRequest, PromoteRequest};
+
+    let mut c = Cluster::start_join(2);
+    let before = c.admin_status(1).await;
+    assert_eq!(before["initialized"], false);
+    init_first(&mut c).await;
+    let connect = |port: u16| async move {
+        AdminClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("admin channel")
+    };
+    let mut a0 = connect(c.nodes[0].peer_port).await;
+    let mut a1 = connect(c.nodes[1].peer_port).await;
+
+    let st = a0
+        .node_status(NodeStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        st.initialized && st.role == "leader" && !st.cluster_id.is_empty(),
+        "{st:?}"
+    );
+    let st1 = a1
+        .node_status(NodeStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!st1.initialized && st1.role == "uninitialized", "{st1:?}");
+    assert_ne!(st1.incarnation, st.incarnation);
+
+    let err = a0.init(InitRequest { members: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    let err = a0.promote(PromoteRequest { id: 424242 }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+
+    c.add_voter(0, 1).await;
+    let members = a1.members(MembersRequest {}).await.unwrap().into_inner();
+    assert_eq!(members.members.len(), 2, "{members:?}");
+    assert_eq!(members.leader_id, st.id);
+    assert!(members.members.iter().all(|m| m.role == "voter"));
+}
