@@ -281,14 +281,29 @@ async fn strike(
                     )
                 }
                 1 => {
-                    let a = target;
-                    let b = (a + 1 + rng.gen_range(0..n - 1)) % n;
+                    // Bridge: the rest split into two halves that cannot see each other; the
+                    // bridge node sees both, so each half plus the bridge is a majority.
+                    let bridge = target;
+                    let mut rest: Vec<usize> = others(bridge).collect();
+                    rand::seq::SliceRandom::shuffle(rest.as_mut_slice(), rng);
+                    let (left, right) = rest.split_at(rest.len() / 2);
+                    let pairs = left
+                        .iter()
+                        .flat_map(|a| right.iter().map(move |b| (*a, *b)))
+                        .collect();
                     (
                         format!(
-                            "bridge: cut {} from {} only",
-                            cluster.nodes[a].name, cluster.nodes[b].name
+                            "bridge through {}: {:?} cut from {:?}",
+                            cluster.nodes[bridge].name,
+                            left.iter()
+                                .map(|i| &cluster.nodes[*i].name)
+                                .collect::<Vec<_>>(),
+                            right
+                                .iter()
+                                .map(|i| &cluster.nodes[*i].name)
+                                .collect::<Vec<_>>()
                         ),
-                        vec![(a, b)],
+                        pairs,
                     )
                 }
                 _ => (
