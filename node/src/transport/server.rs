@@ -64,6 +64,22 @@ impl PeerService {
         }))
     }
 
+    /// The span for a forwarded client operation, continuing the caller's trace.
+    fn server_span(
+        &self,
+        name: &'static str,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> tracing::Span {
+        let span = tracing::info_span!(
+            "peer.forward",
+            otel.name = name,
+            otel.kind = "server",
+            node = %self.app.identity.name
+        );
+        crate::telemetry::adopt_grpc_parent(&span, metadata);
+        span
+    }
+
     fn raft_stopped(e: impl std::fmt::Display) -> Status {
         Status::unavailable(format!("raft stopped: {e}"))
     }
@@ -184,8 +200,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        let span = tracing::info_span!("peer.forward_write", otel.kind = "server", node = %self.app.identity.name);
-        crate::telemetry::adopt_grpc_parent(&span, req.metadata());
+        let span = self.server_span("peer.forward_write", req.metadata());
         self.forward_write_inner(req).instrument(span).await
     }
 
@@ -193,8 +208,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<ReadRequest>,
     ) -> Result<Response<ReadResponse>, Status> {
-        let span = tracing::info_span!("peer.forward_read", otel.kind = "server", node = %self.app.identity.name);
-        crate::telemetry::adopt_grpc_parent(&span, req.metadata());
+        let span = self.server_span("peer.forward_read", req.metadata());
         self.forward_read_inner(req).instrument(span).await
     }
 
@@ -202,8 +216,7 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<ListRequest>,
     ) -> Result<Response<ListResponse>, Status> {
-        let span = tracing::info_span!("peer.forward_list", otel.kind = "server", node = %self.app.identity.name);
-        crate::telemetry::adopt_grpc_parent(&span, req.metadata());
+        let span = self.server_span("peer.forward_list", req.metadata());
         self.forward_list_inner(req).instrument(span).await
     }
 }
