@@ -1,0 +1,184 @@
+//! Client of the nodes' gRPC Admin service. Behind a trait so the reconciler can be tested
+//! with an in-memory cluster; the real one talks to pods (or local processes).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use concord_proto::admin_client::AdminClient;
+use concord_proto::{
+    AddLearnerRequest, AdminResult, InitRequest, MemberSpec, MembersRequest, MembersResponse,
+    NodeStatusRequest, NodeStatusResponse, PromoteRequest, RemoveMemberRequest,
+    TransferLeaderRequest,
+};
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminCallError {
+    #[error("{addr} unreachable: {message}")]
+    Unreachable { addr: String, message: String },
+    /// The node answered with a refusal (gRPC status), e.g. busy, refused, no leader.
+    #[error("{addr} refused ({code}): {message}")]
+    Refused {
+        addr: String,
+        code: String,
+        message: String,
+    },
+}
+
+/// The admin operations the operator uses; `addr` is a node's `host:port` peer endpoint.
+#[tonic::async_trait]
+pub trait NodeAdmin: Send + Sync {
+    async fn node_status(&self, addr: &str) -> Result<NodeStatusResponse, AdminCallError>;
+    async fn members(&self, addr: &str) -> Result<MembersResponse, AdminCallError>;
+    async fn init(&self, addr: &str) -> Result<AdminResult, AdminCallError>;
+    async fn add_learner(
+        &self,
+        addr: &str,
+        member: MemberSpec,
+    ) -> Result<AdminResult, AdminCallError>;
+    async fn promote(&self, addr: &str, id: u64) -> Result<AdminResult, AdminCallError>;
+    async fn remove(&self, addr: &str, id: u64) -> Result<AdminResult, AdminCallError>;
+    async fn transfer_leader(&self, addr: &str, to: u64) -> Result<AdminResult, AdminCallError>;
+}
+
+/// gRPC admin client with one lazily connected channel per address.
+pub struct GrpcAdmin {
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Status reads answer fast or not at all; changes may wait for a leader to move.
+    read_timeout: Duration,
+    change_timeout: Duration,
+}
+
+impl Default for GrpcAdmin {
+    fn default() -> Self {
+        GrpcAdmin {
+            channels: Mutex::new(HashMap::new()),
+            read_timeout: Duration::from_secs(3),
+            change_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl GrpcAdmin {
+    fn client(&self, addr: &str) -> Result<AdminClient<Channel>, AdminCallError> {
+        let mut channels = self.channels.lock();
+        if let Some(c) = channels.get(addr) {
+            return Ok(AdminClient::new(c.clone()));
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| AdminCallError::Unreachable {
+                addr: addr.into(),
+                message: format!("bad address: {e}"),
+            })?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(AdminClient::new(channel))
+    }
+}
+
+fn call_error(addr: &str, s: tonic::Status) -> AdminCallError {
+    match s.code() {
+        tonic::Code::Unavailable if s.message().contains("transport") => {
+            AdminCallError::Unreachable {
+                addr: addr.into(),
+                message: s.message().into(),
+            }
+        }
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
+            AdminCallError::Unreachable {
+                addr: addr.into(),
+                message: s.message().into(),
+            }
+        }
+        code => AdminCallError::Refused {
+            addr: addr.into(),
+            code: format!("{code:?}"),
+            message: s.message().into(),
+        },
+    }
+}
+
+fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
+
+#[tonic::async_trait]
+impl NodeAdmin for GrpcAdmin {
+    async fn node_status(&self, addr: &str) -> Result<NodeStatusResponse, AdminCallError> {
+        let mut c = self.client(addr)?;
+        let fut = c.node_status(request(NodeStatusRequest {}, self.read_timeout));
+        match tokio::time::timeout(self.read_timeout, fut).await {
+            Ok(r) => r.map(|r| r.into_inner()).map_err(|e| call_error(addr, e)),
+            Err(_) => Err(AdminCallError::Unreachable {
+                addr: addr.into(),
+                message: "timed out".into(),
+            }),
+        }
+    }
+    async fn members(&self, addr: &str) -> Result<MembersResponse, AdminCallError> {
+        let mut c = self.client(addr)?;
+        let fut = c.members(request(MembersRequest {}, self.read_timeout));
+        match tokio::time::timeout(self.read_timeout, fut).await {
+            Ok(r) => r.map(|r| r.into_inner()).map_err(|e| call_error(addr, e)),
+            Err(_) => Err(AdminCallError::Unreachable {
+                addr: addr.into(),
+                message: "timed out".into(),
+            }),
+        }
+    }
+    async fn init(&self, addr: &str) -> Result<AdminResult, AdminCallError> {
+        let mut c = self.client(addr)?;
+        c.init(request(
+            InitRequest { members: vec![] },
+            self.change_timeout,
+        ))
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|e| call_error(addr, e))
+    }
+    async fn add_learner(
+        &self,
+        addr: &str,
+        member: MemberSpec,
+    ) -> Result<AdminResult, AdminCallError> {
+        let mut c = self.client(addr)?;
+        c.add_learner(request(
+            AddLearnerRequest {
+                member: Some(member),
+            },
+            self.change_timeout,
+        ))
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|e| call_error(addr, e))
+    }
+    async fn promote(&self, addr: &str, id: u64) -> Result<AdminResult, AdminCallError> {
+        let mut c = self.client(addr)?;
+        c.promote(request(PromoteRequest { id }, self.change_timeout))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|e| call_error(addr, e))
+    }
+    async fn remove(&self, addr: &str, id: u64) -> Result<AdminResult, AdminCallError> {
+        let mut c = self.client(addr)?;
+        c.remove_member(request(
+            RemoveMemberRequest { id, force: false },
+            self.change_timeout,
+        ))
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|e| call_error(addr, e))
+    }
+    async fn transfer_leader(&self, addr: &str, to: u64) -> Result<AdminResult, AdminCallError> {
+        let mut c = self.client(addr)?;
+        c.transfer_leader(request(TransferLeaderRequest { to }, self.change_timeout))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|e| call_error(addr, e))
+    }
+}

@@ -1,0 +1,415 @@
+//! Desired objects for a ConcordCluster: pure functions of the resource, no client. The
+//! reconciler applies what these return with server-side apply.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use crate::crd::ConcordCluster;
+use crate::naming::{self, API_PORT, PEER_PORT};
+
+/// Non-root user of the node image (distroless "nonroot").
+const RUN_AS: i64 = 65532;
+
+/// Everything the reconciler applies for one cluster.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub config_map: ConfigMap,
+    pub peers_service: Service,
+    pub client_service: Service,
+    pub stateful_set: StatefulSet,
+    /// None when the spec turns the PDB off (the reconciler then deletes ours).
+    pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// `sts_replicas` is the StatefulSet size the membership planner currently allows; it is not
+/// `spec.replicas`, which the planner approaches one safe step at a time.
+pub fn desired(cluster: &ConcordCluster, sts_replicas: i32) -> Desired {
+    let config_map = config_map(cluster);
+    let hash = config_hash(&config_map);
+    Desired {
+        peers_service: peers_service(cluster),
+        client_service: client_service(cluster),
+        stateful_set: stateful_set(cluster, sts_replicas, &hash),
+        pdb: cluster.spec.pdb.enabled.then(|| pdb(cluster)),
+        config_map,
+    }
+}
+
+fn meta(cluster: &ConcordCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: cluster.namespace(),
+        labels: Some(naming::labels(&cluster.name_any())),
+        owner_references: owner_reference(cluster).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// Owned objects are garbage-collected with the cluster (PVCs are not: they follow the
+/// retention policy).
+fn owner_reference(cluster: &ConcordCluster) -> Option<OwnerReference> {
+    cluster.controller_owner_ref(&())
+}
+
+/// The node's config file. Identity (name, advertised address) comes from the pod's
+/// environment; everything shared lives here.
+pub fn config_map(cluster: &ConcordCluster) -> ConfigMap {
+    let spec = &cluster.spec;
+    let mut raft = serde_yaml::Mapping::new();
+    let mut put = |k: &str, v: Option<u64>| {
+        if let Some(v) = v {
+            raft.insert(k.into(), v.into());
+        }
+    };
+    put(
+        "heartbeatIntervalMs",
+        spec.raft.heartbeat_interval_ms.map(u64::from),
+    );
+    put(
+        "electionTimeoutMinMs",
+        spec.raft.election_timeout_min_ms.map(u64::from),
+    );
+    put(
+        "electionTimeoutMaxMs",
+        spec.raft.election_timeout_max_ms.map(u64::from),
+    );
+    put("snapshotThreshold", spec.raft.snapshot_threshold);
+    put("maxPromoteLag", spec.raft.max_promote_lag);
+    let mut server = serde_yaml::Mapping::new();
+    server.insert("listenAddr".into(), format!("0.0.0.0:{PEER_PORT}").into());
+    server.insert("apiAddr".into(), format!("0.0.0.0:{API_PORT}").into());
+    server.insert(
+        "dataDir".into(),
+        format!("{}/node", naming::DATA_DIR).into(),
+    );
+    server.insert("join".into(), true.into());
+    server.insert("logFormat".into(), "json".into());
+    let mut doc = serde_yaml::Mapping::new();
+    doc.insert("server".into(), server.into());
+    if !raft.is_empty() {
+        doc.insert("raft".into(), raft.into());
+    }
+    // A mapping of strings, numbers and booleans always serializes.
+    let yaml = serde_yaml::to_string(&doc).unwrap_or_default();
+    ConfigMap {
+        metadata: meta(cluster, naming::config_map(&cluster.name_any())),
+        data: Some(BTreeMap::from([(naming::CONFIG_FILE.to_string(), yaml)])),
+        ..Default::default()
+    }
+}
+
+pub fn config_hash(cm: &ConfigMap) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in cm.data.iter().flatten() {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+/// Headless Service giving every pod a stable DNS name, published before the pod is ready:
+/// a joining member must be reachable to catch up, and it is not ready until it has.
+pub fn peers_service(cluster: &ConcordCluster) -> Service {
+    let name = cluster.name_any();
+    Service {
+        metadata: meta(cluster, naming::peers_service(&name)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(naming::selector_labels(&name)),
+            ports: Some(vec![port("peer", PEER_PORT), port("http", API_PORT)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The Service clients use: only ready members (those with a leader and caught up).
+pub fn client_service(cluster: &ConcordCluster) -> Service {
+    let name = cluster.name_any();
+    let mut metadata = meta(cluster, naming::client_service(&name));
+    if !cluster.spec.service.annotations.is_empty() {
+        metadata.annotations = Some(cluster.spec.service.annotations.clone());
+    }
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(cluster.spec.service.type_.clone()),
+            selector: Some(naming::selector_labels(&name)),
+            ports: Some(vec![port("http", API_PORT)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn env_field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
+fn default_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn default_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Pods start in join mode and wait for the operator: pod 0 is initialised, the others are
+/// added as learners and promoted. Updates are `OnDelete` because the operator restarts pods
+/// itself, followers first and the leader last after handing leadership over.
+pub fn stateful_set(cluster: &ConcordCluster, replicas: i32, config_hash: &str) -> StatefulSet {
+    let name = cluster.name_any();
+    let spec = &cluster.spec;
+    let pod = &spec.pod;
+
+    let mut pod_labels = pod.labels.clone();
+    pod_labels.extend(naming::labels(&name));
+    let mut pod_annotations = pod.annotations.clone();
+    pod_annotations.insert(
+        naming::CONFIG_HASH_ANNOTATION.into(),
+        config_hash.to_string(),
+    );
+
+    let container = Container {
+        name: "concord-node".into(),
+        image: Some(spec.image()),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        env: Some(vec![
+            env_field("POD_NAME", "metadata.name"),
+            env_field("POD_NAMESPACE", "metadata.namespace"),
+            env("CONCORD_NODE_ID", "$(POD_NAME)"),
+            env(
+                "CONCORD_ADVERTISE_ADDR",
+                &naming::peer_address_template(&name),
+            ),
+            env(
+                "CONCORD_CONFIG",
+                &format!("{}/{}", naming::CONFIG_DIR, naming::CONFIG_FILE),
+            ),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("peer".into()),
+                container_port: PEER_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: API_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
+        // Generous startup: replaying a long log or loading a big snapshot takes a while.
+        startup_probe: Some(http_probe("/livez", 2, 150)),
+        liveness_probe: Some(http_probe("/livez", 10, 6)),
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        resources: spec.resources.clone(),
+        security_context: Some(
+            pod.container_security_context
+                .clone()
+                .unwrap_or_else(default_container_security),
+        ),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: naming::VOLUME_NAME.into(),
+                mount_path: naming::DATA_DIR.into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "config".into(),
+                mount_path: naming::CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+
+    let pod_spec = PodSpec {
+        containers: vec![container],
+        affinity: pod.affinity.clone(),
+        tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
+        node_selector: (!pod.node_selector.is_empty()).then(|| pod.node_selector.clone()),
+        topology_spread_constraints: (!pod.topology_spread_constraints.is_empty())
+            .then(|| pod.topology_spread_constraints.clone()),
+        priority_class_name: pod.priority_class_name.clone(),
+        service_account_name: pod.service_account_name.clone(),
+        automount_service_account_token: Some(false),
+        security_context: Some(
+            pod.security_context
+                .clone()
+                .unwrap_or_else(default_pod_security),
+        ),
+        termination_grace_period_seconds: Some(30),
+        volumes: Some(vec![Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: naming::config_map(&name),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(naming::VOLUME_NAME.into()),
+            labels: Some(naming::selector_labels(&name)),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(spec.storage.size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    StatefulSet {
+        metadata: meta(cluster, name.clone()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(naming::peers_service(&name)),
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                ..Default::default()
+            }),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_scaled: Some(spec.storage.on_scale_down.as_str().into()),
+                    when_deleted: Some(spec.storage.on_delete.as_str().into()),
+                },
+            ),
+            selector: LabelSelector {
+                match_labels: Some(naming::selector_labels(&name)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..Default::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Allows a voluntary disruption only while the others still form a quorum: with n voters,
+/// (n-1)/2 may be down. A 1- or 2-member cluster allows none, which blocks node drains on
+/// purpose: draining would take the cluster down.
+pub fn pdb(cluster: &ConcordCluster) -> PodDisruptionBudget {
+    let name = cluster.name_any();
+    let n = cluster.spec.replicas.max(1);
+    PodDisruptionBudget {
+        metadata: meta(cluster, name.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int((n - 1) / 2)),
+            selector: Some(LabelSelector {
+                match_labels: Some(naming::selector_labels(&name)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,293 @@
+//! The `ConcordCluster` custom resource: what a platform team writes, and the status the
+//! operator reports back. The CRD YAML under `manifests/crds/` is generated from these types.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, PodSecurityContext, ResourceRequirements, SecurityContext, Toleration,
+    TopologySpreadConstraint,
+};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Image used when the spec names neither `image` nor `version`.
+pub const DEFAULT_IMAGE_REPO: &str = "ghcr.io/concordkv/concord-node";
+
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "concordkv.io",
+    version = "v1alpha1",
+    kind = "ConcordCluster",
+    plural = "concordclusters",
+    shortname = "concord",
+    category = "concordkv",
+    namespaced,
+    status = "ConcordClusterStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConcordClusterSpec {
+    /// Number of Raft voters. 1 to 9; an odd number tolerates as many failures as the next
+    /// even one and is recommended (an even count raises a warning condition).
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
+    /// Full image reference of concord-node. Overrides `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Tag of the default image (ghcr.io/concordkv/concord-node:<version>). Default: the
+    /// operator's own version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// CPU and memory for the concord-node container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Scheduling and metadata overrides for the pods.
+    #[serde(default)]
+    pub pod: PodOverrides,
+    #[serde(default)]
+    pub raft: RaftTuning,
+    /// The client Service (HTTP API).
+    #[serde(default)]
+    pub service: ClientServiceSpec,
+    #[serde(default)]
+    pub pdb: PdbSpec,
+    /// Stop all changes: no object is applied and no membership step is taken. Status is
+    /// still reported.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each member's volume, e.g. `10Gi`.
+    #[serde(default = "default_storage_size")]
+    pub size: String,
+    /// StorageClass of the volumes; empty means the cluster default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// What happens to a member's volume when the cluster is scaled down past it.
+    #[serde(default)]
+    pub on_scale_down: VolumePolicy,
+    /// What happens to the volumes when the ConcordCluster is deleted.
+    #[serde(default)]
+    pub on_delete: VolumePolicy,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_storage_size(),
+            storage_class_name: None,
+            on_scale_down: VolumePolicy::default(),
+            on_delete: VolumePolicy::default(),
+        }
+    }
+}
+
+fn default_storage_size() -> String {
+    "1Gi".into()
+}
+
+/// Keep data unless told otherwise: Retain is the default.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum VolumePolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
+impl VolumePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumePolicy::Retain => "Retain",
+            VolumePolicy::Delete => "Delete",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Pod-level security context. Default: non-root (uid/gid 65532), fsGroup 65532,
+    /// seccomp RuntimeDefault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// Container-level security context. Default: no privilege escalation, read-only root
+    /// filesystem, all capabilities dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_security_context: Option<SecurityContext>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+}
+
+/// Raft timing and snapshot settings written into every node's config file.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftTuning {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 10000))]
+    pub heartbeat_interval_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 60000))]
+    pub election_timeout_min_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 120000))]
+    pub election_timeout_max_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub snapshot_threshold: Option<u64>,
+    /// A learner is promoted only when at most this many entries behind the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_promote_lag: Option<u64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientServiceSpec {
+    /// ClusterIP (default), NodePort or LoadBalancer.
+    #[serde(default = "default_service_type", rename = "type")]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ClientServiceSpec {
+    fn default() -> Self {
+        ClientServiceSpec {
+            type_: default_service_type(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_service_type() -> String {
+    "ClusterIP".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PdbSpec {
+    /// Create a PodDisruptionBudget that allows a voluntary eviction only while a quorum
+    /// stays up.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for PdbSpec {
+    fn default() -> Self {
+        PdbSpec { enabled: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConcordClusterStatus {
+    /// Creating, Running, Scaling, Upgrading, Degraded, QuorumLost, Paused or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Pods of the StatefulSet (what `kubectl scale` reports as current).
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the pods, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Pod name of the current Raft leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The Raft cluster id, recorded once the cluster is initialized; a pod reporting another
+    /// id is never touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    pub name: String,
+    /// Raft member id (decimal string: ids use 53 bits and JSON readers differ on big ints).
+    pub id: String,
+    /// voter or learner.
+    pub role: String,
+    pub healthy: bool,
+    pub leader: bool,
+    #[serde(default)]
+    pub applied_index: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// A status condition, shaped like metav1.Condition.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Available, Progressing, Degraded or Warning.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl ConcordClusterSpec {
+    /// The image every member should run.
+    pub fn image(&self) -> String {
+        match (&self.image, &self.version) {
+            (Some(image), _) => image.clone(),
+            (None, Some(v)) => format!("{DEFAULT_IMAGE_REPO}:{v}"),
+            (None, None) => format!("{DEFAULT_IMAGE_REPO}:{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The Kubernetes `PodRuntime`: pods of the cluster's StatefulSet, reached at their pod IPs.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+
+use crate::membership::{PodRuntime, RuntimeError, RuntimePod, RuntimeView};
+use crate::naming::{self, PEER_PORT};
+use crate::plan::PodObs;
+
+pub struct KubePods {
+    pub pods: Api<Pod>,
+    pub sts: Api<StatefulSet>,
+    pub cluster: String,
+}
+
+/// The label the StatefulSet controller puts on each pod: the template revision it runs.
+const REVISION_LABEL: &str = "controller-revision-hash";
+
+impl KubePods {
+    /// Pod name -> image of its concord-node container, for the status.
+    pub async fn images(&self) -> Result<Vec<(String, String)>, RuntimeError> {
+        let lp = ListParams::default().labels(&naming::selector_string(&self.cluster));
+        Ok(self
+            .pods
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .filter_map(|p| {
+                let image = p.spec.as_ref()?.containers.first()?.image.clone()?;
+                Some((p.name_any(), image))
+            })
+            .collect())
+    }
+}
+
+pub fn pod_obs(cluster: &str, pod: &Pod, update_revision: Option<&str>) -> Option<RuntimePod> {
+    let name = pod.name_any();
+    let ordinal = naming::ordinal_of(cluster, &name)?;
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let up_to_date = match update_revision {
+        Some(rev) => pod.labels().get(REVISION_LABEL).map(String::as_str) == Some(rev),
+        None => true,
+    };
+    let age = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(
+            |t| Duration::from_secs((Timestamp::now().as_second() - t.0.as_second()).max(0) as u64),
+        )
+        .unwrap_or_default();
+    let admin_addr = status.and_then(|s| s.pod_ip.as_ref()).map(|ip| {
+        if ip.contains(':') {
+            format!("[{ip}]:{PEER_PORT}")
+        } else {
+            format!("{ip}:{PEER_PORT}")
+        }
+    });
+    Some(RuntimePod {
+        pod: PodObs {
+            ordinal,
+            name,
+            ready,
+            up_to_date,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+            age,
+            node: None,
+        },
+        admin_addr,
+    })
+}
+
+#[tonic::async_trait]
+impl PodRuntime for KubePods {
+    async fn view(&self) -> Result<RuntimeView, RuntimeError> {
+        let sts = self.sts.get_opt(&self.cluster).await?;
+        let sts_replicas = sts
+            .as_ref()
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.replicas)
+            .unwrap_or(0)
+            .max(0) as u32;
+        // The revision is only meaningful once the StatefulSet controller has seen the
+        // current template.
+        let update_revision = sts.as_ref().and_then(|s| {
+            let status = s.status.as_ref()?;
+            (status.observed_generation >= s.metadata.generation)
+                .then(|| status.update_revision.clone())
+                .flatten()
+        });
+        let lp = ListParams::default().labels(&naming::selector_string(&self.cluster));
+        let pods = self
+            .pods
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .filter_map(|p| pod_obs(&self.cluster, p, update_revision.as_deref()))
+            .collect();
+        Ok(RuntimeView { sts_replicas, pods })
+    }
+
+    async fn scale(&self, replicas: u32) -> Result<(), RuntimeError> {
+        let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+        self.sts
+            .patch(
+                &self.cluster,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn restart(&self, pod: &str) -> Result<(), RuntimeError> {
+        self.pods.delete(pod, &DeleteParams::default()).await?;
+        Ok(())
+    }
+}

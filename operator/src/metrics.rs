@@ -1,0 +1,142 @@
+//! The operator's own Prometheus metrics (names documented in the README).
+
+use std::collections::BTreeMap;
+
+use parking_lot::Mutex;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub duration: HistogramVec,
+    pub steps: IntCounterVec,
+    clusters_by_phase: IntGaugeVec,
+    quorum_lost: IntGaugeVec,
+    phases: Mutex<BTreeMap<(String, String), String>>,
+}
+
+pub const PHASES: [&str; 8] = [
+    "Creating",
+    "Running",
+    "Scaling",
+    "Upgrading",
+    "Degraded",
+    "QuorumLost",
+    "Paused",
+    "Failed",
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "concord_operator_reconciles_total",
+                "Reconciles run, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "concord_operator_reconcile_errors_total",
+                "Failed reconciles, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "concord_operator_reconcile_duration_seconds",
+                "Time one reconcile took.",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &[],
+        )
+        .expect("valid metric");
+        let steps = IntCounterVec::new(
+            Opts::new(
+                "concord_operator_membership_steps_total",
+                "Membership steps executed, by action and result.",
+            ),
+            &["action", "result"],
+        )
+        .expect("valid metric");
+        let clusters_by_phase = IntGaugeVec::new(
+            Opts::new("concord_operator_clusters", "ConcordClusters by phase."),
+            &["phase"],
+        )
+        .expect("valid metric");
+        let quorum_lost = IntGaugeVec::new(
+            Opts::new(
+                "concord_operator_cluster_quorum_lost",
+                "1 while a cluster has no leader although initialized.",
+            ),
+            &["namespace", "cluster"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(errors.clone()),
+            Box::new(duration.clone()),
+            Box::new(steps.clone()),
+            Box::new(clusters_by_phase.clone()),
+            Box::new(quorum_lost.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        for p in PHASES {
+            clusters_by_phase.with_label_values(&[p]).set(0);
+        }
+        for r in ["ok", "error"] {
+            reconciles.with_label_values(&[r]);
+        }
+        Metrics {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            steps,
+            clusters_by_phase,
+            quorum_lost,
+            phases: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Records a cluster's phase (None: the cluster is gone).
+    pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<&str>) {
+        let mut phases = self.phases.lock();
+        let key = (namespace.to_string(), name.to_string());
+        match phase {
+            Some(p) => {
+                phases.insert(key, p.to_string());
+                self.quorum_lost
+                    .with_label_values(&[namespace, name])
+                    .set(i64::from(p == "QuorumLost"));
+            }
+            None => {
+                phases.remove(&key);
+                let _ = self.quorum_lost.remove_label_values(&[namespace, name]);
+            }
+        }
+        for p in PHASES {
+            let n = phases.values().filter(|v| v.as_str() == p).count();
+            self.clusters_by_phase.with_label_values(&[p]).set(n as i64);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

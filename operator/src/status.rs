@@ -1,0 +1,240 @@
+//! The status written back to the ConcordCluster: phase, members and conditions, computed
+//! purely from the observation and the planned step.
+
+use crate::crd::{ConcordClusterStatus, Condition, MemberStatus};
+use crate::plan::{quorum, Action, Observed, RemoveReason, Step, WaitReason};
+
+pub struct StatusInput<'a> {
+    pub generation: Option<i64>,
+    pub previous: Option<&'a ConcordClusterStatus>,
+    pub selector: String,
+    pub image: String,
+    /// Spec errors (nothing was changed) and warnings.
+    pub errors: &'a [String],
+    pub warnings: &'a [String],
+    pub paused: bool,
+    pub observed: Option<&'a Observed>,
+    pub cluster_id: Option<String>,
+    pub step: Option<&'a Step>,
+    /// Pod image by pod name.
+    pub pod_images: &'a [(String, String)],
+    pub now: String,
+}
+
+pub fn compute(i: &StatusInput<'_>) -> ConcordClusterStatus {
+    let prev = i.previous.cloned().unwrap_or_default();
+    let mut s = ConcordClusterStatus {
+        selector: Some(i.selector.clone()),
+        observed_generation: i.generation,
+        cluster_id: i.cluster_id.clone().or(prev.cluster_id.clone()),
+        current_image: prev.current_image.clone(),
+        ..Default::default()
+    };
+    let mut conds: Vec<Condition> = Vec::new();
+    let cond = |t: &str, ok: bool, reason: &str, message: String| Condition {
+        type_: t.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: None,
+        observed_generation: i.generation,
+    };
+
+    if let Some(o) = i.observed {
+        s.replicas = o.pods.len() as i32;
+        s.ready_replicas = o.pods.iter().filter(|p| p.ready).count() as i32;
+        if let Some(members) = &o.members {
+            s.leader = members.iter().find(|m| m.leader).map(|m| m.name.clone());
+            s.members = members
+                .iter()
+                .map(|m| {
+                    let pod = o.pods.iter().find(|p| p.name == m.name);
+                    MemberStatus {
+                        name: m.name.clone(),
+                        id: m.id.to_string(),
+                        role: if m.voter { "voter" } else { "learner" }.into(),
+                        healthy: m.reachable && pod.is_some_and(|p| p.ready),
+                        leader: m.leader,
+                        applied_index: pod
+                            .and_then(|p| p.node.as_ref())
+                            .map_or(0, |n| n.applied_index),
+                        image: i
+                            .pod_images
+                            .iter()
+                            .find(|(p, _)| *p == m.name)
+                            .map(|(_, img)| img.clone()),
+                    }
+                })
+                .collect();
+            // The image is "current" once every member runs it.
+            if !s.members.is_empty()
+                && s.members
+                    .iter()
+                    .all(|m| m.image.as_deref() == Some(&i.image))
+            {
+                s.current_image = Some(i.image.clone());
+            }
+        }
+    }
+
+    let voters: Vec<&MemberStatus> = s.members.iter().filter(|m| m.role == "voter").collect();
+    let healthy_voters = voters.iter().filter(|m| m.healthy).count();
+    let has_leader = s.leader.is_some();
+    let available = has_leader && !voters.is_empty() && healthy_voters >= quorum(voters.len());
+
+    let (progress_reason, progress_msg): (Option<&str>, String) = match i.step {
+        Some(Step::Act(a)) => (Some(progress_reason(a)), crate::membership::describe(a)),
+        Some(Step::Wait { reason, message }) if !reason.blocking() => {
+            let r = match reason {
+                WaitReason::CatchingUp => "ScalingUp",
+                WaitReason::PodRestarting => "Upgrading",
+                _ => "Creating",
+            };
+            (Some(r), message.clone())
+        }
+        _ => (None, String::new()),
+    };
+    let blocked = match i.step {
+        Some(Step::Wait { reason, message }) if reason.blocking() => {
+            Some((reason.as_str(), message.clone()))
+        }
+        _ => None,
+    };
+
+    let phase;
+    if !i.errors.is_empty() {
+        phase = "Failed";
+        conds.push(cond("Degraded", true, "InvalidSpec", i.errors.join("; ")));
+        conds.push(cond(
+            "Progressing",
+            false,
+            "InvalidSpec",
+            "the spec is invalid; nothing was changed".into(),
+        ));
+    } else if i.paused {
+        phase = "Paused";
+        conds.push(cond(
+            "Progressing",
+            false,
+            "Paused",
+            "spec.paused is true".into(),
+        ));
+    } else {
+        match &blocked {
+            Some((reason, message)) => {
+                conds.push(cond("Degraded", true, reason, message.clone()));
+            }
+            None => {
+                let unhealthy: Vec<&str> = voters
+                    .iter()
+                    .filter(|m| !m.healthy)
+                    .map(|m| m.name.as_str())
+                    .collect();
+                if unhealthy.is_empty() {
+                    conds.push(cond(
+                        "Degraded",
+                        false,
+                        "AsExpected",
+                        "all members healthy".into(),
+                    ));
+                } else {
+                    conds.push(cond(
+                        "Degraded",
+                        true,
+                        "MemberUnhealthy",
+                        format!("unhealthy voter(s): {}", unhealthy.join(", ")),
+                    ));
+                }
+            }
+        }
+        match progress_reason {
+            Some(r) => conds.push(cond("Progressing", true, r, progress_msg)),
+            None => conds.push(cond(
+                "Progressing",
+                false,
+                "Converged",
+                "no change in progress".into(),
+            )),
+        }
+        phase = if matches!(blocked, Some(("QuorumLost", _)) | Some(("DataLost", _))) {
+            "QuorumLost"
+        } else if blocked.is_some() {
+            "Degraded"
+        } else if s.cluster_id.is_none() || voters.is_empty() {
+            "Creating"
+        } else {
+            match progress_reason {
+                Some("Upgrading") => "Upgrading",
+                Some("ScalingUp") | Some("ScalingDown") | Some("MemberReplaced") => "Scaling",
+                _ if !available => "Degraded",
+                _ => "Running",
+            }
+        };
+    }
+    conds.insert(
+        0,
+        cond(
+            "Available",
+            available,
+            if available {
+                "QuorumHealthy"
+            } else if has_leader {
+                "QuorumAtRisk"
+            } else if s.cluster_id.is_some() {
+                "QuorumLost"
+            } else {
+                "Initializing"
+            },
+            if available {
+                format!(
+                    "leader {}, {healthy_voters}/{} voters healthy",
+                    s.leader.clone().unwrap_or_default(),
+                    voters.len()
+                )
+            } else {
+                format!(
+                    "{healthy_voters}/{} voters healthy, leader: {}",
+                    voters.len(),
+                    s.leader.clone().unwrap_or_else(|| "none".into())
+                )
+            },
+        ),
+    );
+    for w in i.warnings {
+        conds.push(cond("Warning", true, "SpecWarning", w.clone()));
+    }
+    // A condition keeps its transition time while its status does not change.
+    for c in &mut conds {
+        let before = prev
+            .conditions
+            .iter()
+            .find(|p| p.type_ == c.type_)
+            .filter(|p| p.status == c.status)
+            .and_then(|p| p.last_transition_time.clone());
+        c.last_transition_time = Some(before.unwrap_or_else(|| i.now.clone()));
+    }
+    s.conditions = conds;
+    s.phase = Some(phase.into());
+    s
+}
+
+fn progress_reason(a: &Action) -> &'static str {
+    match a {
+        Action::Initialize { .. } => "Creating",
+        Action::ScaleStatefulSet { from, to } if to < from => "ScalingDown",
+        Action::ScaleStatefulSet { .. } | Action::AddLearner { .. } | Action::Promote { .. } => {
+            "ScalingUp"
+        }
+        Action::RemoveMember {
+            reason: RemoveReason::Replaced,
+            ..
+        } => "MemberReplaced",
+        Action::RemoveMember { .. } => "ScalingDown",
+        Action::TransferLeadership { .. } | Action::RestartPod { .. } => "Upgrading",
+    }
+}
+
+/// The condition that says whether the cluster has quorum, for metrics and events.
+pub fn quorum_lost(s: &ConcordClusterStatus) -> bool {
+    s.phase.as_deref() == Some("QuorumLost")
+}

@@ -1,0 +1,163 @@
+//! Spec validation beyond what the CRD schema enforces: cross-field rules and names. Errors
+//! stop the reconcile before anything is changed; warnings become a condition.
+
+use crate::crd::ConcordClusterSpec;
+use crate::naming::MAX_NAME_LEN;
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Validation {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Validation {
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+pub fn validate(name: &str, spec: &ConcordClusterSpec) -> Validation {
+    let mut v = Validation::default();
+    if name.len() > MAX_NAME_LEN {
+        v.errors.push(format!(
+            "metadata.name {name:?} is {} characters; at most {MAX_NAME_LEN} are allowed so that pod and service names stay valid",
+            name.len()
+        ));
+    }
+    if !(1..=9).contains(&spec.replicas) {
+        v.errors.push(format!(
+            "spec.replicas is {}; it must be between 1 and 9",
+            spec.replicas
+        ));
+    } else if spec.replicas % 2 == 0 {
+        let tolerated = (spec.replicas - 1) / 2;
+        v.warnings.push(format!(
+            "spec.replicas is {}, an even number: it tolerates {tolerated} failure(s), like {} replicas, at a higher cost",
+            spec.replicas,
+            spec.replicas - 1
+        ));
+    }
+    let image = spec.image();
+    if image.trim().is_empty() || image.contains(char::is_whitespace) {
+        v.errors
+            .push(format!("spec.image {image:?} is not an image reference"));
+    }
+    if let Some(p) = &spec.image_pull_policy {
+        if !matches!(p.as_str(), "Always" | "IfNotPresent" | "Never") {
+            v.errors.push(format!(
+                "spec.imagePullPolicy {p:?} must be Always, IfNotPresent or Never"
+            ));
+        }
+    }
+    if !is_quantity(&spec.storage.size) {
+        v.errors.push(format!(
+            "spec.storage.size {:?} is not a quantity such as 10Gi",
+            spec.storage.size
+        ));
+    }
+    if !matches!(
+        spec.service.type_.as_str(),
+        "ClusterIP" | "NodePort" | "LoadBalancer"
+    ) {
+        v.errors.push(format!(
+            "spec.service.type {:?} must be ClusterIP, NodePort or LoadBalancer",
+            spec.service.type_
+        ));
+    }
+    let r = &spec.raft;
+    if let (Some(min), Some(max)) = (r.election_timeout_min_ms, r.election_timeout_max_ms) {
+        if min >= max {
+            v.errors.push(format!(
+                "spec.raft.electionTimeoutMinMs ({min}) must be below electionTimeoutMaxMs ({max})"
+            ));
+        }
+    }
+    if let (Some(hb), Some(min)) = (r.heartbeat_interval_ms, r.election_timeout_min_ms) {
+        if hb * 2 > min {
+            v.errors.push(format!(
+                "spec.raft.heartbeatIntervalMs ({hb}) must be at most half of electionTimeoutMinMs ({min}), or followers time out between heartbeats"
+            ));
+        }
+    }
+    v
+}
+
+/// A Kubernetes resource quantity as used for volume sizes: digits, optional fraction, and an
+/// optional binary or decimal suffix.
+fn is_quantity(s: &str) -> bool {
+    let suffixes = [
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E", "",
+    ];
+    suffixes.iter().any(|suffix| {
+        s.strip_suffix(suffix).is_some_and(|num| {
+            let mut parts = num.splitn(2, '.');
+            let int = parts.next().unwrap_or("");
+            let frac = parts.next();
+            !int.is_empty()
+                && int.chars().all(|c| c.is_ascii_digit())
+                && frac.is_none_or(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_digit()))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> ConcordClusterSpec {
+        serde_yaml::from_str(yaml).expect("fixture spec")
+    }
+
+    #[test]
+    fn a_minimal_spec_is_valid() {
+        assert_eq!(validate("kv", &spec("replicas: 3")), Validation::default());
+    }
+
+    #[test]
+    fn even_replicas_warn() {
+        let v = validate("kv", &spec("replicas: 4"));
+        assert!(v.is_ok());
+        assert_eq!(v.warnings.len(), 1);
+        assert!(v.warnings[0].contains("tolerates 1 failure"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("replicas: 0", "spec.replicas"),
+            ("replicas: 11", "spec.replicas"),
+            ("replicas: 3\nstorage: {size: lots}", "spec.storage.size"),
+            ("replicas: 3\nservice: {type: Ingress}", "spec.service.type"),
+            ("replicas: 3\nimage: 'a b'", "spec.image"),
+            (
+                "replicas: 3\nimagePullPolicy: Sometimes",
+                "spec.imagePullPolicy",
+            ),
+            (
+                "replicas: 3\nraft: {electionTimeoutMinMs: 900, electionTimeoutMaxMs: 500}",
+                "electionTimeoutMinMs",
+            ),
+            (
+                "replicas: 3\nraft: {heartbeatIntervalMs: 400, electionTimeoutMinMs: 500}",
+                "heartbeatIntervalMs",
+            ),
+        ];
+        for (yaml, field) in cases {
+            let v = validate("kv", &spec(yaml));
+            assert_eq!(v.errors.len(), 1, "{yaml}: {v:?}");
+            assert!(v.errors[0].contains(field), "{yaml}: {v:?}");
+        }
+        let long = "x".repeat(MAX_NAME_LEN + 1);
+        assert!(validate(&long, &spec("replicas: 3")).errors[0].contains("metadata.name"));
+    }
+
+    #[test]
+    fn quantities() {
+        for ok in ["1Gi", "500Mi", "10", "1.5Gi", "2T"] {
+            assert!(is_quantity(ok), "{ok}");
+        }
+        for bad in ["", "Gi", "1.Gi", "-1Gi", "1 Gi", "1GB"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+    }
+}
