@@ -261,60 +261,14 @@ pub fn plan(o: &Observed) -> Step {
     // 2. Voters whose pod came back empty: out first (their address now reaches a different
     //    member), as long as the healthy rest still form a quorum.
     if let Some(s) = v.voters().find(|m| v.is_stale(m)) {
-        let (healthy, need) = v.healthy_after_removing(s.id);
-        if healthy < need {
-            return wait(
-                WaitReason::QuorumAtRisk,
-                format!(
-                    "{} lost its volume and must be replaced, but removing it would leave {healthy} healthy voter(s), fewer than the quorum of {need}",
-                    s.name
-                ),
-            );
-        }
-        return Step::Act(Action::RemoveMember {
-            name: s.name.clone(),
-            id: s.id,
-            reason: RemoveReason::Replaced,
-        });
+        return remove_voter(&v, s, RemoveReason::Replaced);
     }
 
     // 3. Scale down, highest ordinal first; the leader hands over before it goes.
     let mut excess: Vec<&MemberObs> = v.voters().filter(|m| !v.wanted(m)).collect();
     excess.sort_by_key(|m| std::cmp::Reverse(v.ordinal(m)));
     if let Some(m) = excess.first() {
-        if v.voters().count() <= 1 {
-            return wait(
-                WaitReason::QuorumAtRisk,
-                format!("{} is the last voter and cannot be removed", m.name),
-            );
-        }
-        let (healthy, need) = v.healthy_after_removing(m.id);
-        if healthy < need {
-            return wait(
-                WaitReason::QuorumAtRisk,
-                format!(
-                    "scale-down paused: removing {} would leave {healthy} healthy voter(s), fewer than the quorum of {need}",
-                    m.name
-                ),
-            );
-        }
-        if m.leader {
-            return match v.transfer_target(m.id) {
-                Some(to) => Step::Act(Action::TransferLeadership {
-                    from: m.name.clone(),
-                    to: to.id,
-                }),
-                None => wait(
-                    WaitReason::QuorumAtRisk,
-                    format!("{} leads and no healthy voter can take over", m.name),
-                ),
-            };
-        }
-        return Step::Act(Action::RemoveMember {
-            name: m.name.clone(),
-            id: m.id,
-            reason: RemoveReason::ScaleDown,
-        });
+        return remove_voter(&v, m, RemoveReason::ScaleDown);
     }
 
     // 4. Shrink the StatefulSet only past pods that are no longer members.
@@ -400,6 +354,47 @@ pub fn plan(o: &Observed) -> Step {
     // 8. Rolling restart onto the current template, one pod at a time, when everything is
     //    healthy: all members reachable and ready, nothing else in progress.
     plan_rollout(&v)
+}
+
+/// Removes one voter safely: never the last, never below a healthy quorum, and a leader
+/// hands over first.
+fn remove_voter(v: &View<'_>, m: &MemberObs, reason: RemoveReason) -> Step {
+    if v.voters().count() <= 1 {
+        return wait(
+            WaitReason::QuorumAtRisk,
+            format!("{} is the last voter and cannot be removed", m.name),
+        );
+    }
+    let (healthy, need) = v.healthy_after_removing(m.id);
+    if healthy < need {
+        let why = match reason {
+            RemoveReason::Replaced => format!("{} lost its volume and must be replaced", m.name),
+            _ => format!("scale-down paused at {}", m.name),
+        };
+        return wait(
+            WaitReason::QuorumAtRisk,
+            format!(
+                "{why}, but removing it would leave {healthy} healthy voter(s), fewer than the quorum of {need}"
+            ),
+        );
+    }
+    if m.leader {
+        return match v.transfer_target(m.id) {
+            Some(to) => Step::Act(Action::TransferLeadership {
+                from: m.name.clone(),
+                to: to.id,
+            }),
+            None => wait(
+                WaitReason::QuorumAtRisk,
+                format!("{} leads and no healthy voter can take over", m.name),
+            ),
+        };
+    }
+    Step::Act(Action::RemoveMember {
+        name: m.name.clone(),
+        id: m.id,
+        reason,
+    })
 }
 
 fn plan_rollout(v: &View<'_>) -> Step {
