@@ -409,7 +409,14 @@ fn plan_rollout(v: &View<'_>) -> Step {
         .filter(|p| !p.up_to_date)
         .collect();
     if outdated.is_empty() {
-        return Step::Converged;
+        // Converged means every member is back and serving, not just restarted.
+        return match member_pods.iter().find(|p| !p.ready || p.node.is_none()) {
+            Some(p) => wait(
+                WaitReason::PodRestarting,
+                format!("waiting for {} to be ready", p.name),
+            ),
+            None => Step::Converged,
+        };
     }
     // A pod already restarted onto the new template that is not back: wait for it, and stop
     // the rollout if it stays down.
