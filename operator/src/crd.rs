@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 /// Image used when the spec names neither `image` nor `version`.
 pub const DEFAULT_IMAGE_REPO: &str = "ghcr.io/concordkv/concord-node";
 
+// Printer columns repeat `type_ = ...` on purpose; clippy reads them as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "concordkv.io",

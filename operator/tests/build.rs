@@ -43,7 +43,8 @@ fn pdb_never_allows_losing_quorum() {
             "{replicas} replicas"
         );
         // Those left up still form a quorum.
-        assert!(replicas - allowed >= replicas / 2 + 1);
+        let quorum = replicas / 2 + 1;
+        assert!(replicas - allowed >= quorum);
     }
 }
 
@@ -54,7 +55,10 @@ fn a_config_change_changes_the_pod_template() {
     cluster.spec.raft.snapshot_threshold = Some(1234);
     let after = build::desired(&cluster, 3).stateful_set;
     let hash = |s: &k8s_openapi::api::apps::v1::StatefulSet| {
-        s.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.annotations.clone())
+        s.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
     };
     assert_ne!(hash(&before), hash(&after));
 }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_operator::admin::GrpcAdmin;
-use concord_operator::membership::{self, Policy, PodRuntime, RuntimeError, RuntimePod, RuntimeView};
+use concord_operator::membership::{
+    self, PodRuntime, Policy, RuntimeError, RuntimePod, RuntimeView,
+};
 use concord_operator::plan::{Action, PodObs, Step};
 use parking_lot::Mutex;
 
@@ -168,7 +170,15 @@ impl PodRuntime for ProcessPods {
             .lock()
             .iter()
             .filter(|(_, p)| p.child.is_some())
-            .map(|(o, p)| (*o, p.peer, p.api, p.started.elapsed(), p.revision == current))
+            .map(|(o, p)| {
+                (
+                    *o,
+                    p.peer,
+                    p.api,
+                    p.started.elapsed(),
+                    p.revision == current,
+                )
+            })
             .collect();
         let mut pods = Vec::new();
         for (ordinal, peer, api, age, up_to_date) in snapshot {
@@ -231,7 +241,12 @@ impl PodRuntime for ProcessPods {
 }
 
 /// Drives the operator's loop until the plan converges; returns the actions taken.
-async fn converge(pods: &ProcessPods, admin: &GrpcAdmin, desired: u32, timeout: Duration) -> Vec<Action> {
+async fn converge(
+    pods: &ProcessPods,
+    admin: &GrpcAdmin,
+    desired: u32,
+    timeout: Duration,
+) -> Vec<Action> {
     let policy = Policy {
         desired,
         recorded_cluster_id: None,
@@ -247,16 +262,14 @@ async fn converge(pods: &ProcessPods, admin: &GrpcAdmin, desired: u32, timeout: 
             .expect("runtime never fails here");
         match &step {
             Step::Converged => return actions,
-            Step::Act(a) => {
-                match outcome {
-                    Some(Ok(msg)) => {
-                        eprintln!("step: {} -> {msg}", membership::describe(a));
-                        actions.push(a.clone());
-                    }
-                    Some(Err(e)) => eprintln!("step failed (retried): {e}"),
-                    None => {}
+            Step::Act(a) => match outcome {
+                Some(Ok(msg)) => {
+                    eprintln!("step: {} -> {msg}", membership::describe(a));
+                    actions.push(a.clone());
                 }
-            }
+                Some(Err(e)) => eprintln!("step failed (retried): {e}"),
+                None => {}
+            },
             Step::Wait { reason, message } => {
                 let line = format!("wait {reason:?}: {message}");
                 if line != last {
@@ -264,18 +277,25 @@ async fn converge(pods: &ProcessPods, admin: &GrpcAdmin, desired: u32, timeout: 
                     last = line;
                 }
                 assert!(
-                    !reason.blocking() || matches!(reason, concord_operator::plan::WaitReason::QuorumLost),
+                    !reason.blocking()
+                        || matches!(reason, concord_operator::plan::WaitReason::QuorumLost),
                     "blocked: {message}"
                 );
             }
         }
-        assert!(Instant::now() < deadline, "no convergence to {desired} within {timeout:?}; last: {step:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no convergence to {desired} within {timeout:?}; last: {step:?}"
+        );
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
 }
 
 /// Writes unique keys to whichever pods are up, remembering each acknowledged one.
-fn start_writer(pods: Arc<ProcessPods>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<u64>> {
+fn start_writer(
+    pods: Arc<ProcessPods>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<u64>> {
     tokio::spawn(async move {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(3))
@@ -357,7 +377,9 @@ async fn scale_1_3_5_3_and_roll_every_member_while_writing() {
 
     // Create with one member, then start the client.
     let created = converge(&pods, &admin, 1, t).await;
-    assert!(created.iter().any(|a| matches!(a, Action::Initialize { .. })));
+    assert!(created
+        .iter()
+        .any(|a| matches!(a, Action::Initialize { .. })));
     assert_eq!(voters(&admin, &pods).await, ["kv-0"]);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = start_writer(pods.clone(), stop.clone());
@@ -367,7 +389,13 @@ async fn scale_1_3_5_3_and_roll_every_member_while_writing() {
     let kinds: Vec<&str> = up.iter().map(membership::action_kind).collect();
     assert_eq!(
         kinds,
-        ["ScaleStatefulSet", "AddLearner", "Promote", "AddLearner", "Promote"]
+        [
+            "ScaleStatefulSet",
+            "AddLearner",
+            "Promote",
+            "AddLearner",
+            "Promote"
+        ]
     );
     assert_eq!(voters(&admin, &pods).await, ["kv-0", "kv-1", "kv-2"]);
 
@@ -411,7 +439,11 @@ async fn scale_1_3_5_3_and_roll_every_member_while_writing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     let acked = writer.await.expect("writer");
-    assert!(acked.len() > 100, "the client kept writing ({} acked)", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the client kept writing ({} acked)",
+        acked.len()
+    );
     read_back(&pods, &acked).await;
     eprintln!("{} acknowledged writes, all readable", acked.len());
 }
@@ -458,7 +490,11 @@ async fn a_member_with_a_wiped_volume_is_replaced() {
     }
     let steps = converge(&pods, &admin, 3, t).await;
     let kinds: Vec<&str> = steps.iter().map(membership::action_kind).collect();
-    assert_eq!(kinds, ["RemoveMember", "AddLearner", "Promote"], "{steps:?}");
+    assert_eq!(
+        kinds,
+        ["RemoveMember", "AddLearner", "Promote"],
+        "{steps:?}"
+    );
     assert!(matches!(
         steps[0],
         Action::RemoveMember { id, reason: concord_operator::plan::RemoveReason::Replaced, .. } if id == before

@@ -25,7 +25,11 @@ fn pod(ordinal: u32, initialized: bool) -> PodObs {
         node: Some(NodeObs {
             id: id(ordinal),
             initialized,
-            cluster_id: if initialized { CID.into() } else { String::new() },
+            cluster_id: if initialized {
+                CID.into()
+            } else {
+                String::new()
+            },
             address: format!("kv-{ordinal}.kv-peers.default.svc:8080"),
             ready: initialized,
             applied_index: 10,
@@ -83,12 +87,7 @@ fn create_initialises_pod_zero_then_adds_and_promotes_one_at_a_time() {
     o.members = None;
     o.recorded_cluster_id = None;
     o.pods = (0..3).map(|i| pod(i, false)).collect();
-    assert_eq!(
-        plan(&o),
-        act(Action::Initialize {
-            pod: "kv-0".into()
-        })
-    );
+    assert_eq!(plan(&o), act(Action::Initialize { pod: "kv-0".into() }));
 
     // Pod 0 not answering yet: wait, never initialise another pod.
     let mut starting = o.clone();
@@ -129,10 +128,7 @@ fn a_new_statefulset_is_created_at_full_size() {
     let mut o = healthy(3, 0);
     o.members = None;
     o.recorded_cluster_id = None;
-    assert_eq!(
-        plan(&o),
-        act(Action::ScaleStatefulSet { from: 0, to: 3 })
-    );
+    assert_eq!(plan(&o), act(Action::ScaleStatefulSet { from: 0, to: 3 }));
 }
 
 #[test]
@@ -172,10 +168,16 @@ fn scale_down_removes_the_highest_ordinal_before_shrinking() {
     );
     // kv-4 out; kv-3 still a member: it goes next, the StatefulSet stays at 5.
     let mut o = healthy(3, 5);
-    o.members.as_mut().expect("members").retain(|m| m.name != "kv-4");
+    o.members
+        .as_mut()
+        .expect("members")
+        .retain(|m| m.name != "kv-4");
     assert!(matches!(plan(&o), Step::Act(Action::RemoveMember { ref name, .. }) if name == "kv-3"));
     // Both out: now the StatefulSet shrinks.
-    o.members.as_mut().expect("members").retain(|m| m.name != "kv-3");
+    o.members
+        .as_mut()
+        .expect("members")
+        .retain(|m| m.name != "kv-3");
     assert_eq!(plan(&o), act(Action::ScaleStatefulSet { from: 5, to: 3 }));
 }
 
@@ -208,8 +210,14 @@ fn a_member_back_with_an_empty_volume_is_replaced() {
         })
     );
     // Stale member gone: the new one is added under its new id.
-    o.members.as_mut().expect("members").retain(|m| m.name != "kv-1");
-    assert!(matches!(plan(&o), Step::Act(Action::AddLearner { id: 999, .. })));
+    o.members
+        .as_mut()
+        .expect("members")
+        .retain(|m| m.name != "kv-1");
+    assert!(matches!(
+        plan(&o),
+        Step::Act(Action::AddLearner { id: 999, .. })
+    ));
 }
 
 #[test]
@@ -241,7 +249,10 @@ fn a_spec_change_mid_scale_converges_safely() {
             reason: RemoveReason::Abandoned
         })
     );
-    o.members.as_mut().expect("members").retain(|m| m.name != "kv-3");
+    o.members
+        .as_mut()
+        .expect("members")
+        .retain(|m| m.name != "kv-3");
     assert_eq!(plan(&o), act(Action::ScaleStatefulSet { from: 5, to: 3 }));
 }
 
