@@ -268,7 +268,11 @@ pub fn plan(o: &Observed) -> Step {
     let mut excess: Vec<&MemberObs> = v.voters().filter(|m| !v.wanted(m)).collect();
     excess.sort_by_key(|m| std::cmp::Reverse(v.ordinal(m)));
     if let Some(m) = excess.first() {
-        return remove_voter(&v, m, RemoveReason::ScaleDown);
+        // The last voter stays until a wanted pod has joined to take over (a replaced pod 0
+        // while scaling to 1, say): fall through to adding members.
+        if v.voters().count() > 1 {
+            return remove_voter(&v, m, RemoveReason::ScaleDown);
+        }
     }
 
     // 4. Shrink the StatefulSet only past pods that are no longer members.
