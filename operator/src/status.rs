@@ -83,7 +83,10 @@ pub fn compute(i: &StatusInput<'_>) -> ConcordClusterStatus {
     let available = has_leader && !voters.is_empty() && healthy_voters >= quorum(voters.len());
 
     let (progress_reason, progress_msg): (Option<&str>, String) = match i.step {
-        Some(Step::Act(a)) => (Some(progress_reason(a)), crate::membership::describe(a)),
+        Some(Step::Act(a)) => (
+            Some(progress_reason(a, i.observed)),
+            crate::membership::describe(a),
+        ),
         Some(Step::Wait { reason, message }) if !reason.blocking() => {
             let r = match reason {
                 WaitReason::CatchingUp => "ScalingUp",
@@ -218,8 +221,15 @@ pub fn compute(i: &StatusInput<'_>) -> ConcordClusterStatus {
     s
 }
 
-fn progress_reason(a: &Action) -> &'static str {
+fn progress_reason(a: &Action, o: Option<&Observed>) -> &'static str {
+    // A leadership transfer precedes either removing the leader (scale-down) or restarting it.
+    let shrinking = o.is_some_and(|o| {
+        o.members
+            .as_ref()
+            .is_some_and(|m| m.iter().filter(|m| m.voter).count() as u32 > o.desired)
+    });
     match a {
+        Action::TransferLeadership { .. } if shrinking => "ScalingDown",
         Action::Initialize { .. } => "Creating",
         Action::ScaleStatefulSet { from, to } if to < from => "ScalingDown",
         Action::ScaleStatefulSet { .. } | Action::AddLearner { .. } | Action::Promote { .. } => {
@@ -237,4 +247,111 @@ fn progress_reason(a: &Action) -> &'static str {
 /// The condition that says whether the cluster has quorum, for metrics and events.
 pub fn quorum_lost(s: &ConcordClusterStatus) -> bool {
     s.phase.as_deref() == Some("QuorumLost")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{MemberObs, PodObs};
+    use std::time::Duration;
+
+    fn observed(reachable: [bool; 3]) -> Observed {
+        Observed {
+            desired: 3,
+            sts_replicas: 3,
+            pods: (0..3)
+                .map(|o| PodObs {
+                    ordinal: o,
+                    name: format!("kv-{o}"),
+                    ready: reachable[o as usize],
+                    up_to_date: true,
+                    terminating: false,
+                    age: Duration::from_secs(1),
+                    node: None,
+                })
+                .collect(),
+            members: Some(
+                (0..3)
+                    .map(|o| MemberObs {
+                        id: o as u64 + 1,
+                        name: format!("kv-{o}"),
+                        voter: true,
+                        leader: o == 0,
+                        reachable: reachable[o as usize],
+                        lag: 0,
+                    })
+                    .collect(),
+            ),
+            recorded_cluster_id: Some("c".into()),
+            max_promote_lag: 10,
+            stall_after: Duration::from_secs(60),
+        }
+    }
+
+    fn input<'a>(o: &'a Observed, step: &'a Step) -> StatusInput<'a> {
+        StatusInput {
+            generation: Some(2),
+            previous: None,
+            selector: "s".into(),
+            image: "img".into(),
+            errors: &[],
+            warnings: &[],
+            paused: false,
+            observed: Some(o),
+            cluster_id: Some("c".into()),
+            step: Some(step),
+            pod_images: &[],
+            now: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn condition<'a>(s: &'a ConcordClusterStatus, t: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition")
+    }
+
+    #[test]
+    fn an_unhealthy_member_degrades_but_keeps_availability() {
+        let o = observed([true, true, false]);
+        let s = compute(&input(&o, &Step::Converged));
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(condition(&s, "Available").status, "True");
+        assert_eq!(condition(&s, "Degraded").reason, "MemberUnhealthy");
+        assert!(condition(&s, "Degraded").message.contains("kv-2"));
+    }
+
+    #[test]
+    fn lost_quorum_is_its_own_phase() {
+        let mut o = observed([true, false, false]);
+        o.members = None;
+        let step = Step::Wait {
+            reason: WaitReason::QuorumLost,
+            message: "no leader".into(),
+        };
+        let s = compute(&input(&o, &step));
+        assert_eq!(s.phase.as_deref(), Some("QuorumLost"));
+        assert!(quorum_lost(&s));
+        assert_eq!(condition(&s, "Available").status, "False");
+        assert_eq!(condition(&s, "Available").reason, "QuorumLost");
+        assert_eq!(condition(&s, "Degraded").reason, "QuorumLost");
+    }
+
+    #[test]
+    fn transition_times_survive_unchanged_conditions() {
+        let o = observed([true, true, true]);
+        let first = compute(&input(&o, &Step::Converged));
+        let mut i = input(&o, &Step::Converged);
+        i.previous = Some(&first);
+        i.now = "2026-01-02T00:00:00Z".into();
+        let second = compute(&i);
+        assert_eq!(
+            condition(&second, "Available")
+                .last_transition_time
+                .as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(first, second);
+    }
 }
