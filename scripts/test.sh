@@ -13,6 +13,11 @@ if [ "$(id -u)" = 0 ] && ! command -v iptables >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iproute2 >/dev/null
 fi
 
+echo "== deployment files (charts, manifests, CRDs)"
+tools="$(bash scripts/deploy-tools.sh)"
+HELM="$tools/bin/helm" "$tools/venv/bin/python" scripts/deploy_check.py check
+bash -n scripts/kind-e2e.sh
+
 echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy"

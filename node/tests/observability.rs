@@ -238,3 +238,72 @@ async fn json_logs_are_one_object_per_line_and_raft_lines_name_the_node() {
     }
     assert!(raft_lines > 0, "no openraft lines at info level:\n{text}");
 }
+
+/// `concord_*` names a file refers to (PromQL in alerts, dashboard queries).
+fn referenced_metrics(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("concord_") {
+        let start = i + pos;
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let end = text[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(text.len(), |e| start + e);
+        // `concord_cluster` is the label our scrape configs add, not a metric.
+        if boundary && &text[start..end] != "concord_cluster" {
+            out.insert(text[start..end].to_string());
+        }
+        i = end;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_dashboards_only_use_metrics_a_node_exports() {
+    // A 3-node cluster with a write, scraped on the leader: every series exists there
+    // (replication lag is per peer and only on a leader).
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(WAIT).await;
+    let (s, body) = c.set(leader, "k", "v").await;
+    assert_eq!(s, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = c
+        .http
+        .get(format!("{}/metrics", c.nodes[leader].api()))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let exported: BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let files = [
+        "charts/concordkv-cluster/files/alerts.yaml",
+        "charts/concordkv-cluster/files/dashboard.json",
+        "manifests/monitoring/prometheusrule.yaml",
+        "manifests/monitoring/prometheus/concordkv.rules.yaml",
+        "manifests/monitoring/dashboard.json",
+    ];
+    let mut checked = 0;
+    for f in files {
+        let content = std::fs::read_to_string(format!("{root}/{f}")).expect("monitoring file");
+        let used = referenced_metrics(&content);
+        assert!(!used.is_empty(), "{f} uses no concord metric?");
+        for name in &used {
+            assert!(
+                exported.contains(name.as_str()),
+                "{f} uses {name}, which a running node does not export"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} references checked");
+}

@@ -29,6 +29,10 @@ pub const PHASES: [&str; 8] = [
     "Failed",
 ];
 
+/// Every `reason` of the errors counter (`reconcile::Error::metric_reason`), pre-created so the
+/// series exist at zero.
+pub const ERROR_REASONS: [&str; 4] = ["kube_api", "finalizer", "pods", "no_namespace"];
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -99,6 +103,9 @@ impl Metrics {
         }
         for r in ["ok", "error"] {
             reconciles.with_label_values(&[r]);
+        }
+        for r in ERROR_REASONS {
+            errors.with_label_values(&[r]);
         }
         Metrics {
             registry,
