@@ -413,3 +413,43 @@ pub fn pdb(cluster: &ConcordCluster) -> PodDisruptionBudget {
         ..Default::default()
     }
 }
+
+/// Volume claim templates of a StatefulSet cannot change. When the spec's storage differs from
+/// the existing StatefulSet's, keep the existing templates (so everything else still applies)
+/// and return a warning for the status.
+pub fn keep_volume_templates(desired: &mut StatefulSet, current: &StatefulSet) -> Option<String> {
+    let existing = current.spec.as_ref()?.volume_claim_templates.clone();
+    let spec = desired.spec.as_mut()?;
+    let describe = |t: &Option<Vec<PersistentVolumeClaim>>| {
+        t.as_ref()
+            .and_then(|t| t.first())
+            .and_then(|c| c.spec.as_ref())
+            .map(|s| {
+                let size = s
+                    .resources
+                    .as_ref()
+                    .and_then(|r| r.requests.as_ref())
+                    .and_then(|r| r.get("storage"))
+                    .map(|q| q.0.clone())
+                    .unwrap_or_default();
+                let class = s
+                    .storage_class_name
+                    .clone()
+                    .unwrap_or_else(|| "default".into());
+                format!("{size} of {class}")
+            })
+            .unwrap_or_default()
+    };
+    // The API server fills in defaults (volumeMode, status), so compare what the spec controls;
+    // either way the existing templates are what gets applied.
+    let (want, have) = (describe(&spec.volume_claim_templates), describe(&existing));
+    spec.volume_claim_templates = existing;
+    if want == have {
+        return None;
+    }
+    let message = format!(
+        "spec.storage asks for {} but the existing volumes were created as {}; volume templates cannot change, so existing and new members keep {} (expand PVCs with `kubectl patch pvc`, or recreate the cluster)",
+        want, have, have
+    );
+    Some(message)
+}

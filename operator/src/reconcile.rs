@@ -157,7 +157,7 @@ async fn apply(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeu
     let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
     let name = cluster.name_any();
     let client = &ctx.client;
-    let validation = validate(&name, &cluster.spec);
+    let mut validation = validate(&name, &cluster.spec);
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let runtime = KubePods {
         pods: Api::<Pod>::namespaced(client.clone(), &ns),
@@ -187,7 +187,13 @@ async fn apply(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeu
             .and_then(|s| s.spec.as_ref())
             .and_then(|s| s.replicas)
             .unwrap_or(policy.desired as i32);
-        let desired = build::desired(&cluster, sts_replicas);
+        let mut desired = build::desired(&cluster, sts_replicas);
+        if let Some(current) = &current {
+            if let Some(warning) = build::keep_volume_templates(&mut desired.stateful_set, current)
+            {
+                validation.warnings.push(warning);
+            }
+        }
         apply_object(client, &ns, &desired.config_map).await?;
         apply_object(client, &ns, &desired.peers_service).await?;
         apply_object(client, &ns, &desired.client_service).await?;

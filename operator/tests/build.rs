@@ -69,3 +69,24 @@ fn the_statefulset_uses_the_planner_size_not_the_spec() {
     let sts = build::desired(&cluster, 5).stateful_set;
     assert_eq!(sts.spec.and_then(|s| s.replicas), Some(5));
 }
+
+#[test]
+fn a_storage_change_keeps_the_existing_volume_templates_and_warns() {
+    let cluster = fixture("minimal");
+    let current = build::desired(&cluster, 3).stateful_set;
+    let mut bigger = cluster.clone();
+    bigger.spec.storage.size = "10Gi".into();
+    let mut desired = build::desired(&bigger, 3).stateful_set;
+    let warning = build::keep_volume_templates(&mut desired, &current).expect("a warning");
+    assert!(
+        warning.contains("10Gi") && warning.contains("1Gi"),
+        "{warning}"
+    );
+    assert_eq!(
+        desired.spec.as_ref().map(|s| &s.volume_claim_templates),
+        current.spec.as_ref().map(|s| &s.volume_claim_templates)
+    );
+    // Unchanged storage: nothing to say.
+    let mut same = build::desired(&cluster, 3).stateful_set;
+    assert_eq!(build::keep_volume_templates(&mut same, &current), None);
+}
