@@ -501,3 +501,47 @@ async fn a_member_with_a_wiped_volume_is_replaced() {
     ));
     assert_eq!(voters(&admin, &pods).await, ["kv-0", "kv-1", "kv-2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_up_interrupted_and_reverted_converges_after_an_operator_restart() {
+    let pods = Arc::new(ProcessPods::new());
+    let t = Duration::from_secs(90);
+    converge(&pods, &GrpcAdmin::default(), 3, t).await;
+
+    // 3 -> 5 starts: run the operator until kv-3 is a learner (or a voter), then "crash" it.
+    let first = GrpcAdmin::default();
+    let policy = Policy {
+        desired: 5,
+        recorded_cluster_id: None,
+        max_promote_lag: 100,
+        stall_after: Duration::from_secs(60),
+    };
+    let deadline = Instant::now() + t;
+    loop {
+        let (_, step, outcome) = membership::step(pods.as_ref(), &first, &policy)
+            .await
+            .expect("step");
+        if let (Step::Act(Action::AddLearner { pod, .. }), Some(Ok(_))) = (&step, &outcome) {
+            if pod == "kv-3" {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "kv-3 never added");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(first);
+
+    // A new operator process sees spec.replicas back at 3: the learner leaves, then the pods.
+    let steps = converge(&pods, &GrpcAdmin::default(), 3, t).await;
+    let kinds: Vec<&str> = steps.iter().map(membership::action_kind).collect();
+    assert_eq!(kinds, ["RemoveMember", "ScaleStatefulSet"], "{steps:?}");
+    assert!(matches!(
+        steps[0],
+        Action::RemoveMember { reason: concord_operator::plan::RemoveReason::Abandoned, ref name, .. } if name == "kv-3"
+    ));
+    assert_eq!(
+        voters(&GrpcAdmin::default(), &pods).await,
+        ["kv-0", "kv-1", "kv-2"]
+    );
+    assert_eq!(pods.view().await.expect("view").pods.len(), 3);
+}
