@@ -45,16 +45,19 @@ const REQUIRED: &[&str] = &[
     "concord_build_info",
 ];
 
-async fn scrape(c: &Cluster, i: usize) -> prometheus_parse::Scrape {
-    let text = c
-        .http
+async fn scrape_text(c: &Cluster, i: usize) -> String {
+    c.http
         .get(format!("{}/metrics", c.nodes[i].api()))
         .send()
         .await
         .expect("scrape")
         .text()
         .await
-        .expect("body");
+        .expect("body")
+}
+
+async fn scrape(c: &Cluster, i: usize) -> prometheus_parse::Scrape {
+    let text = scrape_text(c, i).await;
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .expect("valid exposition")
 }
@@ -139,8 +142,16 @@ async fn readyz_follows_quorum_and_livez_never_does() {
     let mut c = Cluster::start(3, "");
     let leader = c.wait_leader(WAIT).await;
     let survivor = (leader + 1) % 3;
-    let (s, _) = c.get(survivor, "/readyz").await;
-    assert_eq!(s, 200);
+    // A follower is ready once it has heard from the leader and applied what it committed.
+    let ready_by = Instant::now() + WAIT;
+    loop {
+        let (s, body) = c.get(survivor, "/readyz?verbose").await;
+        if s == 200 {
+            break;
+        }
+        assert!(Instant::now() < ready_by, "follower never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The survivor loses its quorum: the leader and the third node die.
     for i in 0..3 {
         if i != survivor {
@@ -269,15 +280,7 @@ async fn alerts_and_dashboards_only_use_metrics_a_node_exports() {
     let (s, body) = c.set(leader, "k", "v").await;
     assert_eq!(s, 200, "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let text = c
-        .http
-        .get(format!("{}/metrics", c.nodes[leader].api()))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let text = scrape_text(&c, leader).await;
     let exported: BTreeSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

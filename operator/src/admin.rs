@@ -107,78 +107,63 @@ fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     r
 }
 
+/// Awaits one call for at most `timeout`: a node that accepted the connection and then hangs
+/// must not hang the reconcile.
+async fn bounded<T>(
+    addr: &str,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, AdminCallError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r.map(|r| r.into_inner()).map_err(|e| call_error(addr, e)),
+        Err(_) => Err(AdminCallError::Unreachable {
+            addr: addr.into(),
+            message: format!("no answer within {timeout:?}"),
+        }),
+    }
+}
+
 #[tonic::async_trait]
 impl NodeAdmin for GrpcAdmin {
     async fn node_status(&self, addr: &str) -> Result<NodeStatusResponse, AdminCallError> {
-        let mut c = self.client(addr)?;
-        let fut = c.node_status(request(NodeStatusRequest {}, self.read_timeout));
-        match tokio::time::timeout(self.read_timeout, fut).await {
-            Ok(r) => r.map(|r| r.into_inner()).map_err(|e| call_error(addr, e)),
-            Err(_) => Err(AdminCallError::Unreachable {
-                addr: addr.into(),
-                message: "timed out".into(),
-            }),
-        }
+        let (mut c, t) = (self.client(addr)?, self.read_timeout);
+        bounded(addr, t, c.node_status(request(NodeStatusRequest {}, t))).await
     }
     async fn members(&self, addr: &str) -> Result<MembersResponse, AdminCallError> {
-        let mut c = self.client(addr)?;
-        let fut = c.members(request(MembersRequest {}, self.read_timeout));
-        match tokio::time::timeout(self.read_timeout, fut).await {
-            Ok(r) => r.map(|r| r.into_inner()).map_err(|e| call_error(addr, e)),
-            Err(_) => Err(AdminCallError::Unreachable {
-                addr: addr.into(),
-                message: "timed out".into(),
-            }),
-        }
+        let (mut c, t) = (self.client(addr)?, self.read_timeout);
+        bounded(addr, t, c.members(request(MembersRequest {}, t))).await
     }
     async fn init(&self, addr: &str) -> Result<AdminResult, AdminCallError> {
-        let mut c = self.client(addr)?;
-        c.init(request(
-            InitRequest { members: vec![] },
-            self.change_timeout,
-        ))
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|e| call_error(addr, e))
+        let (mut c, t) = (self.client(addr)?, self.change_timeout);
+        bounded(addr, t, c.init(request(InitRequest { members: vec![] }, t))).await
     }
     async fn add_learner(
         &self,
         addr: &str,
         member: MemberSpec,
     ) -> Result<AdminResult, AdminCallError> {
-        let mut c = self.client(addr)?;
-        c.add_learner(request(
-            AddLearnerRequest {
-                member: Some(member),
-            },
-            self.change_timeout,
-        ))
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|e| call_error(addr, e))
+        let (mut c, t) = (self.client(addr)?, self.change_timeout);
+        let req = AddLearnerRequest {
+            member: Some(member),
+        };
+        bounded(addr, t, c.add_learner(request(req, t))).await
     }
     async fn promote(&self, addr: &str, id: u64) -> Result<AdminResult, AdminCallError> {
-        let mut c = self.client(addr)?;
-        c.promote(request(PromoteRequest { id }, self.change_timeout))
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|e| call_error(addr, e))
+        let (mut c, t) = (self.client(addr)?, self.change_timeout);
+        bounded(addr, t, c.promote(request(PromoteRequest { id }, t))).await
     }
     async fn remove(&self, addr: &str, id: u64) -> Result<AdminResult, AdminCallError> {
-        let mut c = self.client(addr)?;
-        c.remove_member(request(
-            RemoveMemberRequest { id, force: false },
-            self.change_timeout,
-        ))
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|e| call_error(addr, e))
+        let (mut c, t) = (self.client(addr)?, self.change_timeout);
+        let req = RemoveMemberRequest { id, force: false };
+        bounded(addr, t, c.remove_member(request(req, t))).await
     }
     async fn transfer_leader(&self, addr: &str, to: u64) -> Result<AdminResult, AdminCallError> {
-        let mut c = self.client(addr)?;
-        c.transfer_leader(request(TransferLeaderRequest { to }, self.change_timeout))
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|e| call_error(addr, e))
+        let (mut c, t) = (self.client(addr)?, self.change_timeout);
+        bounded(
+            addr,
+            t,
+            c.transfer_leader(request(TransferLeaderRequest { to }, t)),
+        )
+        .await
     }
 }
