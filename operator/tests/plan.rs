@@ -68,6 +68,13 @@ fn member<'a>(o: &'a mut Observed, name: &str) -> &'a mut MemberObs {
         .expect("member")
 }
 
+fn drop_member(o: &mut Observed, name: &str) {
+    o.members
+        .as_mut()
+        .expect("members")
+        .retain(|m| m.name != name);
+}
+
 fn pod_mut<'a>(o: &'a mut Observed, name: &str) -> &'a mut PodObs {
     o.pods.iter_mut().find(|p| p.name == name).expect("pod")
 }
@@ -168,16 +175,10 @@ fn scale_down_removes_the_highest_ordinal_before_shrinking() {
     );
     // kv-4 out; kv-3 still a member: it goes next, the StatefulSet stays at 5.
     let mut o = healthy(3, 5);
-    o.members
-        .as_mut()
-        .expect("members")
-        .retain(|m| m.name != "kv-4");
+    drop_member(&mut o, "kv-4");
     assert!(matches!(plan(&o), Step::Act(Action::RemoveMember { ref name, .. }) if name == "kv-3"));
     // Both out: now the StatefulSet shrinks.
-    o.members
-        .as_mut()
-        .expect("members")
-        .retain(|m| m.name != "kv-3");
+    drop_member(&mut o, "kv-3");
     assert_eq!(plan(&o), act(Action::ScaleStatefulSet { from: 5, to: 3 }));
 }
 
@@ -210,10 +211,7 @@ fn a_member_back_with_an_empty_volume_is_replaced() {
         })
     );
     // Stale member gone: the new one is added under its new id.
-    o.members
-        .as_mut()
-        .expect("members")
-        .retain(|m| m.name != "kv-1");
+    drop_member(&mut o, "kv-1");
     assert!(matches!(
         plan(&o),
         Step::Act(Action::AddLearner { id: 999, .. })
@@ -249,10 +247,7 @@ fn a_spec_change_mid_scale_converges_safely() {
             reason: RemoveReason::Abandoned
         })
     );
-    o.members
-        .as_mut()
-        .expect("members")
-        .retain(|m| m.name != "kv-3");
+    drop_member(&mut o, "kv-3");
     assert_eq!(plan(&o), act(Action::ScaleStatefulSet { from: 5, to: 3 }));
 }
 
