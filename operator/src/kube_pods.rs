@@ -126,3 +126,40 @@ impl PodRuntime for KubePods {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(yaml).expect("pod fixture")
+    }
+
+    #[test]
+    fn a_pod_becomes_an_observation() {
+        let p = pod(
+            "metadata: {name: kv-2, labels: {controller-revision-hash: kv-abc}}\n\
+             status: {podIP: 10.1.2.3, conditions: [{type: Ready, status: 'True'}]}",
+        );
+        let o = pod_obs("kv", &p, Some("kv-abc")).expect("a member pod");
+        assert_eq!(o.pod.ordinal, 2);
+        assert!(o.pod.ready && o.pod.up_to_date && !o.pod.terminating);
+        assert_eq!(o.admin_addr.as_deref(), Some("10.1.2.3:8080"));
+        let o = pod_obs("kv", &p, Some("kv-def")).expect("a member pod");
+        assert!(!o.pod.up_to_date);
+    }
+
+    #[test]
+    fn unready_deleting_ipv6_and_foreign_pods() {
+        let p = pod(
+            "metadata: {name: kv-0, deletionTimestamp: '2026-01-01T00:00:00Z'}\n\
+             status: {podIP: 'fd00::5', conditions: [{type: Ready, status: 'False'}]}",
+        );
+        let o = pod_obs("kv", &p, None).expect("a member pod");
+        assert!(!o.pod.ready && o.pod.terminating && o.pod.up_to_date);
+        assert_eq!(o.admin_addr.as_deref(), Some("[fd00::5]:8080"));
+        assert!(pod_obs("kv", &pod("metadata: {name: other-0}"), None).is_none());
+        let pending = pod_obs("kv", &pod("metadata: {name: kv-1}"), None).expect("pod");
+        assert_eq!(pending.admin_addr, None);
+    }
+}
