@@ -123,6 +123,9 @@ pub enum WaitReason {
     DataLost,
     ForeignCluster,
     UpgradeStalled,
+    /// A new pod has not started its node for longer than `stall_after` (unschedulable,
+    /// image pull failing, crash loop).
+    PodNotStarting,
 }
 
 impl WaitReason {
@@ -134,6 +137,7 @@ impl WaitReason {
                 | WaitReason::DataLost
                 | WaitReason::ForeignCluster
                 | WaitReason::UpgradeStalled
+                | WaitReason::PodNotStarting
         )
     }
     pub fn as_str(self) -> &'static str {
@@ -146,6 +150,7 @@ impl WaitReason {
             WaitReason::DataLost => "DataLost",
             WaitReason::ForeignCluster => "ForeignCluster",
             WaitReason::UpgradeStalled => "UpgradeStalled",
+            WaitReason::PodNotStarting => "PodNotStarting",
         }
     }
 }
@@ -334,6 +339,17 @@ pub fn plan(o: &Observed) -> Step {
             continue;
         }
         let Some(node) = pod.node.as_ref().filter(|_| !pod.terminating) else {
+            if pod.age > o.stall_after {
+                return wait(
+                    WaitReason::PodNotStarting,
+                    format!(
+                        "{} has not started for {}s (unschedulable, image pull or crash loop? see kubectl describe pod {})",
+                        pod.name,
+                        pod.age.as_secs(),
+                        pod.name
+                    ),
+                );
+            }
             return wait(
                 WaitReason::PodsStarting,
                 format!("waiting for {} to start", pod.name),

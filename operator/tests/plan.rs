@@ -149,7 +149,11 @@ fn scale_up_grows_the_statefulset_then_adds_members() {
     assert!(matches!(plan(&o), Step::Act(Action::AddLearner { ref pod, .. }) if pod == "kv-3"));
     // kv-3's pod not started yet: wait for it rather than add kv-4 first.
     o.pods[3].node = None;
+    o.pods[3].age = Duration::from_secs(30);
     assert!(waits(&plan(&o), WaitReason::PodsStarting));
+    // Still not started long after: say so (Degraded), still without skipping ahead.
+    o.pods[3].age = Duration::from_secs(601);
+    assert!(waits(&plan(&o), WaitReason::PodNotStarting));
 }
 
 #[test]
