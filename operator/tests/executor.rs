@@ -58,6 +58,8 @@ struct ProcessPods {
     replicas: Mutex<u32>,
     pods: Mutex<BTreeMap<u32, ProcPod>>,
     revision: AtomicU64,
+    /// storage.onScaleDown: Retain keeps a removed pod's data dir for when it comes back.
+    retain_on_scale_down: AtomicBool,
     http: reqwest::Client,
 }
 
@@ -69,6 +71,7 @@ impl ProcessPods {
             replicas: Mutex::new(0),
             pods: Mutex::new(BTreeMap::new()),
             revision: AtomicU64::new(1),
+            retain_on_scale_down: AtomicBool::new(false),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
@@ -216,8 +219,9 @@ impl PodRuntime for ProcessPods {
                     Self::stop(&mut c);
                 }
             }
-            // storage.onScaleDown: Delete
-            let _ = std::fs::remove_dir_all(self.dir.path().join(format!("kv-{o}")));
+            if !self.retain_on_scale_down.load(Ordering::SeqCst) {
+                let _ = std::fs::remove_dir_all(self.dir.path().join(format!("kv-{o}")));
+            }
         }
         for o in *current..replicas {
             self.spawn(o, &mut pods);
@@ -544,4 +548,52 @@ async fn a_scale_up_interrupted_and_reverted_converges_after_an_operator_restart
         ["kv-0", "kv-1", "kv-2"]
     );
     assert_eq!(pods.view().await.expect("view").pods.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_volume_rejoins_after_scale_down_and_up() {
+    // storage.onScaleDown: Retain (the default): kv-2 leaves, its data stays, and when the
+    // cluster grows again the pod comes back with its old identity and is re-added.
+    let pods = Arc::new(ProcessPods::new());
+    pods.retain_on_scale_down.store(true, Ordering::SeqCst);
+    let admin = GrpcAdmin::default();
+    let t = Duration::from_secs(90);
+    converge(&pods, &admin, 3, t).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = start_writer(pods.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    converge(&pods, &admin, 2, t).await;
+    assert_eq!(voters(&admin, &pods).await, ["kv-0", "kv-1"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let back = converge(&pods, &admin, 3, t).await;
+    let kinds: Vec<&str> = back.iter().map(membership::action_kind).collect();
+    assert_eq!(
+        kinds,
+        ["ScaleStatefulSet", "AddLearner", "Promote"],
+        "{back:?}"
+    );
+    assert_eq!(voters(&admin, &pods).await, ["kv-0", "kv-1", "kv-2"]);
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.await.expect("writer");
+    read_back(&pods, &acked).await;
+    // The rejoined member's own state machine catches up with everything acknowledged.
+    let last = *acked.last().expect("some writes acknowledged");
+    let kv2 = pods.pods.lock()[&2].api;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = pods
+            .http
+            .get(format!(
+                "http://127.0.0.1:{kv2}/api/get?key=w{last}&consistency=stale"
+            ))
+            .send()
+            .await;
+        if let Ok(r) = r {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "kv-2 never applied w{last}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
