@@ -186,8 +186,15 @@ async fn main() -> anyhow::Result<()> {
             instance: Some(identity),
         },
         stall_after: Duration::from_secs(args.stall_seconds),
+        status_writes: Default::default(),
     });
+    // Bursts of watch events (a rollout touches many objects) collapse into one reconcile;
+    // clusters reconcile in parallel, each one at a time.
+    let controller_config = kube::runtime::controller::Config::default()
+        .debounce(Duration::from_millis(500))
+        .concurrency(8);
     let controller = Controller::new(clusters, watcher::Config::default())
+        .with_config(controller_config)
         .owns(
             owned::<StatefulSet>(&client, &args.namespace),
             managed.clone(),

@@ -57,6 +57,8 @@ pub struct Context {
     pub reporter: Reporter,
     /// A pod restarted for an upgrade that is not ready after this long stops the rollout.
     pub stall_after: Duration,
+    /// When this process last wrote each cluster's status (a rate limit, never a plan input).
+    pub status_writes: parking_lot::Mutex<std::collections::HashMap<(String, String), Instant>>,
 }
 
 /// Default learner promotion threshold (the node's own default).
@@ -301,7 +303,9 @@ async fn apply(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeu
         )
         .await;
     }
-    if previous.as_ref() != Some(&new_status) {
+    let key = (ns.clone(), name.clone());
+    let since = ctx.status_writes.lock().get(&key).map(|t| t.elapsed());
+    if status::needs_write(previous.as_ref(), &new_status, since) {
         let api: Api<ConcordCluster> = Api::namespaced(client.clone(), &ns);
         let patch = serde_json::json!({
             "apiVersion": ConcordCluster::api_version(&()),
@@ -314,6 +318,7 @@ async fn apply(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeu
             &Patch::Apply(&patch),
         )
         .await?;
+        ctx.status_writes.lock().insert(key, Instant::now());
     }
     Ok(match &step {
         Some(Step::Act(_)) => Requeue::requeue(Duration::from_secs(2)),
@@ -332,6 +337,7 @@ async fn cleanup(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requ
     let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
     let name = cluster.name_any();
     ctx.metrics.set_phase(&ns, &name, None);
+    ctx.status_writes.lock().remove(&(ns.clone(), name.clone()));
     if cluster.spec.storage.on_delete == VolumePolicy::Delete {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
         let lp = ListParams::default().labels(&naming::selector_string(&name));

@@ -244,6 +244,34 @@ fn progress_reason(a: &Action, o: Option<&Observed>) -> &'static str {
     }
 }
 
+/// How often a status whose only change is the members' applied indexes is rewritten: every
+/// write is a watch event that triggers another reconcile, so a cluster taking writes must not
+/// rewrite its status on every pass.
+pub const PROGRESS_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether `new` is worth writing over `previous`, given the time since our last write.
+pub fn needs_write(
+    previous: Option<&ConcordClusterStatus>,
+    new: &ConcordClusterStatus,
+    since_last_write: Option<std::time::Duration>,
+) -> bool {
+    let Some(previous) = previous else {
+        return true;
+    };
+    if previous == new {
+        return false;
+    }
+    let without_progress = |s: &ConcordClusterStatus| {
+        let mut s = s.clone();
+        for m in &mut s.members {
+            m.applied_index = 0;
+        }
+        s
+    };
+    without_progress(previous) != without_progress(new)
+        || since_last_write.is_none_or(|d| d >= PROGRESS_REFRESH)
+}
+
 /// The condition that says whether the cluster has quorum, for metrics and events.
 pub fn quorum_lost(s: &ConcordClusterStatus) -> bool {
     s.phase.as_deref() == Some("QuorumLost")
@@ -336,6 +364,24 @@ mod tests {
         assert_eq!(condition(&s, "Available").status, "False");
         assert_eq!(condition(&s, "Available").reason, "QuorumLost");
         assert_eq!(condition(&s, "Degraded").reason, "QuorumLost");
+    }
+
+    #[test]
+    fn applied_index_progress_alone_is_written_at_most_every_refresh() {
+        let o = observed([true, true, true]);
+        let before = compute(&input(&o, &Step::Converged));
+        let mut after = before.clone();
+        after.members[0].applied_index += 100;
+        let soon = Some(std::time::Duration::from_secs(1));
+        assert!(!needs_write(Some(&before), &before, None));
+        assert!(!needs_write(Some(&before), &after, soon));
+        assert!(needs_write(Some(&before), &after, Some(PROGRESS_REFRESH)));
+        assert!(needs_write(Some(&before), &after, None));
+        // Anything else is written straight away.
+        let mut leader_moved = after.clone();
+        leader_moved.leader = Some("kv-1".into());
+        assert!(needs_write(Some(&before), &leader_moved, soon));
+        assert!(needs_write(None, &before, soon));
     }
 
     #[test]

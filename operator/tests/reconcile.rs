@@ -333,6 +333,7 @@ impl Harness {
                 instance: None,
             },
             stall_after: Duration::from_secs(600),
+            status_writes: Default::default(),
         });
         Harness { store, admin, ctx }
     }
