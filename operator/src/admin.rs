@@ -77,11 +77,26 @@ impl GrpcAdmin {
         channels.insert(addr.to_string(), channel.clone());
         Ok(AdminClient::new(channel))
     }
+
+    /// Pods get new IPs when they restart: forget the channel of an address that stopped
+    /// answering, so the cache does not grow with every restart.
+    fn forget_if_unreachable<T>(
+        &self,
+        addr: &str,
+        r: Result<T, AdminCallError>,
+    ) -> Result<T, AdminCallError> {
+        if matches!(r, Err(AdminCallError::Unreachable { .. })) {
+            self.channels.lock().remove(addr);
+        }
+        r
+    }
 }
 
 fn call_error(addr: &str, s: tonic::Status) -> AdminCallError {
     match s.code() {
-        tonic::Code::Unavailable if s.message().contains("transport") => {
+        // A node's own "unavailable" answers say "no leader: ..."; anything else with this
+        // code comes from the transport (connect refused, reset, DNS).
+        tonic::Code::Unavailable if !s.message().starts_with("no leader") => {
             AdminCallError::Unreachable {
                 addr: addr.into(),
                 message: s.message().into(),
@@ -127,15 +142,18 @@ async fn bounded<T>(
 impl NodeAdmin for GrpcAdmin {
     async fn node_status(&self, addr: &str) -> Result<NodeStatusResponse, AdminCallError> {
         let (mut c, t) = (self.client(addr)?, self.read_timeout);
-        bounded(addr, t, c.node_status(request(NodeStatusRequest {}, t))).await
+        let r = bounded(addr, t, c.node_status(request(NodeStatusRequest {}, t))).await;
+        self.forget_if_unreachable(addr, r)
     }
     async fn members(&self, addr: &str) -> Result<MembersResponse, AdminCallError> {
         let (mut c, t) = (self.client(addr)?, self.read_timeout);
-        bounded(addr, t, c.members(request(MembersRequest {}, t))).await
+        let r = bounded(addr, t, c.members(request(MembersRequest {}, t))).await;
+        self.forget_if_unreachable(addr, r)
     }
     async fn init(&self, addr: &str) -> Result<AdminResult, AdminCallError> {
         let (mut c, t) = (self.client(addr)?, self.change_timeout);
-        bounded(addr, t, c.init(request(InitRequest { members: vec![] }, t))).await
+        let r = bounded(addr, t, c.init(request(InitRequest { members: vec![] }, t))).await;
+        self.forget_if_unreachable(addr, r)
     }
     async fn add_learner(
         &self,
@@ -146,16 +164,19 @@ impl NodeAdmin for GrpcAdmin {
         let req = AddLearnerRequest {
             member: Some(member),
         };
-        bounded(addr, t, c.add_learner(request(req, t))).await
+        let r = bounded(addr, t, c.add_learner(request(req, t))).await;
+        self.forget_if_unreachable(addr, r)
     }
     async fn promote(&self, addr: &str, id: u64) -> Result<AdminResult, AdminCallError> {
         let (mut c, t) = (self.client(addr)?, self.change_timeout);
-        bounded(addr, t, c.promote(request(PromoteRequest { id }, t))).await
+        let r = bounded(addr, t, c.promote(request(PromoteRequest { id }, t))).await;
+        self.forget_if_unreachable(addr, r)
     }
     async fn remove(&self, addr: &str, id: u64) -> Result<AdminResult, AdminCallError> {
         let (mut c, t) = (self.client(addr)?, self.change_timeout);
         let req = RemoveMemberRequest { id, force: false };
-        bounded(addr, t, c.remove_member(request(req, t))).await
+        let r = bounded(addr, t, c.remove_member(request(req, t))).await;
+        self.forget_if_unreachable(addr, r)
     }
     async fn transfer_leader(&self, addr: &str, to: u64) -> Result<AdminResult, AdminCallError> {
         let (mut c, t) = (self.client(addr)?, self.change_timeout);
@@ -165,5 +186,23 @@ impl NodeAdmin for GrpcAdmin {
             c.transfer_leader(request(TransferLeaderRequest { to }, t)),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_address_nobody_listens_on_is_unreachable_and_forgotten() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        let admin = GrpcAdmin::default();
+        let addr = format!("127.0.0.1:{port}");
+        let e = admin.node_status(&addr).await.expect_err("nothing listens");
+        assert!(matches!(e, AdminCallError::Unreachable { .. }), "{e:?}");
+        assert!(admin.channels.lock().is_empty());
     }
 }
