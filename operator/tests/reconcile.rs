@@ -614,3 +614,26 @@ async fn an_invalid_spec_changes_nothing_and_says_why() {
         .unwrap_or("")
         .contains("spec.storage.size"));
 }
+
+#[tokio::test]
+async fn a_paused_cluster_is_observed_but_not_changed() {
+    let h = Harness::new(json!({"replicas": 3}));
+    h.reconcile().await;
+    h.settle().await;
+    h.edit_spec(|s| {
+        s["paused"] = true.into();
+        s["replicas"] = 5.into();
+    });
+    let calls = h.reconcile().await;
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.starts_with("GET ") || c == &format!("PATCH {CR}/status")),
+        "a paused cluster only reads (and reports): {calls:?}"
+    );
+    assert_eq!(h.store.lock().objects[STS]["spec"]["replicas"], 3);
+    assert!(h.admin_log().is_empty());
+    let status = h.cr()["status"].clone();
+    assert_eq!(status["phase"], "Paused");
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+}
