@@ -63,7 +63,7 @@ def helm_template(chart, release, namespace, values=None, extra=()):
 
 def render_install():
     ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": INSTALL_NAMESPACE}}
-    body = helm_template(OPERATOR_CHART, "concordkv", INSTALL_NAMESPACE)
+    body = helm_template(OPERATOR_CHART, "concordkv-operator", INSTALL_NAMESPACE)
     # helm prints "# Source:" comments; keep them, they say where each object comes from.
     return ("# ConcordKV operator install bundle, rendered from charts/concordkv-operator by\n"
             "# `python3 scripts/deploy_check.py render`; do not edit.\n"

@@ -28,7 +28,7 @@ wait_phase() { # <name> <phase> <timeout seconds>
     if [ "$SECONDS" -ge "$deadline" ]; then
       echo "timed out waiting for $1 to be $2" >&2
       kubectl describe concord "$1" >&2
-      kubectl -n "$NS" logs deploy/concordkv-concordkv-operator --tail=100 >&2 || true
+      kubectl -n "$NS" logs deploy/concordkv-operator --tail=100 >&2 || true
       exit 1
     fi
     sleep 3
@@ -58,7 +58,7 @@ docker tag "$NODE_IMAGE:$TAG" "$NODE_IMAGE:$TAG-2"
 kind load docker-image --name "$CLUSTER" "$NODE_IMAGE:$TAG" "$NODE_IMAGE:$TAG-2" "$OPERATOR_IMAGE:$TAG"
 
 step "operator (helm)"
-helm upgrade --install concordkv charts/concordkv-operator -n "$NS" --create-namespace \
+helm upgrade --install concordkv-operator charts/concordkv-operator -n "$NS" --create-namespace \
   --set image.tag="$TAG" --set image.pullPolicy=Never --wait --timeout 3m
 kubectl -n "$NS" get deploy,pods
 
