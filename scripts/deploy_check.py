@@ -66,7 +66,7 @@ def render_install():
     body = helm_template(OPERATOR_CHART, "concordkv-operator", INSTALL_NAMESPACE)
     # helm prints "# Source:" comments; keep them, they say where each object comes from.
     return ("# ConcordKV operator install bundle, rendered from charts/concordkv-operator by\n"
-            "# `python3 scripts/deploy_check.py render`; do not edit.\n"
+            "# `bash scripts/regen.sh`; do not edit.\n"
             "#   kubectl apply --server-side -f manifests/install.yaml\n---\n"
             + yaml.safe_dump(ns, sort_keys=False) + body)
 
@@ -79,7 +79,7 @@ def alert_rules():
 def render_monitoring():
     rules = alert_rules()
     header = ("# Rendered from charts/concordkv-cluster/files/alerts.yaml by\n"
-              "# `python3 scripts/deploy_check.py render`; do not edit.\n")
+              "# `bash scripts/regen.sh`; do not edit.\n")
     prometheus_rule = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
@@ -251,7 +251,7 @@ def check():
         path = os.path.join(ROOT, rel)
         current = open(path).read() if os.path.exists(path) else None
         if current != text:
-            fail(f"{rel} is out of date: run `python3 scripts/deploy_check.py render`")
+            fail(f"{rel} is out of date: run `bash scripts/regen.sh`")
 
     if failures:
         print(f"deploy check: {len(failures)} problem(s)", file=sys.stderr)

@@ -9,7 +9,7 @@ fn committed_crd_matches_the_types() {
     let committed = std::fs::read_to_string(path).expect("manifests/crds/concordclusters.yaml");
     assert!(
         committed == concord_operator::crd_yaml(),
-        "manifests/crds/concordclusters.yaml is stale: run `cargo run -p concord-operator --bin crdgen > manifests/crds/concordclusters.yaml`"
+        "manifests/crds/concordclusters.yaml is stale: run `bash scripts/regen.sh`"
     );
 }
 
