@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod build;
+pub mod controller;
 pub mod crd;
 pub mod kube_pods;
 pub mod membership;

@@ -9,19 +9,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::Reporter;
-use kube::runtime::{watcher, Controller};
-use kube::{Api, Client};
 
 use concord_operator::admin::GrpcAdmin;
-use concord_operator::crd::ConcordCluster;
 use concord_operator::metrics::Metrics;
 use concord_operator::naming::MANAGER;
-use concord_operator::reconcile::{error_policy, reconcile, Context};
+use concord_operator::reconcile::Context;
+use kube::Client;
 
 #[derive(Parser)]
 #[command(
@@ -161,22 +155,6 @@ async fn main() -> anyhow::Result<()> {
     };
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
 
-    let clusters: Api<ConcordCluster> = match &args.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    fn owned<K>(client: &Client, ns: &Option<String>) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
-    let managed =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     let ctx = Arc::new(Context {
         client: client.clone(),
         admin: Arc::new(GrpcAdmin::default()),
@@ -188,33 +166,7 @@ async fn main() -> anyhow::Result<()> {
         stall_after: Duration::from_secs(args.stall_seconds),
         status_writes: Default::default(),
     });
-    // Bursts of watch events (a rollout touches many objects) collapse into one reconcile;
-    // clusters reconcile in parallel, each one at a time.
-    let controller_config = kube::runtime::controller::Config::default()
-        .debounce(Duration::from_millis(500))
-        .concurrency(8);
-    let controller = Controller::new(clusters, watcher::Config::default())
-        .with_config(controller_config)
-        .owns(
-            owned::<StatefulSet>(&client, &args.namespace),
-            managed.clone(),
-        )
-        .owns(owned::<Service>(&client, &args.namespace), managed.clone())
-        .owns(
-            owned::<ConfigMap>(&client, &args.namespace),
-            managed.clone(),
-        )
-        .owns(
-            owned::<PodDisruptionBudget>(&client, &args.namespace),
-            managed,
-        )
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "reconcile loop");
-            }
-        });
+    let controller = concord_operator::controller::run(client, ctx, args.namespace.clone());
     match lease {
         Some((mut rx, _task)) => {
             let lost = async move {
