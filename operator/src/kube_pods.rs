@@ -21,24 +21,6 @@ pub struct KubePods {
 /// The label the StatefulSet controller puts on each pod: the template revision it runs.
 const REVISION_LABEL: &str = "controller-revision-hash";
 
-impl KubePods {
-    /// Pod name -> image of its concord-node container, for the status.
-    pub async fn images(&self) -> Result<Vec<(String, String)>, RuntimeError> {
-        let lp = ListParams::default().labels(&naming::selector_string(&self.cluster));
-        Ok(self
-            .pods
-            .list(&lp)
-            .await?
-            .items
-            .iter()
-            .filter_map(|p| {
-                let image = p.spec.as_ref()?.containers.first()?.image.clone()?;
-                Some((p.name_any(), image))
-            })
-            .collect())
-    }
-}
-
 pub fn pod_obs(cluster: &str, pod: &Pod, update_revision: Option<&str>) -> Option<RuntimePod> {
     let name = pod.name_any();
     let ordinal = naming::ordinal_of(cluster, &name)?;
@@ -65,7 +47,13 @@ pub fn pod_obs(cluster: &str, pod: &Pod, update_revision: Option<&str>) -> Optio
             format!("{ip}:{PEER_PORT}")
         }
     });
+    let image = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone());
     Some(RuntimePod {
+        image,
         pod: PodObs {
             ordinal,
             name,

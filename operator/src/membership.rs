@@ -15,6 +15,8 @@ pub struct RuntimePod {
     pub pod: PodObs,
     /// `host:port` of its admin (peer) endpoint, once it has an address.
     pub admin_addr: Option<String>,
+    /// The image its node runs, when the runtime knows it (for the status).
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,8 +67,6 @@ pub struct Policy {
 pub struct Observation {
     pub observed: Observed,
     pub runtime: RuntimeView,
-    /// Each pod's node status, by pod name, for the status report.
-    pub leader_id: Option<u64>,
     /// Address of a node that answered the membership query (for the next call).
     pub via: Option<String>,
 }
@@ -99,7 +99,6 @@ pub async fn observe(
     }
     // Ask initialized nodes for the membership; any of them forwards to the leader.
     let mut members = None;
-    let mut leader_id = None;
     let mut via = None;
     for rp in view
         .pods
@@ -108,7 +107,6 @@ pub async fn observe(
     {
         let Some(addr) = &rp.admin_addr else { continue };
         if let Ok(m) = admin.members(addr).await {
-            leader_id = Some(m.leader_id);
             members = Some(
                 m.members
                     .into_iter()
@@ -137,7 +135,6 @@ pub async fn observe(
             stall_after: policy.stall_after,
         },
         runtime: view,
-        leader_id,
         via,
     })
 }
@@ -156,6 +153,15 @@ impl Observation {
         self.via
             .clone()
             .ok_or_else(|| StepError::Missing("no member answered".into()))
+    }
+
+    /// Pod name -> image, for the status.
+    pub fn images(&self) -> Vec<(String, String)> {
+        self.runtime
+            .pods
+            .iter()
+            .filter_map(|p| Some((p.pod.name.clone(), p.image.clone()?)))
+            .collect()
     }
 
     /// The cluster id the initialized nodes report (to record once).

@@ -41,10 +41,6 @@ pub fn pod_name(cluster: &str, ordinal: u32) -> String {
     format!("{cluster}-{ordinal}")
 }
 
-pub fn pvc_name(cluster: &str, ordinal: u32) -> String {
-    format!("{VOLUME_NAME}-{cluster}-{ordinal}")
-}
-
 /// The ordinal of a pod of this cluster, from its name.
 pub fn ordinal_of(cluster: &str, pod: &str) -> Option<u32> {
     let rest = pod.strip_prefix(cluster)?.strip_prefix('-')?;

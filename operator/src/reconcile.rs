@@ -267,11 +267,7 @@ async fn apply(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeu
         observation = Some(membership::observe(&runtime, ctx.admin.as_ref(), &policy).await?);
     }
 
-    let images = if observation.is_some() {
-        runtime.images().await?
-    } else {
-        Vec::new()
-    };
+    let images = observation.as_ref().map(|o| o.images()).unwrap_or_default();
     let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH);
     let new_status = status::compute(&StatusInput {
         generation: cluster.metadata.generation,

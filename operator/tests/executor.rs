@@ -202,6 +202,7 @@ impl PodRuntime for ProcessPods {
                     node: None,
                 },
                 admin_addr: Some(format!("127.0.0.1:{peer}")),
+                image: None,
             });
         }
         Ok(RuntimeView {

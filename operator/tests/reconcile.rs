@@ -38,7 +38,6 @@ async fn create_applies_objects_then_initialises_and_grows_membership() {
     expected.extend([
         format!("GET {STS}"),
         format!("GET {PODS} (list)"),
-        format!("GET {PODS} (list)"),
         format!("PATCH {CR}/status"),
     ]);
     assert_eq!(calls, expected);
