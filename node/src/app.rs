@@ -8,10 +8,10 @@ use openraft::{RaftMetrics, ServerState};
 use parking_lot::Mutex;
 
 use crate::config::Config;
-use crate::identity::{ClusterId, Identity};
+use crate::raft::channels::Channels;
+use crate::raft::{Member, NodeId, Raft, TypeConfig};
+use crate::storage::identity::{ClusterId, Identity};
 use crate::storage::{LogReader, SharedState};
-use crate::transport::Channels;
-use crate::types::{Member, NodeId, Raft, TypeConfig};
 
 pub struct App {
     pub config: Config,

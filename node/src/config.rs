@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::types::{node_id_for_name, Member, NodeId};
+use crate::raft::{node_id_for_name, Member, NodeId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

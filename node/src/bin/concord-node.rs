@@ -9,7 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use concord_node::config::{normalize_args, Config, Flags};
-use concord_node::server::Node;
+use concord_node::raft::startup::Node;
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -93,7 +93,7 @@ enum Cmd {
     /// Round-trip every endpoint against a running cluster (the seed's test client).
     Check,
     /// Drive a concurrent load and print throughput and latency percentiles.
-    Bench(concord_node::bench::BenchArgs),
+    Bench(concord_node::cli::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -326,7 +326,7 @@ async fn main() -> ExitCode {
             }),
             Err(e) => return fail(e),
         },
-        Cmd::Check => return concord_node::check::run(&client).await,
+        Cmd::Check => return concord_node::cli::check::run(&client).await,
         Cmd::Bench(args) => {
             let started = Instant::now();
             let endpoints = if args.endpoints.is_empty() {
@@ -334,7 +334,7 @@ async fn main() -> ExitCode {
             } else {
                 args.endpoints.clone()
             };
-            match concord_node::bench::run_against(&args, &endpoints).await {
+            match concord_node::cli::bench::run_against(&args, &endpoints).await {
                 Ok(report) => print(out, &report.to_json(), || report.to_text()),
                 Err(e) => {
                     eprintln!("bench failed after {:?}: {e:#}", started.elapsed());

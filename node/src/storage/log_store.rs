@@ -20,8 +20,8 @@ use parking_lot::Mutex;
 
 use super::fsutil::{atomic_write, invalid_data, read_checked, with_checksum};
 use super::segments::SegmentedLog;
-use crate::metrics::metrics;
-use crate::types::{Entry, LogId, TypeConfig, Vote};
+use crate::raft::{Entry, LogId, TypeConfig, Vote};
+use crate::telemetry::metrics::metrics;
 
 const VOTE_FILE: &str = "vote";
 const META_FILE: &str = "log.meta";
@@ -434,7 +434,7 @@ mod tests {
     use openraft::storage::{IOFlushed, RaftLogReader, RaftLogStorage};
 
     use super::*;
-    use crate::kv::Command;
+    use crate::store::Command;
 
     fn log_id(term: u64, index: u64) -> LogId {
         LogId::new(LeaderId { term, node_id: 1 }, index)

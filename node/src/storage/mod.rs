@@ -1,6 +1,7 @@
 //! Durable storage: the Raft log, the vote, snapshots and the state machine.
 
 pub mod fsutil;
+pub mod identity;
 pub mod log_store;
 pub mod segments;
 pub mod snapshot_store;

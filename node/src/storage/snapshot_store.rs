@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::fsutil::{atomic_write, invalid_data, sync_dir};
-use crate::types::SnapshotMeta;
+use crate::raft::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"CKVSNAP1";
 

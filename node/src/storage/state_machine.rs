@@ -12,9 +12,9 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use super::snapshot_store::SnapshotStore;
-use crate::kv::{CommandResult, KvMap};
-use crate::metrics::metrics;
-use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::raft::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::store::{CommandResult, KvMap};
+use crate::telemetry::metrics::metrics;
 
 /// Everything the state machine holds; what a snapshot captures.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -4,7 +4,7 @@ use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
 
 use super::{LogStore, SnapshotStore, StateMachineStore};
-use crate::types::TypeConfig;
+use crate::raft::TypeConfig;
 
 struct Builder;
 

@@ -1,189 +1,24 @@
-//! Membership administration: what the operator and `concordctl member ...` drive.
-//!
-//! Every change runs on the leader (other nodes forward), one at a time, and refuses what would
-//! be unsafe: promoting a learner that is behind, removing a voter when the remaining healthy
-//! voters could not form a quorum, a second change while one is running.
+//! The membership changes, run on the leader: checks first, then one Raft change at a time.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use concord_proto::admin_client::AdminClient;
-use concord_proto::admin_server::Admin;
 use concord_proto::{
     AddLearnerRequest, AdminResult, InitRequest, MemberSpec, MembersRequest, MembersResponse,
-    NodeStatusRequest, NodeStatusResponse, PromoteRequest, RemoveMemberRequest,
-    TransferLeaderRequest,
+    NodeStatusResponse, PromoteRequest, RemoveMemberRequest, TransferLeaderRequest,
 };
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Instant as _, RaftMetrics, ServerState};
-use tonic::{Request, Response, Status};
+use openraft::errors::RaftError;
+use openraft::{ChangeMembers, RaftMetrics, ServerState};
 
+use super::error::{from_status, result, write_error, AdminError};
+use super::view::View;
 use crate::app::App;
-use crate::types::{Member, NodeId, TypeConfig};
+use crate::raft::{Member, NodeId, TypeConfig};
 
 /// How long a change waits for its effect (replication to start, a leader to move).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    #[error("already initialized: {0}")]
-    AlreadyInitialized(String),
-    #[error("busy: another membership change is in progress; retry when it finishes")]
-    Busy,
-    #[error("busy: the previous membership change is not committed yet; retry shortly ({0})")]
-    InProgress(String),
-    #[error("refused: {0}")]
-    Refused(String),
-    #[error("not found: {0}")]
-    NotFound(String),
-    #[error("no leader: {0}")]
-    NoLeader(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl AdminError {
-    pub fn http_status(&self) -> u16 {
-        match self {
-            AdminError::Invalid(_) => 400,
-            AdminError::NotFound(_) => 404,
-            AdminError::AlreadyInitialized(_)
-            | AdminError::Busy
-            | AdminError::InProgress(_)
-            | AdminError::Refused(_) => 409,
-            AdminError::NoLeader(_) => 503,
-            AdminError::Internal(_) => 500,
-        }
-    }
-
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            AdminError::Busy | AdminError::InProgress(_) | AdminError::NoLeader(_)
-        )
-    }
-}
-
-// gRPC codes for each error, and back: a forwarded call's refusal reaches the caller unchanged.
-impl From<AdminError> for Status {
-    fn from(e: AdminError) -> Status {
-        let msg = e.to_string();
-        match e {
-            AdminError::Invalid(_) => Status::invalid_argument(msg),
-            AdminError::NotFound(_) => Status::not_found(msg),
-            AdminError::AlreadyInitialized(_) => Status::already_exists(msg),
-            AdminError::Busy | AdminError::InProgress(_) => Status::aborted(msg),
-            AdminError::Refused(_) => Status::failed_precondition(msg),
-            AdminError::NoLeader(_) => Status::unavailable(msg),
-            AdminError::Internal(_) => Status::internal(msg),
-        }
-    }
-}
-
-fn from_status(s: Status) -> AdminError {
-    let msg = s.message().to_string();
-    let strip = |p: &str| msg.strip_prefix(p).unwrap_or(&msg).to_string();
-    match s.code() {
-        tonic::Code::InvalidArgument => AdminError::Invalid(strip("invalid request: ")),
-        tonic::Code::NotFound => AdminError::NotFound(strip("not found: ")),
-        tonic::Code::AlreadyExists => {
-            AdminError::AlreadyInitialized(strip("already initialized: "))
-        }
-        tonic::Code::Aborted => AdminError::Busy,
-        tonic::Code::FailedPrecondition => AdminError::Refused(strip("refused: ")),
-        tonic::Code::Unavailable => AdminError::NoLeader(strip("no leader: ")),
-        _ => AdminError::Internal(msg),
-    }
-}
-
-fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> AdminError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
-            AdminError::NoLeader("leadership moved during the change; retry".into())
-        }
-        // The previous change (or the initial membership) is not committed yet: transient.
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(
-            ChangeMembershipError::InProgress(p),
-        )) => AdminError::InProgress(p.to_string()),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-            AdminError::Refused(c.to_string())
-        }
-        other => AdminError::Internal(other.to_string()),
-    }
-}
-
-fn result(message: impl Into<String>, log_index: u64) -> AdminResult {
-    AdminResult {
-        message: message.into(),
-        log_index,
-    }
-}
-
-/// Role, matched index and health of each member, as the leader sees them.
-struct View {
-    metrics: RaftMetrics<TypeConfig>,
-    reachable_within: Duration,
-    caught_up_within: u64,
-}
-
-impl View {
-    fn voters(&self) -> BTreeSet<NodeId> {
-        self.metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect()
-    }
-
-    fn learners(&self) -> BTreeSet<NodeId> {
-        self.metrics
-            .membership_config
-            .membership()
-            .learner_ids()
-            .collect()
-    }
-
-    fn last_log(&self) -> u64 {
-        self.metrics.last_log_index.unwrap_or(0)
-    }
-
-    fn matched(&self, id: NodeId) -> Option<u64> {
-        if id == self.metrics.id {
-            return self.metrics.last_log_index;
-        }
-        self.metrics
-            .replication
-            .as_ref()?
-            .get(&id)?
-            .as_ref()
-            .map(|l| l.index)
-    }
-
-    fn last_contact(&self, id: NodeId) -> Option<Duration> {
-        if id == self.metrics.id {
-            return Some(Duration::ZERO);
-        }
-        let hb = self.metrics.heartbeat.as_ref()?.get(&id)?.as_ref()?;
-        Some(hb.elapsed())
-    }
-
-    fn healthy(&self, id: NodeId) -> bool {
-        match self.last_contact(id) {
-            Some(d) => d <= self.reachable_within,
-            // openraft resets its acknowledgement clock for a member when the membership
-            // changes (e.g. right after a promotion); until the next acknowledgement, a member
-            // whose replication is caught up is taken as healthy, since only its acknowledgements
-            // could have moved its matched index.
-            None => self
-                .matched(id)
-                .is_some_and(|m| self.last_log().saturating_sub(m) <= self.caught_up_within),
-        }
-    }
-}
 
 impl App {
     fn view(&self) -> View {
@@ -616,7 +451,7 @@ impl App {
             incarnation: self.identity.incarnation.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             address: self.config.advertise_addr.clone(),
-            ready: crate::api::status::readiness(self).is_ok(),
+            ready: crate::api::http::status::readiness(self).is_ok(),
         }
     }
 }
@@ -645,57 +480,4 @@ fn check_spec(m: &MemberSpec) -> Result<(NodeId, Member), AdminError> {
             addr: m.address.clone(),
         },
     ))
-}
-
-/// The gRPC face of the admin operations.
-pub struct AdminService {
-    pub app: Arc<App>,
-}
-
-#[tonic::async_trait]
-impl Admin for AdminService {
-    async fn init(&self, req: Request<InitRequest>) -> Result<Response<AdminResult>, Status> {
-        Ok(Response::new(self.app.admin_init(req.into_inner()).await?))
-    }
-    async fn add_learner(
-        &self,
-        req: Request<AddLearnerRequest>,
-    ) -> Result<Response<AdminResult>, Status> {
-        Ok(Response::new(
-            self.app.admin_add_learner(req.into_inner()).await?,
-        ))
-    }
-    async fn promote(&self, req: Request<PromoteRequest>) -> Result<Response<AdminResult>, Status> {
-        Ok(Response::new(
-            self.app.admin_promote(req.into_inner()).await?,
-        ))
-    }
-    async fn remove_member(
-        &self,
-        req: Request<RemoveMemberRequest>,
-    ) -> Result<Response<AdminResult>, Status> {
-        Ok(Response::new(
-            self.app.admin_remove(req.into_inner()).await?,
-        ))
-    }
-    async fn transfer_leader(
-        &self,
-        req: Request<TransferLeaderRequest>,
-    ) -> Result<Response<AdminResult>, Status> {
-        Ok(Response::new(
-            self.app.admin_transfer_leader(req.into_inner()).await?,
-        ))
-    }
-    async fn members(
-        &self,
-        _req: Request<MembersRequest>,
-    ) -> Result<Response<MembersResponse>, Status> {
-        Ok(Response::new(self.app.admin_members().await?))
-    }
-    async fn node_status(
-        &self,
-        _req: Request<NodeStatusRequest>,
-    ) -> Result<Response<NodeStatusResponse>, Status> {
-        Ok(Response::new(self.app.admin_node_status().await))
-    }
 }

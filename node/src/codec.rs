@@ -1,11 +1,4 @@
-//! Peer transport over gRPC: openraft's network (client side), the peer service (server side)
-//! and the channel pool both use.
-
-pub mod channels;
-pub mod network;
-pub mod server;
-
-pub use channels::Channels;
+//! Encoding of openraft's messages on the peer wire.
 
 use std::io;
 

@@ -10,8 +10,8 @@ use openraft::raft::ReadPolicy;
 use tokio::time::{sleep, timeout_at, Instant};
 
 use crate::app::App;
-use crate::kv::{Command, CommandResult, Versioned};
-use crate::metrics::metrics;
+use crate::store::{Command, CommandResult, Versioned};
+use crate::telemetry::metrics::metrics;
 
 /// Why a client operation did not succeed. Each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -426,7 +426,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap();
-        let channels = crate::transport::Channels::default();
+        let channels = crate::raft::channels::Channels::default();
         let mut client = channels.client(&format!("127.0.0.1:{port}")).unwrap();
         let status = client
             .forward_write(WriteRequest::default())

@@ -14,8 +14,8 @@ use concord_proto::{
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use crate::admin::AdminError;
 use crate::app::App;
+use crate::membership::AdminError;
 
 type ApiResult = Result<Json<Value>, ApiError>;
 

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use crate::raft::{node_id_for_name, NodeId};
 use crate::storage::fsutil::{atomic_write, read_checked, with_checksum};
-use crate::types::{node_id_for_name, NodeId};
 
 const IDENTITY_FILE: &str = "identity";
 const CLUSTER_ID_FILE: &str = "cluster_id";

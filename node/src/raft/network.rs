@@ -11,10 +11,11 @@ use openraft::raft::{
 };
 use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
 
-use super::{decode, encode, Channels};
-use crate::identity::ClusterId;
-use crate::metrics::metrics;
-use crate::types::{Member, NodeId, Snapshot, TypeConfig, Vote};
+use super::channels::Channels;
+use crate::codec::{decode, encode};
+use crate::raft::{Member, NodeId, Snapshot, TypeConfig, Vote};
+use crate::storage::identity::ClusterId;
+use crate::telemetry::metrics::metrics;
 
 /// Snapshot chunk size on the wire.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;

@@ -1,10 +1,17 @@
-//! openraft type configuration for ConcordKV.
+//! Consensus: openraft's type configuration for ConcordKV, the node's start-up and shutdown,
+//! and the peer transport (openraft's network on the sending side, the peer gRPC service on the
+//! receiving side, one channel pool for both).
+
+pub mod channels;
+pub mod network;
+pub mod peer_service;
+pub mod startup;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::kv::{Command, CommandResult};
+use crate::store::{Command, CommandResult};
 
 /// Raft node id. Derived from the member's name (see [`node_id_for_name`]).
 pub type NodeId = u64;

@@ -13,8 +13,9 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use crate::app::App;
-use crate::kv::{Command, CommandResult};
-use crate::service::Consistency;
+use crate::config::Limits;
+use crate::requests::Consistency;
+use crate::store::{Command, CommandResult};
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
@@ -46,31 +47,29 @@ fn string_field(map: &Map<String, Value>, name: &str) -> Result<String, ApiError
     }
 }
 
-impl App {
-    fn check_key(&self, key: &str) -> Result<(), ApiError> {
-        if key.is_empty() {
-            return Err(ApiError::bad_request("key must not be empty"));
-        }
-        let max = self.config.limits.max_key_bytes;
-        if key.len() > max {
-            return Err(ApiError::too_large(format!(
-                "key is {} bytes; the limit is {max} bytes",
-                key.len()
-            )));
-        }
-        Ok(())
+fn check_key(limits: &Limits, key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request("key must not be empty"));
     }
+    let max = limits.max_key_bytes;
+    if key.len() > max {
+        return Err(ApiError::too_large(format!(
+            "key is {} bytes; the limit is {max} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
+}
 
-    fn check_value(&self, value: &str) -> Result<(), ApiError> {
-        let max = self.config.limits.max_value_bytes;
-        if value.len() > max {
-            return Err(ApiError::too_large(format!(
-                "value is {} bytes; the limit is {max} bytes",
-                value.len()
-            )));
-        }
-        Ok(())
+fn check_value(limits: &Limits, value: &str) -> Result<(), ApiError> {
+    let max = limits.max_value_bytes;
+    if value.len() > max {
+        return Err(ApiError::too_large(format!(
+            "value is {} bytes; the limit is {max} bytes",
+            value.len()
+        )));
     }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,8 +98,8 @@ pub async fn set(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection
     let map = json_object(body)?;
     let key = string_field(&map, "key")?;
     let value = string_field(&map, "value")?;
-    app.check_key(&key)?;
-    app.check_value(&value)?;
+    check_key(&app.config.limits, &key)?;
+    check_value(&app.config.limits, &value)?;
     let written = app
         .write(Command::Set {
             key: key.clone(),
@@ -114,7 +113,7 @@ pub async fn set(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection
 
 pub async fn get(State(app): State<Arc<App>>, Query(q): Query<KeyQuery>) -> ApiResult {
     let key = query_key(&q)?;
-    app.check_key(key)?;
+    check_key(&app.config.limits, key)?;
     let c = consistency(q.consistency.as_deref())?;
     match app.get(key, c).await? {
         Some(v) => Ok(Json(
@@ -126,7 +125,7 @@ pub async fn get(State(app): State<Arc<App>>, Query(q): Query<KeyQuery>) -> ApiR
 
 pub async fn delete(State(app): State<Arc<App>>, Query(q): Query<KeyQuery>) -> ApiResult {
     let key = query_key(&q)?.to_string();
-    app.check_key(&key)?;
+    check_key(&app.config.limits, &key)?;
     let written = app.write(Command::Delete { key: key.clone() }).await?;
     match written.result {
         CommandResult::Delete {
@@ -157,10 +156,10 @@ pub async fn cas(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection
             ))
         }
     };
-    app.check_key(&key)?;
-    app.check_value(&value)?;
+    check_key(&app.config.limits, &key)?;
+    check_value(&app.config.limits, &value)?;
     if let Some(e) = &expected {
-        app.check_value(e)?;
+        check_value(&app.config.limits, e)?;
     }
     let written = app
         .write(Command::Cas {

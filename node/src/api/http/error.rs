@@ -6,8 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::metrics::metrics;
-use crate::service::ServiceError;
+use crate::requests::ServiceError;
+use crate::telemetry::metrics::metrics;
 
 #[derive(Debug)]
 pub struct ApiError {

@@ -15,17 +15,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::admin::AdminService;
 use crate::app::App;
 use crate::config::{bind_addr, Config};
-use crate::identity::{self, ClusterId};
-use crate::metrics::metrics;
+use crate::membership::AdminService;
+use crate::raft::channels::Channels;
+use crate::raft::channels::MAX_MESSAGE_BYTES;
+use crate::raft::network::NetworkFactory;
+use crate::raft::peer_service::PeerService;
+use crate::raft::{node_id_for_name, Member, NodeId, Raft};
+use crate::storage::identity::{self, ClusterId};
 use crate::storage::{LogStore, SnapshotStore, StateMachineStore};
-use crate::transport::channels::MAX_MESSAGE_BYTES;
-use crate::transport::network::NetworkFactory;
-use crate::transport::server::PeerService;
-use crate::transport::Channels;
-use crate::types::{node_id_for_name, Member, NodeId, Raft};
+use crate::telemetry::metrics::metrics;
 
 const LOCK_FILE: &str = "LOCK";
 
@@ -203,7 +203,7 @@ impl Node {
             }
         }));
 
-        let router = crate::api::router(app.clone());
+        let router = crate::api::http::router(app.clone());
         let mut http_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             // Without TCP_NODELAY small responses meet delayed ACKs: 40 ms tail latency.

@@ -4,7 +4,7 @@ use openraft::ServerState;
 use serde_json::{json, Value};
 
 use crate::app::App;
-use crate::metrics::metrics;
+use crate::telemetry::metrics::metrics;
 
 fn role(state: ServerState) -> &'static str {
     match state {

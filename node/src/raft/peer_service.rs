@@ -11,11 +11,11 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::{decode, encode};
 use crate::app::App;
-use crate::kv::Command;
-use crate::service::{to_status, ServiceError};
-use crate::types::{Snapshot, SnapshotMeta, Vote};
+use crate::codec::{decode, encode};
+use crate::raft::{Snapshot, SnapshotMeta, Vote};
+use crate::requests::{to_status, ServiceError};
+use crate::store::Command;
 
 pub struct PeerService {
     pub app: Arc<App>,

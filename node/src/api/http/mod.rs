@@ -1,0 +1,107 @@
+//! The HTTP listener: the seed's `/api/...`, probes and `/metrics`.
+
+pub mod admin_routes;
+pub mod error;
+pub mod kv_routes;
+pub mod probes;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::telemetry::metrics::{metrics, render};
+use error::ApiError;
+
+pub fn router(app: Arc<App>) -> Router {
+    let body_limit = app.config.limits.max_request_bytes;
+    Router::new()
+        .route("/api/set", post(kv_routes::set))
+        .route("/api/get", get(kv_routes::get))
+        .route("/api/delete", delete(kv_routes::delete))
+        .route("/api/cas", post(kv_routes::cas))
+        .route("/api/keys", get(kv_routes::keys))
+        .route("/api/status", get(kv_routes::status))
+        .route("/api/metrics", get(kv_routes::metrics_json))
+        .route("/api/logs", get(kv_routes::logs))
+        .route("/admin/init", post(admin_routes::init))
+        .route("/admin/learners", post(admin_routes::add_learner))
+        .route("/admin/promote", post(admin_routes::promote))
+        .route("/admin/remove", post(admin_routes::remove))
+        .route(
+            "/admin/transfer-leader",
+            post(admin_routes::transfer_leader),
+        )
+        .route("/admin/members", get(admin_routes::members))
+        .route("/admin/status", get(admin_routes::node_status))
+        .route("/metrics", get(prometheus))
+        .route("/livez", get(probes::livez))
+        .route("/readyz", get(probes::readyz))
+        .route("/readyz/:check", get(probes::readyz_one))
+        .route("/healthz", get(probes::readyz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+/// Records latency by route and bounds every request's time, so no client hangs past the
+/// configured timeout even if something below forgets its own deadline.
+async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let m = metrics();
+    m.http_in_flight.inc();
+    let started = Instant::now();
+    // Membership changes wait for their effect (replication, a new leader) a little longer.
+    let limit = if route.starts_with("/admin") {
+        app.config.limits.request_timeout + Duration::from_secs(15)
+    } else {
+        app.config.limits.request_timeout + Duration::from_secs(1)
+    };
+    let span = tracing::info_span!(
+        "http.request",
+        otel.kind = "server",
+        http.method = %req.method(),
+        http.route = %route,
+        node = %app.identity.name,
+    );
+    crate::telemetry::adopt_http_parent(&span, req.headers());
+    let response = match tokio::time::timeout(limit, next.run(req).instrument(span)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "request timed out; if it was a write, its outcome is unknown",
+            true,
+        )
+        .into_response(),
+    };
+    m.http_in_flight.dec();
+    let class = format!("{}xx", response.status().as_u16() / 100);
+    m.http_seconds
+        .with_label_values(&[route.as_str(), class.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn prometheus() -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        render(),
+    )
+}
