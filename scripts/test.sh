@@ -18,6 +18,8 @@ tools="$(bash scripts/deploy-tools.sh)"
 HELM="$tools/bin/helm" "$tools/venv/bin/python" scripts/deploy_check.py check
 bash -n scripts/kind-e2e.sh
 
+echo "== one version of each stack crate (cargo tree -d)"
+bash scripts/check-dup-deps.sh
 echo "== rustfmt"
 cargo fmt --all -- --check
 echo "== clippy"

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -114,11 +114,11 @@ async fn client_loop(id: usize, seed: u64, apis: Vec<String>, keys: usize, share
     let mut last_seen: Vec<Option<String>> = vec![None; keys];
     let mut seq = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
-        let k = rng.gen_range(0..keys);
+        let k = rng.random_range(0..keys);
         let key = format!("k{k}");
-        let node = rng.gen_range(0..apis.len());
+        let node = rng.random_range(0..apis.len());
         seq += 1;
-        let op = match rng.gen_range(0..10) {
+        let op = match rng.random_range(0..10) {
             0..=4 => Op::Read,
             5..=7 => Op::Write(format!("c{id}-{seq}")),
             _ => Op::Cas {
@@ -210,13 +210,13 @@ async fn strike(
 ) -> anyhow::Result<()> {
     let n = cluster.nodes.len();
     let leader = leader_index(http, cluster).await;
-    let target = match (leader, rng.gen_bool(0.5)) {
+    let target = match (leader, rng.random_bool(0.5)) {
         (Some(l), true) => l,
-        _ => rng.gen_range(0..n),
+        _ => rng.random_range(0..n),
     };
     let name = cluster.nodes[target].name.clone();
     let is_leader = leader == Some(target);
-    let hold = Duration::from_millis(rng.gen_range(500..2000));
+    let hold = Duration::from_millis(rng.random_range(500..2000));
     match kind {
         NemesisKind::Kill => {
             log.push(format!(
@@ -240,8 +240,8 @@ async fn strike(
         }
         NemesisKind::DiskTail => {
             cluster.kill9(target);
-            let cut = rng.gen_bool(0.5);
-            let what = cluster.damage_log_tail(target, cut, rng.gen_range(1..40))?;
+            let cut = rng.random_bool(0.5);
+            let what = cluster.damage_log_tail(target, cut, rng.random_range(1..40))?;
             log.push(format!("kill -9 {name}, then {what}"));
             cluster.spawn(target)?;
             log.push(format!("restart {name} on the damaged log"));
@@ -272,7 +272,7 @@ async fn strike(
                 return Ok(());
             };
             let others = |x: usize| (0..n).filter(move |i| *i != x);
-            let (what, pairs): (String, Vec<(usize, usize)>) = match rng.gen_range(0..3) {
+            let (what, pairs): (String, Vec<(usize, usize)>) = match rng.random_range(0..3) {
                 0 if leader.is_some() => {
                     let l = leader.unwrap_or(target);
                     (
@@ -447,7 +447,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         if nemeses.is_empty() {
             continue;
         }
-        let kind = nemeses[rng.gen_range(0..nemeses.len())];
+        let kind = nemeses[rng.random_range(0..nemeses.len())];
         let at_ms = shared.started.elapsed().as_millis() as u64;
         let mut log = Vec::new();
         if let Err(e) = strike(kind, &mut rng, &http, &mut cluster, &mut log).await {

@@ -21,7 +21,7 @@ pub enum ConfigError {
     #[error("config file {path} is not valid YAML for ConcordKV: {source}")]
     Parse {
         path: PathBuf,
-        source: serde_yaml::Error,
+        source: serde_yaml_ng::Error,
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -70,9 +70,10 @@ pub struct Flags {
     pub election_timeout_ms: Option<u64>,
 }
 
-/// The YAML file. `server` is the seed's section; `raft` and `limits` are ours.
+/// The YAML file. `server` is the seed's section; `raft` and `limits` are ours. Unknown keys are
+/// refused by name: a misspelt setting silently ignored is a setting silently not applied.
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
     pub server: ServerSection,
@@ -83,7 +84,7 @@ pub struct FileConfig {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerSection {
     pub node_id: Option<String>,
     pub listen_addr: Option<String>,
@@ -96,7 +97,7 @@ pub struct ServerSection {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RaftSection {
     pub heartbeat_interval_ms: Option<u64>,
     pub election_timeout_min_ms: Option<u64>,
@@ -108,7 +109,7 @@ pub struct RaftSection {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LimitsSection {
     pub max_key_bytes: Option<usize>,
     pub max_value_bytes: Option<usize>,
@@ -373,7 +374,7 @@ fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+    serde_yaml_ng::from_str(&text).map_err(|source| ConfigError::Parse {
         path: path.to_path_buf(),
         source,
     })
@@ -449,5 +450,23 @@ raft:
         assert!(parse_peer("node1:host:notaport").is_err());
         let err = Config::resolve(flags(&["-node", "x", "--peers", "a:h:1,b:h:2"])).unwrap_err();
         assert!(err.to_string().contains("does not contain this node"));
+    }
+
+    #[test]
+    fn a_misspelt_key_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for (yaml, key) in [
+            ("server:\n  nodeId: n1\n  dataDri: /x\n", "dataDri"),
+            ("raft:\n  snapshotTreshold: 5\n", "snapshotTreshold"),
+            ("limits:\n  maxKeyByte: 5\n", "maxKeyByte"),
+            ("sever:\n  nodeId: n1\n", "sever"),
+        ] {
+            let path = dir.path().join("c.yaml");
+            std::fs::write(&path, yaml).unwrap();
+            let err = Config::resolve(flags(&["-config", path.to_str().unwrap()]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("unknown field"), "{err}");
+        }
     }
 }

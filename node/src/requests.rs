@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use concord_proto::errors::{self, ErrorReason};
 use concord_proto::{ListRequest, ReadRequest, WriteRequest};
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
@@ -11,7 +12,7 @@ use tokio::time::{sleep, timeout_at, Instant};
 
 use crate::app::App;
 use crate::store::{Command, CommandResult, Versioned};
-use crate::telemetry::metrics::metrics;
+use crate::telemetry::metrics::{metrics, GaugeGuard};
 
 /// Why a client operation did not succeed. Each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -50,21 +51,20 @@ pub enum Consistency {
 
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
-// Status messages the peer service uses so the forwarding side can tell "the leader refused
-// before proposing" from "the leader proposed and then lost track".
-pub const NOT_LEADER: &str = "not-leader";
-pub const OUTCOME_UNKNOWN: &str = "outcome-unknown";
-pub const UNAVAILABLE: &str = "unavailable";
-
+/// The status the peer service answers a forwarded operation with. Its reason lets the
+/// forwarding side tell "the leader refused before proposing" from "the leader proposed and
+/// then lost track", which decides whether a retry is safe.
 pub fn to_status(err: ServiceError) -> tonic::Status {
-    match err {
+    use tonic::Code;
+    let (code, reason) = match &err {
         ServiceError::NotLeader | ServiceError::NoLeader(_) => {
-            tonic::Status::failed_precondition(NOT_LEADER)
+            (Code::FailedPrecondition, ErrorReason::NotLeader)
         }
-        ServiceError::Unknown(m) => tonic::Status::aborted(format!("{OUTCOME_UNKNOWN}: {m}")),
-        ServiceError::Unavailable(m) => tonic::Status::unavailable(format!("{UNAVAILABLE}: {m}")),
-        ServiceError::Internal(m) => tonic::Status::internal(m),
-    }
+        ServiceError::Unknown(_) => (Code::Aborted, ErrorReason::OutcomeUnknown),
+        ServiceError::Unavailable(_) => (Code::Unavailable, ErrorReason::Unavailable),
+        ServiceError::Internal(_) => (Code::Internal, ErrorReason::Internal),
+    };
+    errors::status(code, err.to_string(), reason)
 }
 
 /// What a failed forward means for the caller.
@@ -77,31 +77,21 @@ enum ForwardFailure {
 
 fn classify(status: tonic::Status, write: bool) -> ForwardFailure {
     let msg = status.message().to_string();
-    match status.code() {
-        tonic::Code::FailedPrecondition if msg == NOT_LEADER => {
-            ForwardFailure::Retry("leader moved".into())
-        }
-        tonic::Code::FailedPrecondition => ForwardFailure::Fail(ServiceError::Internal(msg)),
-        tonic::Code::Aborted => ForwardFailure::Fail(ServiceError::Unknown(msg)),
-        tonic::Code::Unavailable if msg.starts_with(UNAVAILABLE) => {
-            ForwardFailure::Fail(ServiceError::Unavailable(msg))
-        }
-        tonic::Code::Internal => ForwardFailure::Fail(ServiceError::Internal(msg)),
-        // Transport failure. A read can always be retried; a write only if it never left.
-        _ if !write => ForwardFailure::Retry(msg),
-        _ if status_is_connect_error(&status) => ForwardFailure::Retry(msg),
-        _ => ForwardFailure::Fail(ServiceError::Unknown(format!(
+    match errors::reason(&status) {
+        Some(ErrorReason::NotLeader) => ForwardFailure::Retry("leader moved".into()),
+        Some(ErrorReason::OutcomeUnknown) => ForwardFailure::Fail(ServiceError::Unknown(msg)),
+        Some(ErrorReason::Unavailable) => ForwardFailure::Fail(ServiceError::Unavailable(msg)),
+        // Any other answer from the leader itself (a refused peer, a bad payload, a bug) is
+        // final: it did not propose, but a retry would meet the same answer.
+        Some(_) => ForwardFailure::Fail(ServiceError::Internal(msg)),
+        // No reason: the transport failed. A read can always be retried; a write only if it
+        // never left.
+        None if !write => ForwardFailure::Retry(msg),
+        None if errors::never_connected(&status) => ForwardFailure::Retry(msg),
+        None => ForwardFailure::Fail(ServiceError::Unknown(format!(
             "lost contact with the leader: {msg}"
         ))),
     }
-}
-
-/// True only when the connection to the leader was never established, so the request cannot
-/// have reached it. A connection that broke mid-request ("connection reset") is not this case.
-fn status_is_connect_error(status: &tonic::Status) -> bool {
-    let text = format!("{status:?}").to_lowercase();
-    status.code() == tonic::Code::Unavailable
-        && (text.contains("error trying to connect") || text.contains("tcp connect error"))
 }
 
 impl App {
@@ -173,9 +163,9 @@ impl App {
     #[tracing::instrument(name = "raft.propose", skip_all, fields(node = %self.identity.name, otel.kind = "internal"))]
     pub async fn propose(&self, cmd: Command, deadline: Instant) -> Result<Written, ServiceError> {
         let m = metrics();
-        m.proposals_pending.inc();
+        let pending = GaugeGuard::hold(&m.proposals_pending);
         let res = timeout_at(deadline, self.raft.client_write(cmd)).await;
-        m.proposals_pending.dec();
+        drop(pending);
         match res {
             Err(_) => {
                 m.proposals_failed.with_label_values(&["timeout"]).inc();
@@ -222,13 +212,14 @@ impl App {
         cmd: &Command,
         deadline: Instant,
     ) -> Result<Written, ForwardFailure> {
-        let command = bincode::serialize(cmd)
-            .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.to_string())))?;
+        let command = crate::codec::encode_wire(cmd)
+            .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.message().to_string())))?;
         let (mut client, req) = self.to_leader(
             &addr,
             WriteRequest {
                 cluster_id: self.cluster_id.wire(),
                 command,
+                wire_version: crate::codec::WIRE_VERSION,
             },
             deadline,
         )?;
@@ -237,7 +228,9 @@ impl App {
             .await
             .map_err(|s| classify(s, true))?
             .into_inner();
-        let result = bincode::deserialize(&resp.result).map_err(|e| {
+        crate::codec::check_wire_version(resp.wire_version)
+            .map_err(|s| ForwardFailure::Fail(ServiceError::Internal(s.message().to_string())))?;
+        let result = crate::codec::decode_wire(&resp.result).map_err(|e| {
             ForwardFailure::Fail(ServiceError::Internal(format!(
                 "bad reply from leader: {e}"
             )))
@@ -432,11 +425,38 @@ mod tests {
             .forward_write(WriteRequest::default())
             .await
             .unwrap_err();
-        assert!(status_is_connect_error(&status), "{status:?}");
+        assert!(errors::never_connected(&status), "{status:?}");
         assert!(matches!(classify(status, true), ForwardFailure::Retry(_)));
         let broken = tonic::Status::unavailable("h2 protocol error: connection reset by peer");
         assert!(matches!(
             classify(broken, true),
+            ForwardFailure::Fail(ServiceError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn a_reason_decides_the_retry_not_the_message() {
+        // As the forwarding side receives them: code, message and the details bytes.
+        let over_the_wire = |e: ServiceError| {
+            let s = to_status(e);
+            tonic::Status::with_details(s.code(), s.message(), s.details().to_vec().into())
+        };
+        assert!(matches!(
+            classify(over_the_wire(ServiceError::NotLeader), true),
+            ForwardFailure::Retry(_)
+        ));
+        assert!(matches!(
+            classify(over_the_wire(ServiceError::Unknown("x".into())), true),
+            ForwardFailure::Fail(ServiceError::Unknown(_))
+        ));
+        assert!(matches!(
+            classify(over_the_wire(ServiceError::Unavailable("x".into())), false),
+            ForwardFailure::Fail(ServiceError::Unavailable(_))
+        ));
+        // The old text alone, without a reason, no longer means "not the leader".
+        let text_only = tonic::Status::failed_precondition("not-leader");
+        assert!(matches!(
+            classify(text_only, true),
             ForwardFailure::Fail(ServiceError::Unknown(_))
         ));
     }

@@ -310,3 +310,56 @@ async fn alerts_and_dashboards_only_use_metrics_a_node_exports() {
     }
     assert!(checked > 20, "only {checked} references checked");
 }
+
+/// Clients that hang up mid-request (a write waiting for a quorum that is gone, a linearizable
+/// read waiting for its barrier) must not leave the in-flight gauges counting them forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gauges_come_back_down_when_clients_hang_up() {
+    use tokio::io::AsyncWriteExt;
+
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(WAIT).await;
+    for i in 0..3 {
+        if i != leader {
+            c.kill9(i);
+        }
+    }
+    let body = r#"{"key":"k","value":"v"}"#;
+    let requests = [
+        format!(
+            "POST /api/set HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        "GET /api/get?key=k HTTP/1.1\r\nhost: x\r\n\r\n".to_string(),
+    ];
+    let addr = format!("127.0.0.1:{}", c.nodes[leader].api_port);
+    let mut hung_up = 0;
+    for _ in 0..3 {
+        for req in &requests {
+            let mut conn = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
+            conn.write_all(req.as_bytes()).await.expect("send");
+            // Long enough for the request to be waiting inside the node, then hang up.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(conn);
+            hung_up += 1;
+        }
+    }
+    assert_eq!(hung_up, 6);
+    // Without a quorum nothing completes; only the scrape itself may be in flight.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let s = scrape(&c, leader).await;
+        let in_flight = value(&s, "concord_http_requests_in_flight", None);
+        let pending = value(&s, "concord_server_proposals_pending", None);
+        if in_flight == 1.0 && pending == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gauges stayed up after the clients left: in flight {in_flight}, pending {pending}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

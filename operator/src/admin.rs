@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use concord_proto::admin_client::AdminClient;
+use concord_proto::errors::{self, ErrorReason};
 use concord_proto::{
     AddLearnerRequest, AdminResult, InitRequest, MemberSpec, MembersRequest, MembersResponse,
     NodeStatusRequest, NodeStatusResponse, PromoteRequest, RemoveMemberRequest,
@@ -17,11 +18,11 @@ use tonic::transport::{Channel, Endpoint};
 pub enum AdminCallError {
     #[error("{addr} unreachable: {message}")]
     Unreachable { addr: String, message: String },
-    /// The node answered with a refusal (gRPC status), e.g. busy, refused, no leader.
-    #[error("{addr} refused ({code}): {message}")]
+    /// The node answered with a refusal, e.g. busy, refused, no leader: `reason` says which.
+    #[error("{addr} refused ({}): {message}", reason.as_str_name())]
     Refused {
         addr: String,
-        code: String,
+        reason: ErrorReason,
         message: String,
     },
 }
@@ -92,25 +93,17 @@ impl GrpcAdmin {
     }
 }
 
+/// A status with a ConcordKV reason is the node's answer; any other came from the transport
+/// (connection refused or reset, name not resolved, deadline) and means it was not reached.
 fn call_error(addr: &str, s: tonic::Status) -> AdminCallError {
-    match s.code() {
-        // A node's own "unavailable" answers say "no leader: ..."; anything else with this
-        // code comes from the transport (connect refused, reset, DNS).
-        tonic::Code::Unavailable if !s.message().starts_with("no leader") => {
-            AdminCallError::Unreachable {
-                addr: addr.into(),
-                message: s.message().into(),
-            }
-        }
-        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown => {
-            AdminCallError::Unreachable {
-                addr: addr.into(),
-                message: s.message().into(),
-            }
-        }
-        code => AdminCallError::Refused {
+    match errors::reason(&s) {
+        Some(reason) => AdminCallError::Refused {
             addr: addr.into(),
-            code: format!("{code:?}"),
+            reason,
+            message: s.message().into(),
+        },
+        None => AdminCallError::Unreachable {
+            addr: addr.into(),
             message: s.message().into(),
         },
     }

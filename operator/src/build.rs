@@ -71,7 +71,7 @@ fn owner_reference(cluster: &ConcordCluster) -> Option<OwnerReference> {
 /// environment; everything shared lives here.
 pub fn config_map(cluster: &ConcordCluster) -> ConfigMap {
     let spec = &cluster.spec;
-    let mut raft = serde_yaml::Mapping::new();
+    let mut raft = serde_yaml_ng::Mapping::new();
     let mut put = |k: &str, v: Option<u64>| {
         if let Some(v) = v {
             raft.insert(k.into(), v.into());
@@ -91,7 +91,7 @@ pub fn config_map(cluster: &ConcordCluster) -> ConfigMap {
     );
     put("snapshotThreshold", spec.raft.snapshot_threshold);
     put("maxPromoteLag", spec.raft.max_promote_lag);
-    let mut server = serde_yaml::Mapping::new();
+    let mut server = serde_yaml_ng::Mapping::new();
     server.insert("listenAddr".into(), format!("0.0.0.0:{PEER_PORT}").into());
     server.insert("apiAddr".into(), format!("0.0.0.0:{API_PORT}").into());
     server.insert(
@@ -100,13 +100,13 @@ pub fn config_map(cluster: &ConcordCluster) -> ConfigMap {
     );
     server.insert("join".into(), true.into());
     server.insert("logFormat".into(), "json".into());
-    let mut doc = serde_yaml::Mapping::new();
+    let mut doc = serde_yaml_ng::Mapping::new();
     doc.insert("server".into(), server.into());
     if !raft.is_empty() {
         doc.insert("raft".into(), raft.into());
     }
     // A mapping of strings, numbers and booleans always serializes.
-    let yaml = serde_yaml::to_string(&doc).unwrap_or_default();
+    let yaml = serde_yaml_ng::to_string(&doc).unwrap_or_default();
     ConfigMap {
         metadata: meta(cluster, naming::config_map(&cluster.name_any())),
         data: Some(BTreeMap::from([(naming::CONFIG_FILE.to_string(), yaml)])),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Api, ResourceExt};
 
 use crate::membership::{PodRuntime, RuntimeError, RuntimePod, RuntimeView};
@@ -53,6 +53,7 @@ pub fn pod_obs(cluster: &str, pod: &Pod, update_revision: Option<&str>) -> Optio
         .and_then(|s| s.containers.first())
         .and_then(|c| c.image.clone());
     Some(RuntimePod {
+        uid: pod.metadata.uid.clone(),
         image,
         pod: PodObs {
             ordinal,
@@ -109,9 +110,23 @@ impl PodRuntime for KubePods {
         Ok(())
     }
 
-    async fn restart(&self, pod: &str) -> Result<(), RuntimeError> {
-        self.pods.delete(pod, &DeleteParams::default()).await?;
-        Ok(())
+    async fn restart(&self, pod: &str, uid: Option<&str>) -> Result<(), RuntimeError> {
+        let mut params = DeleteParams::default();
+        if let Some(uid) = uid {
+            params = params.preconditions(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            });
+        }
+        match self.pods.delete(pod, &params).await {
+            Ok(_) => Ok(()),
+            // The UID precondition failed: the pod was recreated since it was observed and is
+            // already a fresh one. The next reconcile sees it as it is.
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(RuntimeError::Other(format!(
+                "pod {pod} was replaced since it was observed; not deleting the new one"
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -120,7 +135,7 @@ mod tests {
     use super::*;
 
     fn pod(yaml: &str) -> Pod {
-        serde_yaml::from_str(yaml).expect("pod fixture")
+        serde_yaml_ng::from_str(yaml).expect("pod fixture")
     }
 
     #[test]

@@ -20,6 +20,6 @@ pub fn crd_yaml() -> String {
     let crd = crd::ConcordCluster::crd();
     format!(
         "# Generated from the Rust types by `bash scripts/regen.sh` (crdgen); do not edit.\n{}",
-        serde_yaml::to_string(&crd).unwrap_or_default()
+        serde_yaml_ng::to_string(&crd).unwrap_or_default()
     )
 }

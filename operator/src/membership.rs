@@ -17,6 +17,8 @@ pub struct RuntimePod {
     pub admin_addr: Option<String>,
     /// The image its node runs, when the runtime knows it (for the status).
     pub image: Option<String>,
+    /// The pod object's UID: a restart deletes this pod, never one recreated under its name.
+    pub uid: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -38,8 +40,9 @@ pub enum RuntimeError {
 pub trait PodRuntime: Send + Sync {
     async fn view(&self) -> Result<RuntimeView, RuntimeError>;
     async fn scale(&self, replicas: u32) -> Result<(), RuntimeError>;
-    /// Delete the pod; it comes back from the current template with the same volume.
-    async fn restart(&self, pod: &str) -> Result<(), RuntimeError>;
+    /// Delete the pod; it comes back from the current template with the same volume. With
+    /// `uid`, only if the pod is still the one observed: a pod recreated since is left alone.
+    async fn restart(&self, pod: &str, uid: Option<&str>) -> Result<(), RuntimeError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +152,14 @@ impl Observation {
             .ok_or_else(|| StepError::Missing(format!("{pod} has no address")))
     }
 
+    fn uid_of(&self, pod: &str) -> Option<&str> {
+        self.runtime
+            .pods
+            .iter()
+            .find(|p| p.pod.name == pod)
+            .and_then(|p| p.uid.as_deref())
+    }
+
     fn via(&self) -> Result<String, StepError> {
         self.via
             .clone()
@@ -216,7 +227,7 @@ pub async fn execute(
             admin.remove(&obs.via()?, *id).await.map_err(wrap)?.message
         }
         Action::RestartPod { pod } => {
-            runtime.restart(pod).await?;
+            runtime.restart(pod, obs.uid_of(pod)).await?;
             format!("deleted pod {pod} to restart it on the current template")
         }
     };

@@ -78,7 +78,7 @@ pub async fn reconcile(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Resul
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics
         .duration
-        .with_label_values(&[])
+        .with_label_values::<&str>(&[])
         .observe(started.elapsed().as_secs_f64());
     ctx.metrics
         .reconciles

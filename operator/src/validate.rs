@@ -105,7 +105,7 @@ mod tests {
     use super::*;
 
     fn spec(yaml: &str) -> ConcordClusterSpec {
-        serde_yaml::from_str(yaml).expect("fixture spec")
+        serde_yaml_ng::from_str(yaml).expect("fixture spec")
     }
 
     #[test]

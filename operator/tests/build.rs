@@ -7,7 +7,7 @@ use concord_operator::crd::ConcordCluster;
 fn fixture(name: &str) -> ConcordCluster {
     let path = format!("{}/tests/fixtures/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).expect("fixture");
-    serde_yaml::from_str(&text).expect("fixture is a ConcordCluster")
+    serde_yaml_ng::from_str(&text).expect("fixture is a ConcordCluster")
 }
 
 fn snapshot_all(name: &str) {

@@ -15,7 +15,8 @@ fn committed_crd_matches_the_types() {
 
 #[test]
 fn the_crd_has_the_subresources_and_columns_kubectl_needs() {
-    let crd: serde_json::Value = serde_yaml::from_str(&concord_operator::crd_yaml()).expect("yaml");
+    let crd: serde_json::Value =
+        serde_yaml_ng::from_str(&concord_operator::crd_yaml()).expect("yaml");
     let v = &crd["spec"]["versions"][0];
     assert_eq!(
         v["subresources"]["scale"]["specReplicasPath"],

@@ -203,6 +203,7 @@ impl PodRuntime for ProcessPods {
                 },
                 admin_addr: Some(format!("127.0.0.1:{peer}")),
                 image: None,
+                uid: None,
             });
         }
         Ok(RuntimeView {
@@ -231,7 +232,7 @@ impl PodRuntime for ProcessPods {
         Ok(())
     }
 
-    async fn restart(&self, pod: &str) -> Result<(), RuntimeError> {
+    async fn restart(&self, pod: &str, _uid: Option<&str>) -> Result<(), RuntimeError> {
         let ordinal: u32 = pod
             .strip_prefix("kv-")
             .and_then(|n| n.parse().ok())

@@ -6,7 +6,7 @@ use concord_operator::metrics::Metrics;
 fn operator_alerts_use_exported_metrics() {
     let m = Metrics::new();
     m.set_phase("ns", "kv", Some("QuorumLost"));
-    m.duration.with_label_values(&[]).observe(0.1);
+    m.duration.with_label_values::<&str>(&[]).observe(0.1);
     let text = m.render();
     let exported: Vec<&str> = text
         .lines()

@@ -221,3 +221,44 @@ async fn a_paused_cluster_is_observed_but_not_changed() {
     assert_eq!(status["phase"], "Paused");
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
 }
+
+/// A restart deletes the pod that was observed. If the StatefulSet controller recreated it in
+/// the meantime, the new pod (another UID, same name) must survive.
+#[tokio::test]
+async fn a_pod_restart_never_deletes_a_pod_recreated_since_it_was_observed() {
+    use concord_operator::kube_pods::KubePods;
+    use concord_operator::membership::PodRuntime;
+
+    let store: Shared = Default::default();
+    let pod = |uid: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "kv-0", "namespace": NS, "uid": uid,
+                         "labels": {"app.kubernetes.io/instance": "kv"}},
+        })
+    };
+    let path = format!("{PODS}/kv-0");
+    store.lock().put(path.clone(), pod("uid-old"));
+    let client = fake_client(store.clone());
+    let runtime = KubePods {
+        pods: kube::Api::namespaced(client.clone(), NS),
+        sts: kube::Api::namespaced(client, NS),
+        cluster: "kv".into(),
+    };
+    // Recreated under the same name after the operator looked.
+    store.lock().delete(&path);
+    store.lock().put(path.clone(), pod("uid-new"));
+    let refused = runtime.restart("kv-0", Some("uid-old")).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(
+        store.lock().objects[&path]["metadata"]["uid"],
+        "uid-new",
+        "the new pod survives"
+    );
+    // The pod that is still the one observed is deleted.
+    runtime
+        .restart("kv-0", Some("uid-new"))
+        .await
+        .expect("delete");
+    assert!(!store.lock().objects.contains_key(&path));
+}

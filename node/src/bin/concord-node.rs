@@ -38,7 +38,7 @@ async fn main() -> ExitCode {
         }
     };
     let _telemetry = concord_node::telemetry::init(config.log_format, &config.name);
-    let node = match Node::start(config).await {
+    let mut node = match Node::start(config).await {
         Ok(n) => n,
         Err(e) => {
             tracing::error!("cannot start: {e:#}");
@@ -46,7 +46,15 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        reason = node.listener_failure() => {
+            tracing::error!(%reason, "a listener stopped; exiting so the node is restarted");
+            eprintln!("concord-node: {reason}");
+            node.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    }
     node.shutdown().await;
     ExitCode::SUCCESS
 }

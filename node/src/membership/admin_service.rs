@@ -10,6 +10,7 @@ use concord_proto::{
 };
 use tonic::{Request, Response, Status};
 
+use super::hop_of;
 use crate::app::App;
 
 pub struct AdminService {
@@ -25,36 +26,42 @@ impl Admin for AdminService {
         &self,
         req: Request<AddLearnerRequest>,
     ) -> Result<Response<AdminResult>, Status> {
-        Ok(Response::new(
-            self.app.admin_add_learner(req.into_inner()).await?,
-        ))
+        Ok(Response::new({
+            let hop = hop_of(&req);
+            self.app.admin_add_learner(req.into_inner(), hop).await?
+        }))
     }
     async fn promote(&self, req: Request<PromoteRequest>) -> Result<Response<AdminResult>, Status> {
-        Ok(Response::new(
-            self.app.admin_promote(req.into_inner()).await?,
-        ))
+        Ok(Response::new({
+            let hop = hop_of(&req);
+            self.app.admin_promote(req.into_inner(), hop).await?
+        }))
     }
     async fn remove_member(
         &self,
         req: Request<RemoveMemberRequest>,
     ) -> Result<Response<AdminResult>, Status> {
-        Ok(Response::new(
-            self.app.admin_remove(req.into_inner()).await?,
-        ))
+        Ok(Response::new({
+            let hop = hop_of(&req);
+            self.app.admin_remove(req.into_inner(), hop).await?
+        }))
     }
     async fn transfer_leader(
         &self,
         req: Request<TransferLeaderRequest>,
     ) -> Result<Response<AdminResult>, Status> {
-        Ok(Response::new(
-            self.app.admin_transfer_leader(req.into_inner()).await?,
-        ))
+        Ok(Response::new({
+            let hop = hop_of(&req);
+            self.app
+                .admin_transfer_leader(req.into_inner(), hop)
+                .await?
+        }))
     }
     async fn members(
         &self,
-        _req: Request<MembersRequest>,
+        req: Request<MembersRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
-        Ok(Response::new(self.app.admin_members().await?))
+        Ok(Response::new(self.app.admin_members(hop_of(&req)).await?))
     }
     async fn node_status(
         &self,

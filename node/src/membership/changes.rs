@@ -14,6 +14,7 @@ use openraft::{ChangeMembers, RaftMetrics, ServerState};
 
 use super::error::{from_status, result, write_error, AdminError};
 use super::view::View;
+use super::{forwarded, Hop};
 use crate::app::App;
 use crate::raft::{Member, NodeId, TypeConfig};
 
@@ -32,9 +33,20 @@ impl App {
         }
     }
 
+    /// A client for the leader, to forward a change this node cannot make. Only one hop: a
+    /// request that was itself forwarded here is refused (retryable) instead of forwarded
+    /// again, so a call cannot bounce between nodes while leadership moves.
     async fn leader_admin_client(
         &self,
+        hop: Hop,
     ) -> Result<AdminClient<tonic::transport::Channel>, AdminError> {
+        if hop == Hop::Forwarded {
+            return Err(AdminError::NoLeader(format!(
+                "{} was forwarded this request as the leader but is not the leader; \
+                 leadership is moving, retry",
+                self.identity.name
+            )));
+        }
         let leader = self.leader().ok_or_else(|| {
             AdminError::NoLeader("no leader is known; is the cluster initialized?".into())
         })?;
@@ -119,10 +131,15 @@ impl App {
     pub async fn admin_add_learner(
         &self,
         req: AddLearnerRequest,
+        hop: Hop,
     ) -> Result<AdminResult, AdminError> {
         if !self.is_leader() {
-            let mut c = self.leader_admin_client().await?;
-            return Ok(c.add_learner(req).await.map_err(from_status)?.into_inner());
+            let mut c = self.leader_admin_client(hop).await?;
+            return Ok(c
+                .add_learner(forwarded(req))
+                .await
+                .map_err(from_status)?
+                .into_inner());
         }
         let spec = req
             .member
@@ -164,10 +181,18 @@ impl App {
         ))
     }
 
-    pub async fn admin_promote(&self, req: PromoteRequest) -> Result<AdminResult, AdminError> {
+    pub async fn admin_promote(
+        &self,
+        req: PromoteRequest,
+        hop: Hop,
+    ) -> Result<AdminResult, AdminError> {
         if !self.is_leader() {
-            let mut c = self.leader_admin_client().await?;
-            return Ok(c.promote(req).await.map_err(from_status)?.into_inner());
+            let mut c = self.leader_admin_client(hop).await?;
+            return Ok(c
+                .promote(forwarded(req))
+                .await
+                .map_err(from_status)?
+                .into_inner());
         }
         let id = req.id;
         let _guard = self.lock_membership()?;
@@ -207,11 +232,15 @@ impl App {
         ))
     }
 
-    pub async fn admin_remove(&self, req: RemoveMemberRequest) -> Result<AdminResult, AdminError> {
+    pub async fn admin_remove(
+        &self,
+        req: RemoveMemberRequest,
+        hop: Hop,
+    ) -> Result<AdminResult, AdminError> {
         if !self.is_leader() {
-            let mut c = self.leader_admin_client().await?;
+            let mut c = self.leader_admin_client(hop).await?;
             return Ok(c
-                .remove_member(req)
+                .remove_member(forwarded(req))
                 .await
                 .map_err(from_status)?
                 .into_inner());
@@ -282,9 +311,9 @@ impl App {
             drop(guard);
             let to = self.best_transfer_target(&view, None)?;
             self.transfer_leadership_to(to).await?;
-            let mut c = self.leader_admin_client().await?;
+            let mut c = self.leader_admin_client(Hop::Client).await?;
             let mut r = c
-                .remove_member(req)
+                .remove_member(forwarded(req))
                 .await
                 .map_err(from_status)?
                 .into_inner();
@@ -303,11 +332,12 @@ impl App {
     pub async fn admin_transfer_leader(
         &self,
         req: TransferLeaderRequest,
+        hop: Hop,
     ) -> Result<AdminResult, AdminError> {
         if !self.is_leader() {
-            let mut c = self.leader_admin_client().await?;
+            let mut c = self.leader_admin_client(hop).await?;
             return Ok(c
-                .transfer_leader(req)
+                .transfer_leader(forwarded(req))
                 .await
                 .map_err(from_status)?
                 .into_inner());
@@ -385,11 +415,11 @@ impl App {
         tokio::time::timeout(timeout, wait).await.unwrap_or(false)
     }
 
-    pub async fn admin_members(&self) -> Result<MembersResponse, AdminError> {
+    pub async fn admin_members(&self, hop: Hop) -> Result<MembersResponse, AdminError> {
         if !self.is_leader() {
-            let mut c = self.leader_admin_client().await?;
+            let mut c = self.leader_admin_client(hop).await?;
             return Ok(c
-                .members(MembersRequest {})
+                .members(forwarded(MembersRequest {}))
                 .await
                 .map_err(from_status)?
                 .into_inner());

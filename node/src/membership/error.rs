@@ -1,5 +1,6 @@
 //! What a membership change can fail with, as a Rust error, a gRPC status and an HTTP status.
 
+use concord_proto::errors::{self, ErrorReason};
 use concord_proto::AdminResult;
 use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
 use tonic::Status;
@@ -48,35 +49,55 @@ impl AdminError {
     }
 }
 
-// gRPC codes for each error, and back: a forwarded call's refusal reaches the caller unchanged.
+// A gRPC code and a reason for each error, and back: a forwarded call's refusal reaches the
+// caller unchanged, matched by its reason (the message is for people).
 impl From<AdminError> for Status {
     fn from(e: AdminError) -> Status {
-        let msg = e.to_string();
-        match e {
-            AdminError::Invalid(_) => Status::invalid_argument(msg),
-            AdminError::NotFound(_) => Status::not_found(msg),
-            AdminError::AlreadyInitialized(_) => Status::already_exists(msg),
-            AdminError::Busy | AdminError::InProgress(_) => Status::aborted(msg),
-            AdminError::Refused(_) => Status::failed_precondition(msg),
-            AdminError::NoLeader(_) => Status::unavailable(msg),
-            AdminError::Internal(_) => Status::internal(msg),
-        }
+        use tonic::Code;
+        let (code, reason) = match &e {
+            AdminError::Invalid(_) => (Code::InvalidArgument, ErrorReason::InvalidArgument),
+            AdminError::NotFound(_) => (Code::NotFound, ErrorReason::NotFound),
+            AdminError::AlreadyInitialized(_) => {
+                (Code::AlreadyExists, ErrorReason::AlreadyInitialized)
+            }
+            AdminError::Busy => (Code::Aborted, ErrorReason::Busy),
+            AdminError::InProgress(_) => (Code::Aborted, ErrorReason::ChangeInProgress),
+            AdminError::Refused(_) => (Code::FailedPrecondition, ErrorReason::Refused),
+            AdminError::NoLeader(_) => (Code::Unavailable, ErrorReason::NoLeader),
+            AdminError::Internal(_) => (Code::Internal, ErrorReason::Internal),
+        };
+        errors::status(code, detail(&e), reason)
     }
 }
 
+/// The variable part of an error's message, without the prefix its `Display` adds.
+fn detail(e: &AdminError) -> String {
+    match e {
+        AdminError::Invalid(m)
+        | AdminError::AlreadyInitialized(m)
+        | AdminError::InProgress(m)
+        | AdminError::Refused(m)
+        | AdminError::NotFound(m)
+        | AdminError::NoLeader(m)
+        | AdminError::Internal(m) => m.clone(),
+        AdminError::Busy => String::new(),
+    }
+}
+
+/// The error a forwarded admin call came back with, by its reason. A status without one came
+/// from the transport: the leader could not be reached.
 pub(crate) fn from_status(s: Status) -> AdminError {
     let msg = s.message().to_string();
-    let strip = |p: &str| msg.strip_prefix(p).unwrap_or(&msg).to_string();
-    match s.code() {
-        tonic::Code::InvalidArgument => AdminError::Invalid(strip("invalid request: ")),
-        tonic::Code::NotFound => AdminError::NotFound(strip("not found: ")),
-        tonic::Code::AlreadyExists => {
-            AdminError::AlreadyInitialized(strip("already initialized: "))
-        }
-        tonic::Code::Aborted => AdminError::Busy,
-        tonic::Code::FailedPrecondition => AdminError::Refused(strip("refused: ")),
-        tonic::Code::Unavailable => AdminError::NoLeader(strip("no leader: ")),
-        _ => AdminError::Internal(msg),
+    match errors::reason(&s) {
+        Some(ErrorReason::InvalidArgument) => AdminError::Invalid(msg),
+        Some(ErrorReason::NotFound) => AdminError::NotFound(msg),
+        Some(ErrorReason::AlreadyInitialized) => AdminError::AlreadyInitialized(msg),
+        Some(ErrorReason::Busy) => AdminError::Busy,
+        Some(ErrorReason::ChangeInProgress) => AdminError::InProgress(msg),
+        Some(ErrorReason::Refused) => AdminError::Refused(msg),
+        Some(ErrorReason::NoLeader | ErrorReason::NotLeader) => AdminError::NoLeader(msg),
+        Some(_) => AdminError::Internal(msg),
+        None => AdminError::NoLeader(format!("the leader did not answer: {msg}")),
     }
 }
 
@@ -100,5 +121,40 @@ pub(crate) fn result(message: impl Into<String>, log_index: u64) -> AdminResult 
     AdminResult {
         message: message.into(),
         log_index,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_crosses_the_wire_as_itself() {
+        let all = [
+            AdminError::Invalid("bad id".into()),
+            AdminError::AlreadyInitialized("x".into()),
+            AdminError::Busy,
+            AdminError::InProgress("joint config".into()),
+            AdminError::Refused("quorum".into()),
+            AdminError::NotFound("7".into()),
+            AdminError::NoLeader("election".into()),
+            AdminError::Internal("disk".into()),
+        ];
+        for e in all {
+            let before = e.to_string();
+            // As the caller receives it: code, message and the details bytes.
+            let s = Status::from(e);
+            let back = from_status(Status::with_details(
+                s.code(),
+                s.message(),
+                s.details().to_vec().into(),
+            ));
+            assert_eq!(back.to_string(), before);
+        }
+        // Without a reason it is the transport's failure, whatever the text says.
+        assert!(matches!(
+            from_status(Status::aborted("busy: another change")),
+            AdminError::NoLeader(_)
+        ));
     }
 }

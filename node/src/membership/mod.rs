@@ -16,3 +16,33 @@ pub mod view;
 
 pub use admin_service::AdminService;
 pub use error::AdminError;
+
+/// Where a membership request came from: a client (the operator, concordctl, HTTP), or another
+/// member forwarding it to the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    Client,
+    Forwarded,
+}
+
+/// gRPC metadata a member sets on a request it forwards to the leader.
+pub const FORWARDED_HEADER: &str = "x-concord-forwarded";
+
+/// `msg` as a request forwarded by this member.
+pub(crate) fn forwarded<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        FORWARDED_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    req
+}
+
+/// How a gRPC request reached this node.
+pub fn hop_of<T>(req: &tonic::Request<T>) -> Hop {
+    if req.metadata().contains_key(FORWARDED_HEADER) {
+        Hop::Forwarded
+    } else {
+        Hop::Client
+    }
+}

@@ -12,7 +12,7 @@ use openraft::raft::{
 use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
 
 use super::channels::Channels;
-use crate::codec::{decode, encode};
+use crate::codec::{check_wire_version, decode_wire, encode_wire, WIRE_VERSION};
 use crate::raft::{Member, NodeId, Snapshot, TypeConfig, Vote};
 use crate::storage::identity::ClusterId;
 use crate::telemetry::metrics::metrics;
@@ -85,12 +85,13 @@ impl PeerNetwork {
         Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
     {
-        let payload =
-            encode(req).map_err(|e| RPCError::Network(NetworkError::from_string(e.message())))?;
+        let payload = encode_wire(req)
+            .map_err(|e| RPCError::Network(NetworkError::from_string(e.message())))?;
         let mut request = tonic::Request::new(RaftMessage {
             cluster_id: self.cluster_id.wire(),
             payload,
             target_id: self.target,
+            wire_version: WIRE_VERSION,
         });
         request.set_timeout(option.soft_ttl());
         let mut client = self
@@ -117,7 +118,10 @@ impl PeerNetwork {
                 status.message()
             ))
         })?;
-        decode(&reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        let reply = reply.into_inner();
+        check_wire_version(reply.wire_version)
+            .map_err(|s| RPCError::Network(NetworkError::from_string(s.message())))?;
+        decode_wire(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 }
 
@@ -165,8 +169,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let started = Instant::now();
         let to_err = |e: String| StreamingError::Unreachable(Unreachable::from_string(e));
-        let vote_bytes = encode(&vote).map_err(|e| to_err(e.message().to_string()))?;
-        let meta_bytes = encode(&snapshot.meta).map_err(|e| to_err(e.message().to_string()))?;
+        let vote_bytes = encode_wire(&vote).map_err(|e| to_err(e.message().to_string()))?;
+        let meta_bytes =
+            encode_wire(&snapshot.meta).map_err(|e| to_err(e.message().to_string()))?;
         let data = snapshot.snapshot;
         let mut chunks = Vec::new();
         let mut pieces = data.chunks(SNAPSHOT_CHUNK_BYTES).peekable();
@@ -178,6 +183,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 data: Vec::new(),
                 done: true,
                 target_id: self.target,
+                wire_version: WIRE_VERSION,
             });
         }
         let mut first = true;
@@ -197,6 +203,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 },
                 data: piece.to_vec(),
                 done: pieces.peek().is_none(),
+                wire_version: WIRE_VERSION,
             });
             first = false;
         }
@@ -227,7 +234,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 s.message()
             ))
         })?;
-        decode(&reply.into_inner().payload)
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+        let reply = reply.into_inner();
+        check_wire_version(reply.wire_version)
+            .map_err(|s| StreamingError::Network(NetworkError::from_string(s.message())))?;
+        decode_wire(&reply.payload).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
 }

@@ -12,10 +12,13 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::codec::{decode, encode};
+use crate::codec::{
+    check_wire_version, decode_wire as decode, encode_wire as encode, WIRE_VERSION,
+};
 use crate::raft::{Snapshot, SnapshotMeta, Vote};
 use crate::requests::{to_status, ServiceError};
 use crate::store::Command;
+use concord_proto::errors::{self, ErrorReason};
 
 pub struct PeerService {
     pub app: Arc<App>,
@@ -34,7 +37,13 @@ impl PeerService {
 
     /// A Raft message must be meant for this member: after a disk wipe the same name and
     /// address belong to a new member, which must not answer for the old one.
-    fn check_raft(&self, cluster_id: &str, target_id: u64) -> Result<(), Status> {
+    fn check_raft(
+        &self,
+        cluster_id: &str,
+        target_id: u64,
+        wire_version: u32,
+    ) -> Result<(), Status> {
+        check_wire_version(wire_version)?;
         if target_id != 0 && target_id != self.app.id() {
             return Err(self.refuse(format!(
                 "wrong-member: this node is member {} ({}, incarnation {}), the message is for member {target_id}",
@@ -49,11 +58,19 @@ impl PeerService {
     fn refuse(&self, reason: String) -> Status {
         tracing::warn!(%reason, "refused a peer message");
         self.app.record_refusal(reason.clone());
-        Status::failed_precondition(reason)
+        errors::status(
+            tonic::Code::FailedPrecondition,
+            reason,
+            ErrorReason::WrongPeer,
+        )
     }
 
     fn bad_payload(e: std::io::Error) -> Status {
-        Status::invalid_argument(format!("undecodable payload: {e}"))
+        errors::status(
+            tonic::Code::InvalidArgument,
+            format!("undecodable payload: {e}"),
+            ErrorReason::InvalidArgument,
+        )
     }
 
     fn reply<T: serde::Serialize>(&self, v: &T) -> Result<Response<RaftMessage>, Status> {
@@ -61,6 +78,7 @@ impl PeerService {
             cluster_id: self.app.cluster_id.wire(),
             payload: encode(v)?,
             target_id: 0,
+            wire_version: WIRE_VERSION,
         }))
     }
 
@@ -81,7 +99,11 @@ impl PeerService {
     }
 
     fn raft_stopped(e: impl std::fmt::Display) -> Status {
-        Status::unavailable(format!("raft stopped: {e}"))
+        errors::status(
+            tonic::Code::Unavailable,
+            format!("raft stopped: {e}"),
+            ErrorReason::Unavailable,
+        )
     }
 
     /// Vote and pre-vote: refused while this node abstains after repairing its log.
@@ -91,9 +113,13 @@ impl PeerService {
         pre: bool,
     ) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
-        self.check_raft(&msg.cluster_id, msg.target_id)?;
+        self.check_raft(&msg.cluster_id, msg.target_id, msg.wire_version)?;
         if let Some(why) = self.app.abstaining() {
-            return Err(Status::unavailable(why));
+            return Err(errors::status(
+                tonic::Code::Unavailable,
+                why,
+                ErrorReason::Abstaining,
+            ));
         }
         let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
         let resp = if pre {
@@ -112,7 +138,7 @@ impl RaftPeer for PeerService {
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
-        self.check_raft(&msg.cluster_id, msg.target_id)?;
+        self.check_raft(&msg.cluster_id, msg.target_id, msg.wire_version)?;
         let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
         let resp = self
             .app
@@ -140,7 +166,7 @@ impl RaftPeer for PeerService {
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let msg = req.into_inner();
-        self.check_raft(&msg.cluster_id, msg.target_id)?;
+        self.check_raft(&msg.cluster_id, msg.target_id, msg.wire_version)?;
         let rpc = decode(&msg.payload).map_err(Self::bad_payload)?;
         let resp = self
             .app
@@ -163,13 +189,15 @@ impl RaftPeer for PeerService {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if vote.is_none() {
-                self.check_raft(&chunk.cluster_id, chunk.target_id)?;
+                self.check_raft(&chunk.cluster_id, chunk.target_id, chunk.wire_version)?;
                 vote = Some(decode(&chunk.vote).map_err(Self::bad_payload)?);
                 meta = Some(decode(&chunk.meta).map_err(Self::bad_payload)?);
             }
             if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
-                return Err(Status::resource_exhausted(
+                return Err(errors::status(
+                    tonic::Code::ResourceExhausted,
                     "snapshot exceeds the size limit",
+                    ErrorReason::ResourceExhausted,
                 ));
             }
             data.extend_from_slice(&chunk.data);
@@ -179,8 +207,10 @@ impl RaftPeer for PeerService {
             }
         }
         let (Some(vote), Some(meta), true) = (vote, meta, done) else {
-            return Err(Status::invalid_argument(
+            return Err(errors::status(
+                tonic::Code::InvalidArgument,
                 "snapshot stream ended before its last chunk",
+                ErrorReason::InvalidArgument,
             ));
         };
         let snapshot = Snapshot {
@@ -228,6 +258,7 @@ impl PeerService {
     ) -> Result<Response<WriteResponse>, Status> {
         let deadline = tokio::time::Instant::now() + self.app.config.limits.request_timeout;
         let msg = req.into_inner();
+        check_wire_version(msg.wire_version)?;
         self.check_cluster(&msg.cluster_id)?;
         let cmd: Command = decode(&msg.command).map_err(Self::bad_payload)?;
         if !self.app.is_leader() {
@@ -237,6 +268,7 @@ impl PeerService {
         Ok(Response::new(WriteResponse {
             log_index: written.log_index,
             result: encode(&written.result)?,
+            wire_version: WIRE_VERSION,
         }))
     }
 

@@ -99,6 +99,7 @@ pub struct Node {
     pub app: Arc<App>,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    listener_failed: tokio::sync::mpsc::Receiver<String>,
     _lock: fs::File,
 }
 
@@ -177,20 +178,16 @@ impl Node {
         let svc = RaftPeerServer::new(PeerService { app: app.clone() })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        // A listener that dies leaves a node that looks alive but serves nothing: its failure
+        // is reported here, and the process exits non-zero so the supervisor restarts it.
+        let (failed_tx, failed_rx) = tokio::sync::mpsc::channel::<String>(2);
         let mut grpc_stop = stop_rx.clone();
+        let grpc_failed = failed_tx.clone();
         tasks.push(tokio::spawn(async move {
             // nodelay on accepted peer connections: Raft RPCs are small and latency-bound.
-            let incoming = match tonic::transport::server::TcpIncoming::from_listener(
-                grpc_listener,
-                true,
-                Some(Duration::from_secs(30)),
-            ) {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::error!(error = %e, "peer listener");
-                    return;
-                }
-            };
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(30)));
             let res = tonic::transport::Server::builder()
                 .add_service(svc)
                 .add_service(admin)
@@ -199,22 +196,31 @@ impl Node {
                 })
                 .await;
             if let Err(e) = res {
-                tracing::error!(error = %e, "peer server failed");
+                let _ = grpc_failed
+                    .send(format!("peer gRPC server failed: {e}"))
+                    .await;
             }
         }));
 
         let router = crate::api::http::router(app.clone());
         let mut http_stop = stop_rx.clone();
+        let http_failed = failed_tx;
         tasks.push(tokio::spawn(async move {
+            use axum::serve::ListenerExt;
             // Without TCP_NODELAY small responses meet delayed ACKs: 40 ms tail latency.
-            let res = axum::serve(http_listener, router)
-                .tcp_nodelay(true)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.wait_for(|s| *s).await;
-                })
+            let listener = http_listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let stopped = async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            };
+            let res = axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
                 .await;
             if let Err(e) = res {
-                tracing::error!(error = %e, "API server failed");
+                let _ = http_failed
+                    .send(format!("HTTP API server failed: {e}"))
+                    .await;
             }
         }));
 
@@ -244,8 +250,19 @@ impl Node {
             app,
             stop_tx,
             tasks,
+            listener_failed: failed_rx,
             _lock: lock,
         })
+    }
+
+    /// Resolves when a listener (peer gRPC or HTTP) has stopped on its own, with why. A node
+    /// without one of them must not keep running: it would pass for alive while serving nothing.
+    pub async fn listener_failure(&mut self) -> String {
+        match self.listener_failed.recv().await {
+            Some(reason) => reason,
+            // Both senders gone without a word: the listeners ended because shutdown began.
+            None => std::future::pending().await,
+        }
     }
 
     /// Graceful stop: refuse new requests, hand leadership to a caught-up peer, drain, stop Raft.
@@ -306,7 +323,12 @@ async fn transfer_leadership_away(app: &App) {
     }
     tracing::info!("shutting down: transferring leadership");
     let req = concord_proto::TransferLeaderRequest { to: 0 };
-    match tokio::time::timeout(Duration::from_secs(3), app.admin_transfer_leader(req)).await {
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        app.admin_transfer_leader(req, crate::membership::Hop::Client),
+    )
+    .await
+    {
         Ok(Ok(r)) => tracing::info!(outcome = %r.message, "leadership handed over"),
         Ok(Err(e)) => tracing::warn!(error = %e, "leadership transfer failed; stopping anyway"),
         Err(_) => tracing::warn!("leadership did not move within 3s; stopping anyway"),

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{self, LegacyStateFile};
 use crate::raft::{node_id_for_name, NodeId};
-use crate::storage::fsutil::{atomic_write, read_checked, with_checksum};
+use crate::storage::fsutil::atomic_write;
 
 const IDENTITY_FILE: &str = "identity";
 const CLUSTER_ID_FILE: &str = "cluster_id";
@@ -29,8 +30,9 @@ pub struct Identity {
 /// Loads the identity stored in `dir`, or creates one for a fresh data dir.
 pub fn load_or_create(dir: &Path, name: &str, join_mode: bool) -> anyhow::Result<Identity> {
     let path = dir.join(IDENTITY_FILE);
-    if let Some(bytes) = read_checked(&path)? {
-        let id: Identity = serde_json::from_slice(&bytes)?;
+    if let Some(bytes) = codec::load_state_file(&path, LegacyStateFile::Checksummed)? {
+        let id: Identity = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("{} is not a member identity: {e}", path.display()))?;
         if id.name != name {
             anyhow::bail!(
                 "data dir {} belongs to member {:?}, not {name:?}; use that name or an empty data dir",
@@ -51,7 +53,7 @@ pub fn load_or_create(dir: &Path, name: &str, join_mode: bool) -> anyhow::Result
         name: name.to_string(),
         incarnation,
     };
-    atomic_write(&path, &with_checksum(&serde_json::to_vec(&id)?))?;
+    atomic_write(&path, &codec::state_file(&serde_json::to_vec(&id)?))?;
     Ok(id)
 }
 
@@ -60,20 +62,27 @@ pub fn load_or_create(dir: &Path, name: &str, join_mode: bool) -> anyhow::Result
 #[derive(Debug, Clone)]
 pub struct ClusterId {
     inner: Arc<RwLock<Option<Arc<str>>>>,
+    /// Serializes writers of the file, so `inner`'s lock is never held across an fsync: every
+    /// peer message reads the id.
+    persist: Arc<parking_lot::Mutex<()>>,
     path: PathBuf,
 }
 
 impl ClusterId {
     pub fn load(dir: &Path) -> anyhow::Result<ClusterId> {
         let path = dir.join(CLUSTER_ID_FILE);
-        let current = match std::fs::read_to_string(&path) {
-            Ok(s) if !s.trim().is_empty() => Some(Arc::from(s.trim())),
-            Ok(_) => None,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e.into()),
+        let current = match codec::load_state_file(&path, LegacyStateFile::Bare)? {
+            Some(bytes) => {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| anyhow::anyhow!("{} is not a cluster id", path.display()))?;
+                let text = text.trim();
+                (!text.is_empty()).then(|| Arc::from(text))
+            }
+            None => None,
         };
         Ok(ClusterId {
             inner: Arc::new(RwLock::new(current)),
+            persist: Arc::default(),
             path,
         })
     }
@@ -89,13 +98,22 @@ impl ClusterId {
 
     /// Sets the id if none is set yet (durably). Returns the id in force.
     pub fn set_if_unset(&self, id: &str) -> std::io::Result<Arc<str>> {
-        let mut cur = self.inner.write();
-        if let Some(existing) = cur.as_ref() {
-            return Ok(existing.clone());
+        let _writer = self.persist.lock();
+        if let Some(existing) = self.get() {
+            return Ok(existing);
         }
-        atomic_write(&self.path, id.as_bytes())?;
+        let bytes = codec::state_file(id.as_bytes());
+        // Called from async code (a gRPC handler, an admin call): the fsyncs must not stall
+        // the other tasks on this runtime thread.
+        let write = || atomic_write(&self.path, &bytes);
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(write)?
+            }
+            _ => write()?,
+        }
         let id: Arc<str> = Arc::from(id);
-        *cur = Some(id.clone());
+        *self.inner.write() = Some(id.clone());
         Ok(id)
     }
 

@@ -18,8 +18,9 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 use parking_lot::Mutex;
 
-use super::fsutil::{atomic_write, invalid_data, read_checked, with_checksum};
+use super::fsutil::{atomic_write, invalid_data};
 use super::segments::SegmentedLog;
+use crate::codec::{self, LegacyStateFile};
 use crate::raft::{Entry, LogId, TypeConfig, Vote};
 use crate::telemetry::metrics::metrics;
 
@@ -77,24 +78,26 @@ pub struct LogReader {
     shared: Arc<Shared>,
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> io::Result<Vec<u8>> {
-    bincode::serialize(v).map_err(|e| io::Error::other(format!("encode: {e}")))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> io::Result<T> {
-    bincode::deserialize(bytes).map_err(|e| invalid_data(format!("cannot decode {what}: {e}")))
+/// Replaces a state file off the async runtime: the fsyncs take milliseconds, and openraft
+/// calls this from its core task, which must keep serving heartbeats meanwhile.
+async fn write_state_file(path: std::path::PathBuf, payload: Vec<u8>) -> io::Result<()> {
+    tokio::task::spawn_blocking(move || atomic_write(&path, &codec::state_file(&payload)))
+        .await
+        .map_err(|e| io::Error::other(format!("state file writer: {e}")))?
 }
 
 impl LogStore {
     /// Opens the log in `dir`, recovering entries, vote and purge point.
     pub fn open(dir: &Path, max_segment_bytes: u64) -> io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
-        let vote = match read_checked(&dir.join(VOTE_FILE))? {
-            Some(b) => Some(decode::<Vote>(&b, "vote file")?),
+        let vote_path = dir.join(VOTE_FILE);
+        let vote = match codec::load_state_file(&vote_path, LegacyStateFile::Checksummed)? {
+            Some(b) => Some(codec::from_bytes::<Vote>(&b, vote_path.display())?),
             None => None,
         };
-        let last_purged = match read_checked(&dir.join(META_FILE))? {
-            Some(b) => decode::<Option<LogId>>(&b, "log meta file")?,
+        let meta_path = dir.join(META_FILE);
+        let last_purged = match codec::load_state_file(&meta_path, LegacyStateFile::Checksummed)? {
+            Some(b) => codec::from_bytes::<Option<LogId>>(&b, meta_path.display())?,
             None => None,
         };
         let (mut seglog, recovery) = SegmentedLog::open(&dir.join("segments"), max_segment_bytes)?;
@@ -107,7 +110,7 @@ impl LogStore {
             if purged_index.is_some_and(|p| index <= p) {
                 continue;
             }
-            let entry: Entry = decode(&payload, "log entry")?;
+            let entry: Entry = codec::from_bytes(&payload, format_args!("log entry {index}"))?;
             if entry.log_id.index != index {
                 return Err(invalid_data(format!(
                     "log record {index} holds entry {}",
@@ -355,10 +358,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         // Durable before returning: a vote forgotten in a crash could let this node vote twice
         // in one term.
-        atomic_write(
-            &self.shared.dir.join(VOTE_FILE),
-            &with_checksum(&encode(vote)?),
-        )?;
+        write_state_file(self.shared.dir.join(VOTE_FILE), codec::to_bytes(vote)?).await?;
         self.shared.mem.lock().vote = Some(*vote);
         Ok(())
     }
@@ -384,7 +384,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                         )));
                     }
                 }
-                records.push((entry.log_id.index, encode(&entry)?));
+                records.push((entry.log_id.index, codec::to_bytes(&entry)?));
                 mem.entries.push_back(entry);
             }
         }
@@ -408,10 +408,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         // Record the purge point before deleting anything, so a crash in between leaves old
         // segments that recovery skips rather than a gap it cannot explain.
-        atomic_write(
-            &self.shared.dir.join(META_FILE),
-            &with_checksum(&encode(&Some(log_id))?),
-        )?;
+        write_state_file(
+            self.shared.dir.join(META_FILE),
+            codec::to_bytes(&Some(log_id))?,
+        )
+        .await?;
         {
             let mut mem = self.shared.mem.lock();
             while mem

@@ -1,7 +1,8 @@
 //! The on-disk Raft log: a directory of append-only segment files.
 //!
-//! Each segment is named after the index of its first record (`00000000000000000042.log`) and
-//! holds records framed as
+//! Each segment is named after the index of its first record (`00000000000000000042.log`),
+//! starts with an 8-byte header naming its format (`codec::segment_header`; segments from
+//! before versioning have none), and holds records framed as
 //!
 //! ```text
 //! [payload_len u32 LE][crc32 u32 LE over index+payload][index u64 LE][payload]
@@ -19,6 +20,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::fsutil::{invalid_data, sync_dir};
+use crate::codec::{self, SegmentStart, SEGMENT_HEADER_LEN};
 
 const HEADER_LEN: u64 = 16;
 /// Upper bound for one record; anything larger in a header is corruption, not data.
@@ -174,7 +176,7 @@ impl SegmentedLog {
         let count = firsts.len();
         for (pos, first_index) in firsts.into_iter().enumerate() {
             let path = segment_path(dir, first_index);
-            let bytes = fs::read(&path)?;
+            let mut bytes = fs::read(&path)?;
             let is_last = pos + 1 == count;
             let mut seg = Segment {
                 first_index,
@@ -182,7 +184,19 @@ impl SegmentedLog {
                 offsets: Vec::new(),
                 len: 0,
             };
-            let mut off = 0usize;
+            let mut off = match codec::segment_start(&bytes, &path)? {
+                SegmentStart::Versioned(_) => SEGMENT_HEADER_LEN,
+                SegmentStart::Legacy => 0,
+                // Created, then cut by a crash before its header was whole: nothing in it was
+                // ever acknowledged. Start it again.
+                SegmentStart::TornHeader => {
+                    bytes = codec::segment_header().to_vec();
+                    let mut f = OpenOptions::new().write(true).truncate(true).open(&path)?;
+                    f.write_all(&bytes)?;
+                    f.sync_all()?;
+                    SEGMENT_HEADER_LEN
+                }
+            };
             loop {
                 match parse_at(&bytes, off) {
                     Parsed::End => break,
@@ -304,11 +318,13 @@ impl SegmentedLog {
         file.set_len(0)?;
         sync_dir(&self.dir)?;
         self.active = Some(file);
+        // The header goes out with the segment's first records, in the same sync.
+        self.buf.extend_from_slice(&codec::segment_header());
         self.segments.push(Segment {
             first_index,
             path,
             offsets: Vec::new(),
-            len: 0,
+            len: SEGMENT_HEADER_LEN as u64,
         });
         Ok(())
     }
@@ -566,5 +582,55 @@ mod tests {
         drop(log);
         let (_, rec) = SegmentedLog::open(dir.path(), 100).unwrap();
         assert_eq!(indexes(&rec), vec![50, 51]);
+    }
+
+    #[test]
+    fn a_segment_from_before_versioning_still_opens_and_new_segments_get_a_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = Vec::new();
+        for i in 1..=3 {
+            frame(i, &payload(i), &mut old);
+        }
+        fs::write(segment_path(dir.path(), 1), &old).unwrap();
+        let (mut log, rec) = SegmentedLog::open(dir.path(), 100).unwrap();
+        assert_eq!(indexes(&rec), vec![1, 2, 3]);
+        fill(&mut log, 4..=12);
+        drop(log);
+        let (_, rec) = SegmentedLog::open(dir.path(), 100).unwrap();
+        assert_eq!(indexes(&rec), (1..=12).collect::<Vec<_>>());
+        let newest = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max()
+            .unwrap();
+        assert!(fs::read(newest)
+            .unwrap()
+            .starts_with(&codec::segment_header()));
+    }
+
+    #[test]
+    fn a_segment_in_a_newer_format_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut header = codec::segment_header();
+        header[6] = 200;
+        fs::write(segment_path(dir.path(), 1), header).unwrap();
+        let e = SegmentedLog::open(dir.path(), 100).unwrap_err().to_string();
+        assert!(
+            e.contains("00000000000000000001.log") && e.contains("format 200"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_segment_cut_while_its_header_was_written_starts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        fill(&mut SegmentedLog::open(dir.path(), 1000).unwrap().0, 1..=2);
+        fs::write(segment_path(dir.path(), 3), &codec::segment_header()[..5]).unwrap();
+        let (mut log, rec) = SegmentedLog::open(dir.path(), 1000).unwrap();
+        assert_eq!(indexes(&rec), vec![1, 2]);
+        fill(&mut log, 3..=4);
+        drop(log);
+        let (_, rec) = SegmentedLog::open(dir.path(), 1000).unwrap();
+        assert_eq!(indexes(&rec), vec![1, 2, 3, 4]);
     }
 }

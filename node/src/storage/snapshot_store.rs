@@ -1,16 +1,16 @@
 //! Snapshot files: `snapshots/snapshot-<index>.snap`, each written atomically.
 //!
 //! Format: `[magic 8 bytes][crc32 u32 LE][meta_len u64 LE][meta (bincode)][data]`, the checksum
-//! covering everything after it. Only the newest snapshot is kept.
+//! covering everything after it; the magic's last byte is the format (`codec`). Only the newest
+//! snapshot is kept.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::fsutil::{atomic_write, invalid_data, sync_dir};
+use crate::codec;
 use crate::raft::SnapshotMeta;
-
-const MAGIC: &[u8; 8] = b"CKVSNAP1";
 
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
@@ -31,14 +31,13 @@ impl SnapshotStore {
 
     /// Durably stores a snapshot, then removes older ones.
     pub fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<u64> {
-        let meta_bytes =
-            bincode::serialize(meta).map_err(|e| io::Error::other(format!("encode meta: {e}")))?;
+        let meta_bytes = codec::to_bytes(meta)?;
         let mut body = Vec::with_capacity(8 + meta_bytes.len() + data.len());
         body.extend_from_slice(&(meta_bytes.len() as u64).to_le_bytes());
         body.extend_from_slice(&meta_bytes);
         body.extend_from_slice(data);
         let mut file = Vec::with_capacity(12 + body.len());
-        file.extend_from_slice(MAGIC);
+        file.extend_from_slice(&codec::snapshot_magic());
         file.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         file.extend_from_slice(&body);
         let index = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0);
@@ -84,8 +83,9 @@ impl SnapshotStore {
                 path.display()
             ))
         };
-        if bytes.len() < 20 || &bytes[..8] != MAGIC {
-            return Err(corrupt("bad header"));
+        codec::check_snapshot_magic(&bytes, &path)?;
+        if bytes.len() < 20 {
+            return Err(corrupt("truncated header"));
         }
         let crc = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
         let body = &bytes[12..];
@@ -98,8 +98,8 @@ impl SnapshotStore {
         if 8 + meta_len > body.len() {
             return Err(corrupt("meta length out of range"));
         }
-        let meta: SnapshotMeta = bincode::deserialize(&body[8..8 + meta_len])
-            .map_err(|e| corrupt(&format!("meta: {e}")))?;
+        let meta: SnapshotMeta = codec::from_bytes(&body[8..8 + meta_len], "snapshot meta")
+            .map_err(|e| corrupt(&e.to_string()))?;
         Ok(Some((meta, body[8 + meta_len..].to_vec())))
     }
 }

@@ -56,8 +56,7 @@ impl StateMachineStore {
 }
 
 fn restore(meta: &SnapshotMeta, bytes: &[u8]) -> io::Result<StateData> {
-    let kv: KvMap = bincode::deserialize(bytes)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot data: {e}")))?;
+    let kv: KvMap = crate::codec::from_bytes(bytes, "snapshot data")?;
     Ok(StateData {
         last_applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
@@ -76,19 +75,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let started = Instant::now();
-        // Serialize under the read lock: writers wait for the copy, never the other way round.
-        let (meta, data) = {
-            let state = self.state.read();
-            let data = bincode::serialize(&state.kv)
-                .map_err(|e| io::Error::other(format!("encode snapshot: {e}")))?;
-            let meta = SnapshotMeta {
-                last_log_id: state.last_applied,
-                last_membership: state.membership.clone(),
-            };
-            (meta, data)
-        };
+        // Serialize under the read lock, and on a blocking thread: writers wait for the copy
+        // (until the MVCC store makes snapshots incremental), but the async runtime, which
+        // carries heartbeats and client requests, never does.
+        let state = self.state.clone();
         let snapshots = self.snapshots.clone();
         let (meta, data, size) = tokio::task::spawn_blocking(move || {
+            let (meta, data) = {
+                let state = state.read();
+                let data = crate::codec::to_bytes(&state.kv)?;
+                let meta = SnapshotMeta {
+                    last_log_id: state.last_applied,
+                    last_membership: state.membership.clone(),
+                };
+                (meta, data)
+            };
             let size = snapshots.save(&meta, &data)?;
             Ok::<_, io::Error>((meta, data, size))
         })

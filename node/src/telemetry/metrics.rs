@@ -256,6 +256,25 @@ fn build() -> Result<Metrics, prometheus::Error> {
 }
 
 /// The process-wide metrics.
+/// Holds one unit of a gauge for as long as it lives: incremented when made, decremented when
+/// dropped. A request future dropped half-way (the client went away, a timeout fired) gives its
+/// unit back, which an `inc()` … `dec()` pair around an `.await` would not.
+#[must_use = "the gauge goes back down when this is dropped"]
+pub struct GaugeGuard(&'static IntGauge);
+
+impl GaugeGuard {
+    pub fn hold(gauge: &'static IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     // Registration only fails on duplicate names, which is a programming error caught by tests.
@@ -280,5 +299,21 @@ mod tests {
         let text = super::render();
         assert!(text.contains("concord_store_keys 3"), "{text}");
         assert!(text.contains("concord_build_info"));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_future_gives_its_gauge_unit_back() {
+        let gauge: &'static prometheus::IntGauge =
+            Box::leak(Box::new(prometheus::IntGauge::new("g", "g").unwrap()));
+        let before = gauge.get();
+        let task = tokio::spawn(async move {
+            let _held = super::GaugeGuard::hold(gauge);
+            std::future::pending::<()>().await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(gauge.get(), before + 1);
+        task.abort();
+        let _ = task.await;
+        assert_eq!(gauge.get(), before);
     }
 }

@@ -81,7 +81,7 @@ where
 
 /// Flushes buffered spans when dropped (at exit).
 pub struct TelemetryGuard {
-    provider: Option<opentelemetry_sdk::trace::TracerProvider>,
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
 impl Drop for TelemetryGuard {
@@ -94,7 +94,7 @@ impl Drop for TelemetryGuard {
     }
 }
 
-fn otlp_provider() -> Option<opentelemetry_sdk::trace::TracerProvider> {
+fn otlp_provider() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
         .ok()
@@ -111,9 +111,9 @@ fn otlp_provider() -> Option<opentelemetry_sdk::trace::TracerProvider> {
         }
     };
     Some(
-        opentelemetry_sdk::trace::TracerProvider::builder()
-            .with_batch_exporter(exporter, opentelemetry_sdk::runtime::Tokio)
-            .with_resource(opentelemetry_sdk::Resource::default())
+        opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(opentelemetry_sdk::Resource::builder().build())
             .build(),
     )
 }
@@ -201,14 +201,16 @@ impl Extractor for MetadataExtractor<'_> {
 pub fn adopt_http_parent(span: &tracing::Span, headers: &http::HeaderMap) {
     let parent: Context =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
-    span.set_parent(parent);
+    // Fails only when the span is disabled (filtered out): then there is nothing to link.
+    let _ = span.set_parent(parent);
 }
 
 /// Makes `span` a child of the trace context carried in gRPC metadata, if any.
 pub fn adopt_grpc_parent(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
     let parent: Context =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&MetadataExtractor(metadata)));
-    span.set_parent(parent);
+    // Fails only when the span is disabled (filtered out): then there is nothing to link.
+    let _ = span.set_parent(parent);
 }
 
 /// Writes the current span's trace context into outgoing gRPC metadata.

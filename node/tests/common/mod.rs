@@ -57,6 +57,16 @@ impl Cluster {
     }
 
     pub fn start_with_env(n: usize, extra: &str, env: Vec<(String, String)>) -> Cluster {
+        let mut cluster = Self::configure(n, extra, env);
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    /// Writes the configs of [`Cluster::start`] without starting anything, so a test can lay
+    /// out data dirs first.
+    pub fn configure(n: usize, extra: &str, env: Vec<(String, String)>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let peers: Vec<String> = ports
@@ -96,16 +106,12 @@ impl Cluster {
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client");
-        let mut cluster = Cluster {
+        Cluster {
             dir,
             nodes,
             http,
             env,
-        };
-        for i in 0..n {
-            cluster.spawn(i);
         }
-        cluster
     }
 
     /// `n` nodes in join mode: uninitialized, waiting for the admin API.

@@ -221,10 +221,22 @@ pub fn handle(
             let updated = s.put(target, updated);
             json_reply(200, updated)
         }
-        "DELETE" => match s.delete(path) {
-            Some(v) => json_reply(200, v),
-            None => json_reply(404, status_body(404, "NotFound")),
-        },
+        "DELETE" => {
+            // DeleteOptions.preconditions: the API server refuses a delete whose UID (or
+            // resourceVersion) no longer matches the object.
+            let pre = &body["preconditions"];
+            if let Some(obj) = s.objects.get(path) {
+                let meta = &obj["metadata"];
+                let mismatch = |k: &str| pre[k].is_string() && pre[k] != meta[k];
+                if mismatch("uid") || mismatch("resourceVersion") {
+                    return json_reply(409, status_body(409, "Conflict"));
+                }
+            }
+            match s.delete(path) {
+                Some(v) => json_reply(200, v),
+                None => json_reply(404, status_body(404, "NotFound")),
+            }
+        }
         "POST" => json_reply(201, body),
         _ => json_reply(405, status_body(405, "MethodNotAllowed")),
     }

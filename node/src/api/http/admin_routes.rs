@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use crate::app::App;
-use crate::membership::AdminError;
+use crate::membership::{AdminError, Hop};
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
@@ -93,7 +93,8 @@ pub async fn add_learner(
     let map = body_object(body)?;
     let member = Some(spec(&map)?);
     Ok(done(
-        app.admin_add_learner(AddLearnerRequest { member }).await?,
+        app.admin_add_learner(AddLearnerRequest { member }, Hop::Client)
+            .await?,
     ))
 }
 
@@ -103,7 +104,10 @@ pub async fn promote(
 ) -> ApiResult {
     let map = body_object(body)?;
     let id = u64_field(&map, "id", true)?;
-    Ok(done(app.admin_promote(PromoteRequest { id }).await?))
+    Ok(done(
+        app.admin_promote(PromoteRequest { id }, Hop::Client)
+            .await?,
+    ))
 }
 
 pub async fn remove(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
@@ -111,7 +115,8 @@ pub async fn remove(State(app): State<Arc<App>>, body: Result<Bytes, BytesReject
     let id = u64_field(&map, "id", true)?;
     let force = map.get("force").and_then(Value::as_bool).unwrap_or(false);
     Ok(done(
-        app.admin_remove(RemoveMemberRequest { id, force }).await?,
+        app.admin_remove(RemoveMemberRequest { id, force }, Hop::Client)
+            .await?,
     ))
 }
 
@@ -122,13 +127,13 @@ pub async fn transfer_leader(
     let map = body_object(body)?;
     let to = u64_field(&map, "to", false)?;
     Ok(done(
-        app.admin_transfer_leader(TransferLeaderRequest { to })
+        app.admin_transfer_leader(TransferLeaderRequest { to }, Hop::Client)
             .await?,
     ))
 }
 
 pub async fn members(State(app): State<Arc<App>>) -> ApiResult {
-    let r = app.admin_members().await?;
+    let r = app.admin_members(Hop::Client).await?;
     let members: Vec<Value> = r
         .members
         .into_iter()

@@ -18,7 +18,7 @@ use axum::Router;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::telemetry::metrics::{metrics, render};
+use crate::telemetry::metrics::{metrics, render, GaugeGuard};
 use error::ApiError;
 
 pub fn router(app: Arc<App>) -> Router {
@@ -45,7 +45,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(prometheus))
         .route("/livez", get(probes::livez))
         .route("/readyz", get(probes::readyz))
-        .route("/readyz/:check", get(probes::readyz_one))
+        .route("/readyz/{check}", get(probes::readyz_one))
         .route("/healthz", get(probes::readyz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -66,7 +66,7 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let m = metrics();
-    m.http_in_flight.inc();
+    let in_flight = GaugeGuard::hold(&m.http_in_flight);
     let started = Instant::now();
     // Membership changes wait for their effect (replication, a new leader) a little longer.
     let limit = if route.starts_with("/admin") {
@@ -91,7 +91,7 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         )
         .into_response(),
     };
-    m.http_in_flight.dec();
+    drop(in_flight);
     let class = format!("{}xx", response.status().as_u16() / 100);
     m.http_seconds
         .with_label_values(&[route.as_str(), class.as_str()])
