@@ -165,7 +165,7 @@ pub fn client_service(cluster: &ConcordCluster) -> Service {
     Service {
         metadata,
         spec: Some(ServiceSpec {
-            type_: Some(cluster.spec.service.type_.clone()),
+            type_: Some(cluster.spec.service.type_.as_str().into()),
             selector: Some(naming::selector_labels(&name)),
             ports: Some(vec![port("http", API_PORT)]),
             ..Default::default()
@@ -257,7 +257,7 @@ pub fn stateful_set(cluster: &ConcordCluster, replicas: i32, config_hash: &str) 
     let container = Container {
         name: "concord-node".into(),
         image: Some(spec.image()),
-        image_pull_policy: spec.image_pull_policy.clone(),
+        image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().into()),
         env: Some(vec![
             env_field("POD_NAME", "metadata.name"),
             env_field("POD_NAMESPACE", "metadata.namespace"),

@@ -55,7 +55,7 @@ pub struct ConcordClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_pull_policy: Option<String>,
+    pub image_pull_policy: Option<ImagePullPolicy>,
     #[serde(default)]
     pub storage: StorageSpec,
     /// CPU and memory for the concord-node container.
@@ -176,27 +176,99 @@ pub struct RaftTuning {
     pub max_promote_lag: Option<u64>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientServiceSpec {
     /// ClusterIP (default), NodePort or LoadBalancer.
-    #[serde(default = "default_service_type", rename = "type")]
-    pub type_: String,
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
 
-impl Default for ClientServiceSpec {
-    fn default() -> Self {
-        ClientServiceSpec {
-            type_: default_service_type(),
-            annotations: BTreeMap::new(),
+/// The pods' `imagePullPolicy`, as Kubernetes spells it.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl ImagePullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImagePullPolicy::Always => "Always",
+            ImagePullPolicy::IfNotPresent => "IfNotPresent",
+            ImagePullPolicy::Never => "Never",
         }
     }
 }
 
-fn default_service_type() -> String {
-    "ClusterIP".into()
+/// The client Service's type, as Kubernetes spells it.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Where a cluster is, in one word (`kubectl get` shows it).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    Creating,
+    Running,
+    Scaling,
+    Upgrading,
+    Degraded,
+    QuorumLost,
+    Paused,
+    Failed,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 8] = [
+        Phase::Creating,
+        Phase::Running,
+        Phase::Scaling,
+        Phase::Upgrading,
+        Phase::Degraded,
+        Phase::QuorumLost,
+        Phase::Paused,
+        Phase::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Creating => "Creating",
+            Phase::Running => "Running",
+            Phase::Scaling => "Scaling",
+            Phase::Upgrading => "Upgrading",
+            Phase::Degraded => "Degraded",
+            Phase::QuorumLost => "QuorumLost",
+            Phase::Paused => "Paused",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+/// A member's Raft role.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    #[default]
+    Voter,
+    Learner,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -221,9 +293,8 @@ fn default_true() -> bool {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConcordClusterStatus {
-    /// Creating, Running, Scaling, Upgrading, Degraded, QuorumLost, Paused or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<Phase>,
     /// Pods of the StatefulSet (what `kubectl scale` reports as current).
     #[serde(default)]
     pub replicas: i32,
@@ -255,8 +326,7 @@ pub struct MemberStatus {
     pub name: String,
     /// Raft member id (decimal string: ids use 53 bits and JSON readers differ on big ints).
     pub id: String,
-    /// voter or learner.
-    pub role: String,
+    pub role: MemberRole,
     pub healthy: bool,
     pub leader: bool,
     #[serde(default)]

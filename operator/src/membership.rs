@@ -114,9 +114,9 @@ pub async fn observe(
                 m.members
                     .into_iter()
                     .map(|m| MemberObs {
+                        voter: is_voter(&m),
                         id: m.id,
                         name: m.name,
-                        voter: m.role == "voter",
                         leader: m.leader,
                         reachable: m.reachable,
                         lag: m.lag,
@@ -140,6 +140,14 @@ pub async fn observe(
         runtime: view,
         via,
     })
+}
+
+/// A member's role, typed; from a node that predates the typed field, its text.
+fn is_voter(m: &concord_proto::Member) -> bool {
+    match m.member_role() {
+        concord_proto::MemberRole::Unspecified => m.role == "voter",
+        role => role == concord_proto::MemberRole::Voter,
+    }
 }
 
 impl Observation {
@@ -276,4 +284,30 @@ pub async fn step(
         _ => None,
     };
     Ok((obs, step, outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_typed_role_wins_and_old_nodes_are_read_by_their_text() {
+        let member = |role: &str, typed: concord_proto::MemberRole| concord_proto::Member {
+            role: role.into(),
+            member_role: typed.into(),
+            ..Default::default()
+        };
+        use concord_proto::MemberRole::*;
+        assert!(is_voter(&member("voter", Voter)));
+        assert!(!is_voter(&member("learner", Learner)));
+        assert!(
+            !is_voter(&member("voter", Learner)),
+            "the typed field decides"
+        );
+        assert!(
+            is_voter(&member("voter", Unspecified)),
+            "a node from before the field"
+        );
+        assert!(!is_voter(&member("learner", Unspecified)));
+    }
 }

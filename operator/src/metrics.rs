@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 
 use parking_lot::Mutex;
+
+use crate::crd::Phase;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -15,19 +17,8 @@ pub struct Metrics {
     pub steps: IntCounterVec,
     clusters_by_phase: IntGaugeVec,
     quorum_lost: IntGaugeVec,
-    phases: Mutex<BTreeMap<(String, String), String>>,
+    phases: Mutex<BTreeMap<(String, String), Phase>>,
 }
-
-pub const PHASES: [&str; 8] = [
-    "Creating",
-    "Running",
-    "Scaling",
-    "Upgrading",
-    "Degraded",
-    "QuorumLost",
-    "Paused",
-    "Failed",
-];
 
 /// Every `reason` of the errors counter (`reconcile::Error::metric_reason`), pre-created so the
 /// series exist at zero.
@@ -98,8 +89,8 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric");
         }
-        for p in PHASES {
-            clusters_by_phase.with_label_values(&[p]).set(0);
+        for p in Phase::ALL {
+            clusters_by_phase.with_label_values(&[p.as_str()]).set(0);
         }
         for r in ["ok", "error"] {
             reconciles.with_label_values(&[r]);
@@ -120,24 +111,26 @@ impl Metrics {
     }
 
     /// Records a cluster's phase (None: the cluster is gone).
-    pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<&str>) {
+    pub fn set_phase(&self, namespace: &str, name: &str, phase: Option<Phase>) {
         let mut phases = self.phases.lock();
         let key = (namespace.to_string(), name.to_string());
         match phase {
             Some(p) => {
-                phases.insert(key, p.to_string());
+                phases.insert(key, p);
                 self.quorum_lost
                     .with_label_values(&[namespace, name])
-                    .set(i64::from(p == "QuorumLost"));
+                    .set(i64::from(p == Phase::QuorumLost));
             }
             None => {
                 phases.remove(&key);
                 let _ = self.quorum_lost.remove_label_values(&[namespace, name]);
             }
         }
-        for p in PHASES {
-            let n = phases.values().filter(|v| v.as_str() == p).count();
-            self.clusters_by_phase.with_label_values(&[p]).set(n as i64);
+        for p in Phase::ALL {
+            let n = phases.values().filter(|v| **v == p).count();
+            self.clusters_by_phase
+                .with_label_values(&[p.as_str()])
+                .set(n as i64);
         }
     }
 

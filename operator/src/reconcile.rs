@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::admin::NodeAdmin;
 use crate::build;
-use crate::crd::{ConcordCluster, VolumePolicy};
+use crate::crd::{ConcordCluster, Phase, VolumePolicy};
 use crate::kube_pods::KubePods;
 use crate::membership::{self, Policy};
 use crate::metrics::Metrics;
@@ -283,12 +283,11 @@ async fn apply(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeu
         pod_images: &images,
         now: now.to_string(),
     });
-    ctx.metrics
-        .set_phase(&ns, &name, new_status.phase.as_deref());
+    ctx.metrics.set_phase(&ns, &name, new_status.phase);
     if status::quorum_lost(&new_status) {
         tracing::error!(namespace = %ns, cluster = %name, "quorum lost");
     }
-    if !validation.is_ok() && previous.as_ref().and_then(|s| s.phase.as_deref()) != Some("Failed") {
+    if !validation.is_ok() && previous.as_ref().and_then(|s| s.phase) != Some(Phase::Failed) {
         publish(
             &ctx,
             &cluster,

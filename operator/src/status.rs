@@ -1,7 +1,7 @@
 //! The status written back to the ConcordCluster: phase, members and conditions, computed
 //! purely from the observation and the planned step.
 
-use crate::crd::{ConcordClusterStatus, Condition, MemberStatus};
+use crate::crd::{ConcordClusterStatus, Condition, MemberRole, MemberStatus, Phase};
 use crate::plan::{quorum, Action, Observed, RemoveReason, Step, WaitReason};
 
 pub struct StatusInput<'a> {
@@ -52,7 +52,11 @@ pub fn compute(i: &StatusInput<'_>) -> ConcordClusterStatus {
                     MemberStatus {
                         name: m.name.clone(),
                         id: m.id.to_string(),
-                        role: if m.voter { "voter" } else { "learner" }.into(),
+                        role: if m.voter {
+                            MemberRole::Voter
+                        } else {
+                            MemberRole::Learner
+                        },
                         healthy: m.reachable && pod.is_some_and(|p| p.ready),
                         leader: m.leader,
                         applied_index: pod
@@ -77,7 +81,11 @@ pub fn compute(i: &StatusInput<'_>) -> ConcordClusterStatus {
         }
     }
 
-    let voters: Vec<&MemberStatus> = s.members.iter().filter(|m| m.role == "voter").collect();
+    let voters: Vec<&MemberStatus> = s
+        .members
+        .iter()
+        .filter(|m| m.role == MemberRole::Voter)
+        .collect();
     let healthy_voters = voters.iter().filter(|m| m.healthy).count();
     let has_leader = s.leader.is_some();
     let available = has_leader && !voters.is_empty() && healthy_voters >= quorum(voters.len());
@@ -106,7 +114,7 @@ pub fn compute(i: &StatusInput<'_>) -> ConcordClusterStatus {
 
     let phase;
     if !i.errors.is_empty() {
-        phase = "Failed";
+        phase = Phase::Failed;
         conds.push(cond("Degraded", true, "InvalidSpec", i.errors.join("; ")));
         conds.push(cond(
             "Progressing",
@@ -115,7 +123,7 @@ pub fn compute(i: &StatusInput<'_>) -> ConcordClusterStatus {
             "the spec is invalid; nothing was changed".into(),
         ));
     } else if i.paused {
-        phase = "Paused";
+        phase = Phase::Paused;
         conds.push(cond(
             "Progressing",
             false,
@@ -160,17 +168,17 @@ pub fn compute(i: &StatusInput<'_>) -> ConcordClusterStatus {
             )),
         }
         phase = if matches!(blocked, Some(("QuorumLost", _)) | Some(("DataLost", _))) {
-            "QuorumLost"
+            Phase::QuorumLost
         } else if blocked.is_some() {
-            "Degraded"
+            Phase::Degraded
         } else if s.cluster_id.is_none() || voters.is_empty() {
-            "Creating"
+            Phase::Creating
         } else {
             match progress_reason {
-                Some("Upgrading") => "Upgrading",
-                Some("ScalingUp") | Some("ScalingDown") | Some("MemberReplaced") => "Scaling",
-                _ if !available => "Degraded",
-                _ => "Running",
+                Some("Upgrading") => Phase::Upgrading,
+                Some("ScalingUp") | Some("ScalingDown") | Some("MemberReplaced") => Phase::Scaling,
+                _ if !available => Phase::Degraded,
+                _ => Phase::Running,
             }
         };
     }
@@ -217,7 +225,7 @@ pub fn compute(i: &StatusInput<'_>) -> ConcordClusterStatus {
         c.last_transition_time = Some(before.unwrap_or_else(|| i.now.clone()));
     }
     s.conditions = conds;
-    s.phase = Some(phase.into());
+    s.phase = Some(phase);
     s
 }
 
@@ -274,7 +282,7 @@ pub fn needs_write(
 
 /// The condition that says whether the cluster has quorum, for metrics and events.
 pub fn quorum_lost(s: &ConcordClusterStatus) -> bool {
-    s.phase.as_deref() == Some("QuorumLost")
+    s.phase == Some(Phase::QuorumLost)
 }
 
 #[cfg(test)]
@@ -344,7 +352,7 @@ mod tests {
     fn an_unhealthy_member_degrades_but_keeps_availability() {
         let o = observed([true, true, false]);
         let s = compute(&input(&o, &Step::Converged));
-        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(s.phase, Some(Phase::Running));
         assert_eq!(condition(&s, "Available").status, "True");
         assert_eq!(condition(&s, "Degraded").reason, "MemberUnhealthy");
         assert!(condition(&s, "Degraded").message.contains("kv-2"));
@@ -359,7 +367,7 @@ mod tests {
             message: "no leader".into(),
         };
         let s = compute(&input(&o, &step));
-        assert_eq!(s.phase.as_deref(), Some("QuorumLost"));
+        assert_eq!(s.phase, Some(Phase::QuorumLost));
         assert!(quorum_lost(&s));
         assert_eq!(condition(&s, "Available").status, "False");
         assert_eq!(condition(&s, "Available").reason, "QuorumLost");

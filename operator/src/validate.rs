@@ -42,26 +42,10 @@ pub fn validate(name: &str, spec: &ConcordClusterSpec) -> Validation {
         v.errors
             .push(format!("spec.image {image:?} is not an image reference"));
     }
-    if let Some(p) = &spec.image_pull_policy {
-        if !matches!(p.as_str(), "Always" | "IfNotPresent" | "Never") {
-            v.errors.push(format!(
-                "spec.imagePullPolicy {p:?} must be Always, IfNotPresent or Never"
-            ));
-        }
-    }
     if !is_quantity(&spec.storage.size) {
         v.errors.push(format!(
             "spec.storage.size {:?} is not a quantity such as 10Gi",
             spec.storage.size
-        ));
-    }
-    if !matches!(
-        spec.service.type_.as_str(),
-        "ClusterIP" | "NodePort" | "LoadBalancer"
-    ) {
-        v.errors.push(format!(
-            "spec.service.type {:?} must be ClusterIP, NodePort or LoadBalancer",
-            spec.service.type_
         ));
     }
     let r = &spec.raft;
@@ -127,12 +111,7 @@ mod tests {
             ("replicas: 0", "spec.replicas"),
             ("replicas: 11", "spec.replicas"),
             ("replicas: 3\nstorage: {size: lots}", "spec.storage.size"),
-            ("replicas: 3\nservice: {type: Ingress}", "spec.service.type"),
             ("replicas: 3\nimage: 'a b'", "spec.image"),
-            (
-                "replicas: 3\nimagePullPolicy: Sometimes",
-                "spec.imagePullPolicy",
-            ),
             (
                 "replicas: 3\nraft: {electionTimeoutMinMs: 900, electionTimeoutMaxMs: 500}",
                 "electionTimeoutMinMs",

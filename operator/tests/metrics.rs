@@ -5,7 +5,7 @@ use concord_operator::metrics::Metrics;
 #[test]
 fn operator_alerts_use_exported_metrics() {
     let m = Metrics::new();
-    m.set_phase("ns", "kv", Some("QuorumLost"));
+    m.set_phase("ns", "kv", Some(concord_operator::crd::Phase::QuorumLost));
     m.duration.with_label_values::<&str>(&[]).observe(0.1);
     let text = m.render();
     let exported: Vec<&str> = text

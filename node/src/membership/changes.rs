@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use concord_proto::admin_client::AdminClient;
 use concord_proto::{
-    AddLearnerRequest, AdminResult, InitRequest, MemberSpec, MembersRequest, MembersResponse,
-    NodeStatusResponse, PromoteRequest, RemoveMemberRequest, TransferLeaderRequest,
+    AddLearnerRequest, AdminResult, InitRequest, MemberRole, MemberSpec, MembersRequest,
+    MembersResponse, NodeRole, NodeStatusResponse, PromoteRequest, RemoveMemberRequest,
+    TransferLeaderRequest,
 };
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::RaftError;
@@ -431,16 +432,17 @@ impl App {
             .nodes()
             .map(|(id, node)| {
                 let matched = view.matched(*id).unwrap_or(0);
+                let (role, text) = if voters.contains(id) {
+                    (MemberRole::Voter, "voter")
+                } else {
+                    (MemberRole::Learner, "learner")
+                };
                 concord_proto::Member {
                     id: *id,
                     name: node.name.clone(),
                     address: node.addr.clone(),
-                    role: if voters.contains(id) {
-                        "voter"
-                    } else {
-                        "learner"
-                    }
-                    .into(),
+                    role: text.into(),
+                    member_role: role.into(),
                     leader: *id == self.id(),
                     matched_index: matched,
                     lag: view.last_log().saturating_sub(matched),
@@ -459,13 +461,13 @@ impl App {
     pub async fn admin_node_status(&self) -> NodeStatusResponse {
         let m = self.metrics();
         let initialized = self.raft.is_initialized().await.unwrap_or(false);
-        let role = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner if initialized => "learner",
-            ServerState::Learner => "uninitialized",
-            ServerState::Shutdown => "shutdown",
+        let (role, node_role) = match m.state {
+            ServerState::Leader => ("leader", NodeRole::Leader),
+            ServerState::Follower => ("follower", NodeRole::Follower),
+            ServerState::Candidate => ("candidate", NodeRole::Candidate),
+            ServerState::Learner if initialized => ("learner", NodeRole::Learner),
+            ServerState::Learner => ("uninitialized", NodeRole::Uninitialized),
+            ServerState::Shutdown => ("shutdown", NodeRole::Shutdown),
         };
         NodeStatusResponse {
             id: self.id(),
@@ -482,6 +484,7 @@ impl App {
             version: env!("CARGO_PKG_VERSION").into(),
             address: self.config.advertise_addr.clone(),
             ready: crate::api::http::status::readiness(self).is_ok(),
+            node_role: node_role.into(),
         }
     }
 }

@@ -370,6 +370,7 @@ impl NodeAdmin for FakeAdmin {
         let name = {
             let m = r.members.iter_mut().find(|m| m.id == id).expect("learner");
             m.role = "voter".into();
+            m.member_role = concord_proto::MemberRole::Voter.into();
             m.name.clone()
         };
         r.log.push(format!("promote {name}"));
@@ -406,6 +407,8 @@ pub fn member(id: u64, name: &str, role: &str) -> Member {
         lag: 0,
         last_contact_ms: Some(10),
         reachable: true,
+        // Unset, as from a node that predates the typed role: the text is read instead.
+        member_role: 0,
     }
 }
 
