@@ -136,7 +136,7 @@ pub struct RaftTuning {
     pub max_promote_lag: u64,
 }
 
-/// Limits on client requests. Defaults are documented in the README.
+/// Limits on client requests. Defaults are documented in docs/api.md (Limits).
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_key_bytes: usize,

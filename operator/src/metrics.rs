@@ -1,4 +1,4 @@
-//! The operator's own Prometheus metrics (names documented in the README).
+//! The operator's own Prometheus metrics (names documented in docs/kubernetes.md).
 
 use std::collections::BTreeMap;
 
@@ -22,7 +22,14 @@ pub struct Metrics {
 
 /// Every `reason` of the errors counter (`reconcile::Error::metric_reason`), pre-created so the
 /// series exist at zero.
-pub const ERROR_REASONS: [&str; 4] = ["kube_api", "finalizer", "pods", "no_namespace"];
+pub const ERROR_REASONS: [&str; 6] = [
+    "kube_api",
+    "apply",
+    "pods",
+    "status",
+    "finalizer",
+    "no_namespace",
+];
 
 impl Default for Metrics {
     fn default() -> Self {

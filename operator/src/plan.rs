@@ -539,7 +539,7 @@ fn plan_without_leader(o: &Observed) -> Step {
         if answering > 0 && answering == o.pods.len() && o.pods.len() as u32 >= o.sts_replicas {
             return wait(
                 WaitReason::DataLost,
-                "every pod reports an empty volume although the cluster was initialised: its data is gone; the operator does not re-create it (see README: recovery)",
+                "every pod reports an empty volume although the cluster was initialised: its data is gone; the operator does not re-create it (see docs/operations.md: recovering from quorum loss)",
             );
         }
         return wait(

@@ -233,7 +233,7 @@ impl Model {
             }
         }
         // A 1- or 2-voter cluster tolerates no failure: restarting any member for an upgrade
-        // is an outage there, and the one accepted (README: upgrades).
+        // is an outage there, and the one accepted (docs/kubernetes.md: upgrades).
         let single = self.voters().len() <= 2 && matches!(action, Action::RestartPod { .. });
         if had_quorum && !self.has_quorum() && !single {
             return Err(format!("{action:?} lost the quorum: {self:?}"));

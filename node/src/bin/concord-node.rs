@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 // Allocation-heavy paths (request parsing, log entries, gRPC frames) run measurably faster on
-// mimalloc than on glibc malloc (see README, Benchmark).
+// mimalloc than on glibc malloc (see docs/testing.md, Benchmark).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
