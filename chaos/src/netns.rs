@@ -30,7 +30,11 @@ fn run(args: &[&str]) -> anyhow::Result<()> {
 impl Hosts {
     /// Creates `n` namespaces with addresses 10.213.S.10+i on a fresh bridge.
     pub fn create(n: usize) -> anyhow::Result<Hosts> {
-        let tag = std::process::id() % 100_000;
+        // Unique per process and per call: the kernel tears a deleted namespace's links down
+        // asynchronously, so a second set in the same process must not reuse the names.
+        static CREATED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let call = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = (std::process::id() % 10_000) * 10 + call % 10;
         let subnet = 20 + (tag % 200);
         let bridge = format!("ckvbr{tag}");
         let mut hosts = Hosts {

@@ -17,23 +17,36 @@ use serde::Serialize;
 
 use crate::admin::NodeAdmin;
 use crate::build;
-use crate::crd::{ConcordCluster, Phase, VolumePolicy};
+use crate::crd::{ConcordCluster, ConcordClusterStatus, Phase, VolumePolicy};
 use crate::kube_pods::KubePods;
 use crate::membership::{self, Policy};
 use crate::metrics::Metrics;
 use crate::naming::{self, FINALIZER, MANAGER};
 use crate::plan::Step;
 use crate::status::{self, StatusInput};
-use crate::validate::validate;
+use crate::validate::{self, Invalid, ValidatedCluster};
 
+/// What a reconcile can fail with: one variant per step of the pipeline, so the error says
+/// where it stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("reading the StatefulSet: {0}")]
+    ReadStatefulSet(#[source] kube::Error),
+    #[error("applying the {object}: {source}")]
+    Apply {
+        object: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("membership step: {0}")]
+    Membership(#[from] membership::RuntimeError),
+    #[error("writing the status: {0}")]
+    WriteStatus(#[source] kube::Error),
+    /// Outside the pipeline: the finalizer's own calls and cleanup on deletion.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    #[error("pods: {0}")]
-    Runtime(#[from] membership::RuntimeError),
     #[error("object has no namespace")]
     NoNamespace,
 }
@@ -42,9 +55,11 @@ impl Error {
     /// Bounded label for the errors metric.
     pub fn metric_reason(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "kube_api",
+            Error::ReadStatefulSet(_) | Error::Kube(_) => "kube_api",
+            Error::Apply { .. } => "apply",
+            Error::Membership(_) => "pods",
+            Error::WriteStatus(_) => "status",
             Error::Finalizer(_) => "finalizer",
-            Error::Runtime(_) => "pods",
             Error::NoNamespace => "no_namespace",
         }
     }
@@ -60,9 +75,6 @@ pub struct Context {
     /// When this process last wrote each cluster's status (a rate limit, never a plan input).
     pub status_writes: parking_lot::Mutex<std::collections::HashMap<(String, String), Instant>>,
 }
-
-/// Default learner promotion threshold (the node's own default).
-const DEFAULT_MAX_PROMOTE_LAG: u64 = 1000;
 
 pub async fn reconcile(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let started = Instant::now();
@@ -155,87 +167,164 @@ where
     Ok(())
 }
 
+/// The reconcile pipeline: validate → (build → apply) → membership step → status → requeue.
+/// Each step is its own function with its own error variant; an invalid or paused cluster skips
+/// the steps that would change anything.
 async fn apply(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
-    let name = cluster.name_any();
-    let client = &ctx.client;
-    let mut validation = validate(&name, &cluster.spec);
-    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-    let runtime = KubePods {
-        pods: Api::<Pod>::namespaced(client.clone(), &ns),
-        sts: sts_api.clone(),
-        cluster: name.clone(),
-    };
     let previous = cluster.status.clone();
-    let policy = Policy {
-        desired: cluster.spec.replicas.clamp(1, 9) as u32,
-        recorded_cluster_id: previous.as_ref().and_then(|s| s.cluster_id.clone()),
-        max_promote_lag: cluster
-            .spec
-            .raft
-            .max_promote_lag
-            .unwrap_or(DEFAULT_MAX_PROMOTE_LAG),
+    let checked = validate::check(&cluster, &ns);
+    let runtime = pod_runtime(&ctx.client, &cluster.name_any(), &ns);
+    let mut progress = Progress::default();
+    match &checked {
+        Ok(valid) if !valid.paused => {
+            progress.warnings = apply_objects(&ctx.client, &cluster, valid).await?;
+            let policy = policy(valid, previous.as_ref(), &ctx);
+            let (obs, step, outcome) =
+                membership::step(&runtime, ctx.admin.as_ref(), &policy).await?;
+            report_step(&ctx, &cluster, previous.as_ref(), &step, outcome).await;
+            progress.observation = Some(obs);
+            progress.step = Some(step);
+        }
+        Ok(valid) => {
+            let policy = policy(valid, previous.as_ref(), &ctx);
+            progress.observation =
+                Some(membership::observe(&runtime, ctx.admin.as_ref(), &policy).await?);
+        }
+        Err(_) => {}
+    }
+    let new_status = compute_status(&cluster, previous.as_ref(), &checked, &progress);
+    record_status(
+        &ctx,
+        &cluster,
+        &ns,
+        previous.as_ref(),
+        &checked,
+        &new_status,
+    )
+    .await;
+    write_status(&ctx, &cluster, &ns, previous.as_ref(), &new_status).await?;
+    Ok(requeue_after(progress.step.as_ref(), checked.is_ok()))
+}
+
+/// What the acting steps found and did, for the status.
+#[derive(Default)]
+struct Progress {
+    observation: Option<membership::Observation>,
+    step: Option<Step>,
+    /// Warnings that only applying revealed (e.g. a storage change the StatefulSet keeps).
+    warnings: Vec<String>,
+}
+
+fn pod_runtime(client: &Client, name: &str, ns: &str) -> KubePods {
+    KubePods {
+        pods: Api::<Pod>::namespaced(client.clone(), ns),
+        sts: Api::<StatefulSet>::namespaced(client.clone(), ns),
+        cluster: name.to_string(),
+    }
+}
+
+fn policy(
+    valid: &ValidatedCluster,
+    previous: Option<&ConcordClusterStatus>,
+    ctx: &Context,
+) -> Policy {
+    Policy {
+        desired: valid.replicas,
+        recorded_cluster_id: previous.and_then(|s| s.cluster_id.clone()),
+        max_promote_lag: valid.max_promote_lag,
         stall_after: ctx.stall_after,
-    };
+    }
+}
 
-    let mut observation = None;
-    let mut step = None;
-    if validation.is_ok() && !cluster.spec.paused {
-        // Build and apply. The StatefulSet keeps the size the planner last set; a new one
-        // starts at spec.replicas (every pod waits in join mode).
-        let current = sts_api.get_opt(&name).await?;
-        let sts_replicas = current
-            .as_ref()
-            .and_then(|s| s.spec.as_ref())
-            .and_then(|s| s.replicas)
-            .unwrap_or(policy.desired as i32);
-        let mut desired = build::desired(&cluster, sts_replicas);
-        if let Some(current) = &current {
-            if let Some(warning) = build::keep_volume_templates(&mut desired.stateful_set, current)
-            {
-                validation.warnings.push(warning);
+/// Builds every object (pure) and applies them by server-side apply. The StatefulSet keeps the
+/// size the planner last set; a new one starts at spec.replicas (every pod waits in join mode).
+async fn apply_objects(
+    client: &Client,
+    cluster: &ConcordCluster,
+    valid: &ValidatedCluster,
+) -> Result<Vec<String>, Error> {
+    let (ns, name) = (valid.namespace.as_str(), valid.name.as_str());
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let current = sts_api
+        .get_opt(name)
+        .await
+        .map_err(Error::ReadStatefulSet)?;
+    let sts_replicas = current
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(valid.replicas as i32);
+    let mut desired = build::desired(cluster, sts_replicas);
+    let mut warnings = Vec::new();
+    if let Some(current) = &current {
+        warnings.extend(build::keep_volume_templates(
+            &mut desired.stateful_set,
+            current,
+        ));
+    }
+    let apply = |object: &'static str| move |source| Error::Apply { object, source };
+    apply_object(client, ns, &desired.config_map)
+        .await
+        .map_err(apply("ConfigMap"))?;
+    apply_object(client, ns, &desired.peers_service)
+        .await
+        .map_err(apply("peer Service"))?;
+    apply_object(client, ns, &desired.client_service)
+        .await
+        .map_err(apply("client Service"))?;
+    apply_object(client, ns, &desired.stateful_set)
+        .await
+        .map_err(apply("StatefulSet"))?;
+    let pdb_api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    match &desired.pdb {
+        Some(pdb) => apply_object(client, ns, pdb)
+            .await
+            .map_err(apply("PodDisruptionBudget"))?,
+        None => {
+            let existing = pdb_api
+                .get_opt(name)
+                .await
+                .map_err(apply("PodDisruptionBudget"))?;
+            if existing.is_some() {
+                pdb_api
+                    .delete(name, &DeleteParams::default())
+                    .await
+                    .map_err(apply("PodDisruptionBudget"))?;
             }
         }
-        apply_object(client, &ns, &desired.config_map).await?;
-        apply_object(client, &ns, &desired.peers_service).await?;
-        apply_object(client, &ns, &desired.client_service).await?;
-        apply_object(client, &ns, &desired.stateful_set).await?;
-        let pdb_api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
-        match &desired.pdb {
-            Some(pdb) => apply_object(client, &ns, pdb).await?,
-            None => {
-                if pdb_api.get_opt(&name).await?.is_some() {
-                    pdb_api.delete(&name, &DeleteParams::default()).await?;
-                }
-            }
-        }
+    }
+    Ok(warnings)
+}
 
-        let (obs, planned, outcome) =
-            membership::step(&runtime, ctx.admin.as_ref(), &policy).await?;
-        if let Step::Act(action) = &planned {
+/// Logs, counts and publishes the membership step that ran (or the wait that began).
+async fn report_step(
+    ctx: &Context,
+    cluster: &ConcordCluster,
+    previous: Option<&ConcordClusterStatus>,
+    step: &Step,
+    outcome: Option<Result<String, membership::StepError>>,
+) {
+    let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
+    match step {
+        Step::Act(action) => {
             let kind = membership::action_kind(action);
             match outcome {
                 Some(Ok(message)) => {
                     tracing::info!(namespace = %ns, cluster = %name, action = kind, %message, "membership step");
                     ctx.metrics.steps.with_label_values(&[kind, "ok"]).inc();
-                    publish(
-                        &ctx,
-                        &cluster,
-                        EventType::Normal,
-                        kind,
-                        kind,
-                        format!("{}: {message}", membership::describe(action)),
-                    )
-                    .await;
+                    let note = format!("{}: {message}", membership::describe(action));
+                    publish(ctx, cluster, EventType::Normal, kind, kind, note).await;
                 }
                 Some(Err(e)) => {
                     tracing::warn!(namespace = %ns, cluster = %name, action = kind, error = %e, "membership step failed");
                     ctx.metrics.steps.with_label_values(&[kind, "error"]).inc();
+                    let reason = "MembershipStepFailed";
                     publish(
-                        &ctx,
-                        &cluster,
+                        ctx,
+                        cluster,
                         EventType::Warning,
-                        "MembershipStepFailed",
+                        reason,
                         kind,
                         e.to_string(),
                     )
@@ -244,86 +333,122 @@ async fn apply(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeu
                 None => {}
             }
         }
-        if let Step::Wait { reason, message } = &planned {
+        Step::Wait { reason, message } => {
             let was = previous
-                .as_ref()
                 .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
                 .map(|c| c.reason.clone());
+            // Once per blocking wait, not on every requeue.
             if reason.blocking() && was.as_deref() != Some(reason.as_str()) {
-                publish(
-                    &ctx,
-                    &cluster,
-                    EventType::Warning,
-                    reason.as_str(),
-                    "Wait",
-                    message.clone(),
-                )
-                .await;
+                let (r, m) = (reason.as_str(), message.clone());
+                publish(ctx, cluster, EventType::Warning, r, "Wait", m).await;
             }
         }
-        observation = Some(obs);
-        step = Some(planned);
-    } else if cluster.spec.paused {
-        observation = Some(membership::observe(&runtime, ctx.admin.as_ref(), &policy).await?);
+        Step::Converged => {}
     }
+}
 
-    let images = observation.as_ref().map(|o| o.images()).unwrap_or_default();
+/// The new status (pure, in `status`), from what the pipeline saw.
+fn compute_status(
+    cluster: &ConcordCluster,
+    previous: Option<&ConcordClusterStatus>,
+    checked: &Result<ValidatedCluster, Invalid>,
+    progress: &Progress,
+) -> ConcordClusterStatus {
+    let (errors, mut warnings) = match checked {
+        Ok(v) => (Vec::new(), v.warnings.clone()),
+        Err(i) => (i.errors.clone(), i.warnings.clone()),
+    };
+    warnings.extend(progress.warnings.iter().cloned());
+    let observation = progress.observation.as_ref();
+    let images = observation.map(|o| o.images()).unwrap_or_default();
     let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH);
-    let new_status = status::compute(&StatusInput {
+    status::compute(&StatusInput {
         generation: cluster.metadata.generation,
-        previous: previous.as_ref(),
-        selector: naming::selector_string(&name),
+        previous,
+        selector: naming::selector_string(&cluster.name_any()),
         image: cluster.spec.image(),
-        errors: &validation.errors,
-        warnings: &validation.warnings,
+        errors: &errors,
+        warnings: &warnings,
         paused: cluster.spec.paused,
-        observed: observation.as_ref().map(|o| &o.observed),
-        cluster_id: observation.as_ref().and_then(|o| o.cluster_id()),
-        step: step.as_ref(),
+        observed: observation.map(|o| &o.observed),
+        cluster_id: observation.and_then(|o| o.cluster_id()),
+        step: progress.step.as_ref(),
         pod_images: &images,
         now: now.to_string(),
-    });
-    ctx.metrics.set_phase(&ns, &name, new_status.phase);
-    if status::quorum_lost(&new_status) {
+    })
+}
+
+/// Metrics, logs and the one InvalidSpec event for the new status.
+async fn record_status(
+    ctx: &Context,
+    cluster: &ConcordCluster,
+    ns: &str,
+    previous: Option<&ConcordClusterStatus>,
+    checked: &Result<ValidatedCluster, Invalid>,
+    new_status: &ConcordClusterStatus,
+) {
+    let name = cluster.name_any();
+    ctx.metrics.set_phase(ns, &name, new_status.phase);
+    if status::quorum_lost(new_status) {
         tracing::error!(namespace = %ns, cluster = %name, "quorum lost");
     }
-    if !validation.is_ok() && previous.as_ref().and_then(|s| s.phase) != Some(Phase::Failed) {
-        publish(
-            &ctx,
-            &cluster,
-            EventType::Warning,
-            "InvalidSpec",
-            "Validate",
-            validation.errors.join("; "),
-        )
-        .await;
-    }
-    let key = (ns.clone(), name.clone());
-    let since = ctx.status_writes.lock().get(&key).map(|t| t.elapsed());
-    if status::needs_write(previous.as_ref(), &new_status, since) {
-        let api: Api<ConcordCluster> = Api::namespaced(client.clone(), &ns);
-        let patch = serde_json::json!({
-            "apiVersion": ConcordCluster::api_version(&()),
-            "kind": ConcordCluster::kind(&()),
-            "status": new_status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-        ctx.status_writes.lock().insert(key, Instant::now());
-    }
-    Ok(match &step {
-        Some(Step::Act(_)) => Requeue::requeue(Duration::from_secs(2)),
-        Some(Step::Wait { reason, .. }) if reason.blocking() => {
-            Requeue::requeue(Duration::from_secs(15))
+    if let Err(invalid) = checked {
+        if previous.and_then(|s| s.phase) != Some(Phase::Failed) {
+            let note = invalid.errors.join("; ");
+            publish(
+                ctx,
+                cluster,
+                EventType::Warning,
+                "InvalidSpec",
+                "Validate",
+                note,
+            )
+            .await;
         }
-        Some(Step::Wait { .. }) => Requeue::requeue(Duration::from_secs(5)),
-        _ if !validation.is_ok() => Requeue::requeue(Duration::from_secs(300)),
-        _ => Requeue::requeue(Duration::from_secs(60)),
-    })
+    }
+}
+
+/// Writes the status by server-side apply when it changed (rate-limited for progress-only
+/// changes, see `status::needs_write`).
+async fn write_status(
+    ctx: &Context,
+    cluster: &ConcordCluster,
+    ns: &str,
+    previous: Option<&ConcordClusterStatus>,
+    new_status: &ConcordClusterStatus,
+) -> Result<(), Error> {
+    let name = cluster.name_any();
+    let key = (ns.to_string(), name.clone());
+    let since = ctx.status_writes.lock().get(&key).map(|t| t.elapsed());
+    if !status::needs_write(previous, new_status, since) {
+        return Ok(());
+    }
+    let api: Api<ConcordCluster> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = serde_json::json!({
+        "apiVersion": ConcordCluster::api_version(&()),
+        "kind": ConcordCluster::kind(&()),
+        "status": new_status,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::WriteStatus)?;
+    ctx.status_writes.lock().insert(key, Instant::now());
+    Ok(())
+}
+
+/// When to look again: soon while acting, slower while waiting, rarely when invalid or calm.
+fn requeue_after(step: Option<&Step>, valid: bool) -> Requeue {
+    Requeue::requeue(Duration::from_secs(match step {
+        Some(Step::Act(_)) => 2,
+        Some(Step::Wait { reason, .. }) if reason.blocking() => 15,
+        Some(Step::Wait { .. }) => 5,
+        _ if !valid => 300,
+        _ => 60,
+    }))
 }
 
 /// Deletion: owned objects go with the owner reference; volumes per `storage.onDelete`.

@@ -1,8 +1,58 @@
 //! Spec validation beyond what the CRD schema enforces: cross-field rules and names. Errors
 //! stop the reconcile before anything is changed; warnings become a condition.
 
-use crate::crd::ConcordClusterSpec;
+use kube::ResourceExt;
+
+use crate::crd::{ConcordCluster, ConcordClusterSpec};
 use crate::naming::MAX_NAME_LEN;
+
+/// Default learner promotion threshold (the node's own default).
+const DEFAULT_MAX_PROMOTE_LAG: u64 = 1000;
+
+/// A cluster whose spec passed validation, with what the later steps read, typed: nothing
+/// after [`check`] re-checks the raw spec's ranges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedCluster {
+    pub name: String,
+    pub namespace: String,
+    /// Wanted voters, 1..=9.
+    pub replicas: u32,
+    pub max_promote_lag: u64,
+    pub paused: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Why a spec cannot be acted on: every error found, and the warnings beside them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Validates `cluster` into a [`ValidatedCluster`], or says everything that is wrong.
+pub fn check(cluster: &ConcordCluster, namespace: &str) -> Result<ValidatedCluster, Invalid> {
+    let name = cluster.name_any();
+    let v = validate(&name, &cluster.spec);
+    if !v.is_ok() {
+        return Err(Invalid {
+            errors: v.errors,
+            warnings: v.warnings,
+        });
+    }
+    Ok(ValidatedCluster {
+        name,
+        namespace: namespace.to_string(),
+        // validate() checked 1..=9.
+        replicas: cluster.spec.replicas.clamp(1, 9) as u32,
+        max_promote_lag: cluster
+            .spec
+            .raft
+            .max_promote_lag
+            .unwrap_or(DEFAULT_MAX_PROMOTE_LAG),
+        paused: cluster.spec.paused,
+        warnings: v.warnings,
+    })
+}
 
 #[derive(Debug, Default, PartialEq)]
 pub struct Validation {
@@ -138,5 +188,27 @@ mod tests {
         for bad in ["", "Gi", "1.Gi", "-1Gi", "1 Gi", "1GB"] {
             assert!(!is_quantity(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn check_types_what_the_later_steps_read() {
+        let cluster = |yaml: &str| -> ConcordCluster {
+            serde_yaml_ng::from_str(&format!(
+                "apiVersion: concordkv.io/v1alpha1\nkind: ConcordCluster\nmetadata: {{name: kv}}\nspec:\n  {}",
+                yaml.replace('\n', "\n  ")
+            ))
+            .expect("cluster")
+        };
+        let ok = check(&cluster("replicas: 4"), "ns").expect("valid");
+        assert_eq!(
+            (ok.replicas, ok.max_promote_lag),
+            (4, DEFAULT_MAX_PROMOTE_LAG)
+        );
+        assert_eq!((ok.name.as_str(), ok.namespace.as_str()), ("kv", "ns"));
+        assert_eq!(ok.warnings.len(), 1, "an even size is a warning");
+        let lag = check(&cluster("replicas: 3\nraft: {maxPromoteLag: 7}"), "ns").expect("valid");
+        assert_eq!(lag.max_promote_lag, 7);
+        let bad = check(&cluster("replicas: 12"), "ns").expect_err("invalid");
+        assert!(bad.errors[0].contains("spec.replicas"), "{bad:?}");
     }
 }
