@@ -443,25 +443,28 @@ async fn the_grpc_admin_service_answers_and_refuses_with_codes() {
     // A follower forwards a client's call to the leader once; a call that another member
     // already forwarded (it thought this follower led) is refused as retryable, not forwarded
     // again, so no call bounces between nodes while leadership moves.
-    let mut marked = tonic::Request::new(MembersRequest {});
-    marked.metadata_mut().insert(
-        concord_node::membership::FORWARDED_HEADER,
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
-    let err = a1.members(marked).await.unwrap_err();
+    let marked = || {
+        let mut r = tonic::Request::new(MembersRequest {});
+        r.metadata_mut().insert(
+            concord_node::membership::FORWARDED_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        r
+    };
+    let err = a1.members(marked()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert_eq!(
         concord_proto::errors::reason(&err),
         Some(concord_proto::errors::ErrorReason::NoLeader)
     );
     // The leader itself serves a forwarded call.
-    let mut marked = tonic::Request::new(MembersRequest {});
-    marked.metadata_mut().insert(
-        concord_node::membership::FORWARDED_HEADER,
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
     assert_eq!(
-        a0.members(marked).await.unwrap().into_inner().members.len(),
+        a0.members(marked())
+            .await
+            .unwrap()
+            .into_inner()
+            .members
+            .len(),
         2
     );
 }

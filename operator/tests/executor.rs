@@ -3,6 +3,8 @@
 //! this file's `ProcessPods`. The operator's own observe → plan → execute loop drives it while a
 //! client writes throughout; every acknowledged write must be readable at the end.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -17,23 +19,6 @@ use concord_operator::membership::{
 };
 use concord_operator::plan::{Action, PodObs, Step};
 use parking_lot::Mutex;
-
-fn node_binary() -> PathBuf {
-    // Tests run from <target>/debug/deps; `cargo test --workspace` builds concord-node into
-    // <target>/debug before any test runs.
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("concord-node"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first (cargo build -p concord-node) or run cargo test --workspace",
-        bin.display()
-    );
-    bin
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -67,7 +52,7 @@ impl ProcessPods {
     fn new() -> ProcessPods {
         ProcessPods {
             dir: tempfile::tempdir().expect("tempdir"),
-            bin: node_binary(),
+            bin: common::node_binary(),
             replicas: Mutex::new(0),
             pods: Mutex::new(BTreeMap::new()),
             revision: AtomicU64::new(1),

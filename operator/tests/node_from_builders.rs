@@ -8,6 +8,8 @@
 //! Mount paths are mapped into a per-pod directory (as a container runtime would); nothing else
 //! in what the builders produced is changed. Needs root for the namespace; skipped otherwise.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,22 +20,6 @@ use concord_operator::build;
 use concord_operator::crd::ConcordCluster;
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-
-fn node_binary() -> PathBuf {
-    // Tests run from <target>/debug/deps; `cargo test --workspace` builds concord-node first.
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("concord-node"))
-        .expect("target dir");
-    assert!(
-        bin.exists(),
-        "{} not found: run cargo test --workspace",
-        bin.display()
-    );
-    bin
-}
 
 /// The image's entrypoint (docker/node.Dockerfile), which the pod template does not override.
 fn image_entrypoint() -> Vec<String> {
@@ -218,7 +204,7 @@ async fn run_pod_0(fixture_name: &str) {
     let log = root.path().join("node.log");
     let child = Command::new("ip")
         .args(["netns", "exec", &ns])
-        .arg(node_binary())
+        .arg(common::node_binary())
         .args(&argv[1..])
         .env_clear()
         .envs(&env)

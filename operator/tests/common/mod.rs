@@ -533,3 +533,20 @@ impl Harness {
         panic!("did not settle: {}", self.cr()["status"]);
     }
 }
+
+/// The concord-node binary of this build. Tests run from <target>/debug/deps, and
+/// `cargo test --workspace` builds concord-node into <target>/debug before any test runs.
+pub fn node_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("concord-node"))
+        .expect("target dir");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build -p concord-node) or run cargo test --workspace",
+        bin.display()
+    );
+    bin
+}
