@@ -106,6 +106,7 @@ pub struct RaftSection {
     pub logs_to_keep_after_snapshot: Option<u64>,
     pub segment_bytes: Option<u64>,
     pub max_promote_lag: Option<u64>,
+    pub max_log_memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +135,9 @@ pub struct RaftTuning {
     pub segment_bytes: u64,
     /// A learner more than this many entries behind the leader is not promoted.
     pub max_promote_lag: u64,
+    /// Bytes of log entries kept in memory for replication before a snapshot and a purge are
+    /// forced (the entry-count threshold alone would allow up to 1 MiB per entry).
+    pub max_log_memory_bytes: u64,
 }
 
 /// Limits on client requests. Defaults are documented in docs/api.md (Limits).
@@ -328,6 +332,10 @@ impl Config {
             logs_to_keep_after_snapshot: r.logs_to_keep_after_snapshot.unwrap_or(1000),
             segment_bytes: r.segment_bytes.unwrap_or(64 * 1024 * 1024).max(4096),
             max_promote_lag: r.max_promote_lag.unwrap_or(1000),
+            max_log_memory_bytes: r
+                .max_log_memory_bytes
+                .unwrap_or(256 * 1024 * 1024)
+                .max(1024 * 1024),
         };
         let join = flags.join || s.join.unwrap_or(false);
         if join && !peers.is_empty() {

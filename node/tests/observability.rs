@@ -363,3 +363,47 @@ async fn gauges_come_back_down_when_clients_hang_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Large values must not let the in-memory log grow with the entry-count threshold: past
+/// `raft.maxLogMemoryBytes` the node snapshots and purges, and every value stays readable,
+/// also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_held_in_memory_is_bounded_by_bytes() {
+    const BUDGET: f64 = 1024.0 * 1024.0;
+    // Continues FAST_RAFT's `raft:` section.
+    let mut c = Cluster::start(1, "  maxLogMemoryBytes: 1048576\n");
+    c.wait_leader(WAIT).await;
+    let value = "v".repeat(200 * 1024);
+    for i in 0..40 {
+        let (code, body) = c.set(0, &format!("big/{i}"), &value).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    // 8 MB written; without the bound all of it would stay in memory until 10,000 entries.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = scrape(&c, 0).await;
+        let held = value_of(&s, "concord_server_log_memory_bytes");
+        // The count threshold (10,000 entries) is far off: only the byte bound snapshots.
+        let snapshot = value_of(&s, "concord_server_snapshot_index");
+        if held <= BUDGET && snapshot > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log memory stayed at {held} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.terminate(0);
+    c.spawn(0);
+    c.wait_leader(WAIT).await;
+    for i in [0, 17, 39] {
+        let (code, body) = c.get(0, &format!("/api/get?key=big/{i}")).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["value"].as_str().map(str::len), Some(value.len()));
+    }
+}
+
+fn value_of(s: &prometheus_parse::Scrape, name: &str) -> f64 {
+    value(s, name, None)
+}

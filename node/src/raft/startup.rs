@@ -228,6 +228,7 @@ impl Node {
             app.clone(),
             stop_rx.clone(),
         )));
+        tasks.push(tokio::spawn(bound_log_memory(app.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(measure_data_dir(
             app.config.data_dir.clone(),
             stop_rx.clone(),
@@ -332,6 +333,44 @@ async fn transfer_leadership_away(app: &App) {
         Ok(Ok(r)) => tracing::info!(outcome = %r.message, "leadership handed over"),
         Ok(Err(e)) => tracing::warn!(error = %e, "leadership transfer failed; stopping anyway"),
         Err(_) => tracing::warn!("leadership did not move within 3s; stopping anyway"),
+    }
+}
+
+/// Keeps the in-memory log mirror within `raft.maxLogMemoryBytes`: openraft snapshots and
+/// purges by entry count, which with large entries could hold gigabytes. Over the budget, this
+/// asks for a snapshot (if the applied state is ahead of the last one) and then purges the log
+/// up to it, keeping at most half the budget after the purge point. A follower that lags past
+/// the purge point catches up from the snapshot, as it would after a count-based purge.
+async fn bound_log_memory(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    const EVERY: Duration = Duration::from_millis(200);
+    let budget = app.config.raft.max_log_memory_bytes;
+    let mut last_snapshot_request: Option<std::time::Instant> = None;
+    loop {
+        let bytes = app.log.memory_bytes();
+        metrics().log_memory_bytes.set(bytes as i64);
+        if bytes > budget {
+            let m = app.metrics();
+            let applied = m.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
+            let snapshot = m.snapshot.as_ref().map(|l| l.index).unwrap_or(0);
+            let building =
+                last_snapshot_request.is_some_and(|t| t.elapsed() < Duration::from_secs(2));
+            if applied > snapshot && !building {
+                tracing::info!(bytes, budget, "log mirror over budget: taking a snapshot");
+                last_snapshot_request = Some(std::time::Instant::now());
+                if app.raft.trigger().snapshot().await.is_err() {
+                    return;
+                }
+            }
+            if let Some(upto) = app.log.purge_point_for(budget / 2, snapshot) {
+                if app.raft.trigger().purge_log(upto).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

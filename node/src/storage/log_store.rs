@@ -30,6 +30,9 @@ const META_FILE: &str = "log.meta";
 #[derive(Debug, Default)]
 struct MemLog {
     entries: VecDeque<Entry>,
+    /// Encoded size of each entry in `entries`, and their sum: what the mirror costs.
+    sizes: VecDeque<u64>,
+    bytes: u64,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
 }
@@ -37,6 +40,22 @@ struct MemLog {
 impl MemLog {
     fn first_index(&self) -> Option<u64> {
         self.entries.front().map(|e| e.log_id.index)
+    }
+
+    fn push_back(&mut self, entry: Entry, size: u64) {
+        self.entries.push_back(entry);
+        self.sizes.push_back(size);
+        self.bytes += size;
+    }
+
+    fn pop_back(&mut self) {
+        self.entries.pop_back();
+        self.bytes -= self.sizes.pop_back().unwrap_or(0);
+    }
+
+    fn pop_front(&mut self) {
+        self.entries.pop_front();
+        self.bytes -= self.sizes.pop_front().unwrap_or(0);
     }
 }
 
@@ -106,6 +125,7 @@ impl LogStore {
         }
         let purged_index = last_purged.as_ref().map(|l| l.index);
         let mut entries = VecDeque::new();
+        let mut sizes = VecDeque::new();
         for (index, payload) in recovery.records {
             if purged_index.is_some_and(|p| index <= p) {
                 continue;
@@ -117,6 +137,7 @@ impl LogStore {
                     entry.log_id
                 )));
             }
+            sizes.push_back(payload.len() as u64);
             entries.push_back(entry);
         }
         if let (Some(p), Some(first)) = (purged_index, entries.front()) {
@@ -142,6 +163,8 @@ impl LogStore {
         let shared = Arc::new(Shared {
             mem: Mutex::new(MemLog {
                 entries,
+                bytes: sizes.iter().sum(),
+                sizes,
                 last_purged,
                 vote,
             }),
@@ -301,6 +324,30 @@ impl LogReader {
         ))
     }
 
+    /// Bytes the in-memory mirror of the log holds (encoded entry sizes).
+    pub fn memory_bytes(&self) -> u64 {
+        self.shared.mem.lock().bytes
+    }
+
+    /// The lowest purge point, at most `upto`, that leaves at most `budget` bytes of entries
+    /// after it (or the nearest to that which `upto` allows); `None` when the mirror is within
+    /// `budget` already.
+    pub fn purge_point_for(&self, budget: u64, upto: u64) -> Option<u64> {
+        let mem = self.shared.mem.lock();
+        let first = mem.first_index()?;
+        let mut kept = mem.bytes;
+        let mut point = None;
+        for (i, size) in mem.sizes.iter().enumerate() {
+            let index = first + i as u64;
+            if kept <= budget || index > upto {
+                break;
+            }
+            kept -= size;
+            point = Some(index);
+        }
+        point
+    }
+
     /// Entries in `[start, end)`, for debugging endpoints.
     pub fn entries(&self, start: u64, end: u64) -> Vec<Entry> {
         self.shared.read_range(start..end)
@@ -384,8 +431,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                         )));
                     }
                 }
-                records.push((entry.log_id.index, codec::to_bytes(&entry)?));
-                mem.entries.push_back(entry);
+                let record = codec::to_bytes(&entry)?;
+                let size = record.len() as u64;
+                records.push((entry.log_id.index, record));
+                mem.push_back(entry, size);
             }
         }
         self.send(WriterCmd::Append(records, callback))
@@ -396,7 +445,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut mem = self.shared.mem.lock();
             while mem.entries.back().is_some_and(|e| e.log_id.index >= from) {
-                mem.entries.pop_back();
+                mem.pop_back();
             }
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -420,7 +469,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .front()
                 .is_some_and(|e| e.log_id.index <= log_id.index)
             {
-                mem.entries.pop_front();
+                mem.pop_front();
             }
             mem.last_purged = Some(log_id);
         }
@@ -508,5 +557,29 @@ mod tests {
         let state = s.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(log_id(3, 100)));
         assert_eq!(state.last_log_id, Some(log_id(3, 101)));
+    }
+
+    #[tokio::test]
+    async fn the_mirror_counts_its_bytes_and_finds_a_purge_point_within_a_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path(), 1 << 20).unwrap();
+        append(&mut store, (1..=9).map(|i| entry(1, i)).collect()).await;
+        let reader = store.get_log_reader().await;
+        let total = reader.memory_bytes();
+        let each = total / 9;
+        assert!(total > 0 && total % 9 == 0, "equal entries: {total}");
+        assert_eq!(reader.purge_point_for(total, 9), None, "within budget");
+        // Keep at most 3 entries' worth: purge up to 6.
+        assert_eq!(reader.purge_point_for(3 * each, 9), Some(6));
+        // Never past what `upto` allows.
+        assert_eq!(reader.purge_point_for(3 * each, 4), Some(4));
+        store.truncate_after(Some(log_id(1, 7))).await.unwrap();
+        assert_eq!(reader.memory_bytes(), 7 * each);
+        store.purge(log_id(1, 5)).await.unwrap();
+        assert_eq!(reader.memory_bytes(), 2 * each);
+        drop(store);
+        // Reopened, the mirror is measured from the records on disk.
+        let mut store = LogStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.get_log_reader().await.memory_bytes(), 2 * each);
     }
 }

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub log_bytes_written: IntCounter,
     pub log_segments: IntGauge,
     pub log_bytes: IntGauge,
+    pub log_memory_bytes: IntGauge,
     pub snapshot_save_seconds: Histogram,
     pub snapshot_load_seconds: Histogram,
     pub snapshot_size_bytes: IntGauge,
@@ -157,6 +158,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         log_bytes: reg!(IntGauge::new(
             "disk_log_bytes",
             "Bytes in Raft log segment files"
+        )?),
+        log_memory_bytes: reg!(IntGauge::new(
+            "server_log_memory_bytes",
+            "Bytes of Raft log entries held in memory for replication"
         )?),
         snapshot_save_seconds: reg!(hist(
             "disk_snapshot_save_duration_seconds",
