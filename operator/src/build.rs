@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::ConcordCluster;
 use crate::naming::{self, API_PORT, PEER_PORT};
+use crate::validate::ValidatedCluster;
 
 /// Non-root user of the node image (distroless "nonroot").
 const RUN_AS: i64 = 65532;
@@ -39,7 +40,9 @@ pub struct Desired {
 
 /// `sts_replicas` is the StatefulSet size the membership planner currently allows; it is not
 /// `spec.replicas`, which the planner approaches one safe step at a time.
-pub fn desired(cluster: &ConcordCluster, sts_replicas: i32) -> Desired {
+/// Every object for a validated cluster: invalid specs never reach the builders.
+pub fn desired(valid: &ValidatedCluster, sts_replicas: i32) -> Desired {
+    let cluster = &valid.cluster;
     let config_map = config_map(cluster);
     let hash = config_hash(&config_map);
     Desired {
@@ -69,7 +72,7 @@ fn owner_reference(cluster: &ConcordCluster) -> Option<OwnerReference> {
 
 /// The node's config file. Identity (name, advertised address) comes from the pod's
 /// environment; everything shared lives here.
-pub fn config_map(cluster: &ConcordCluster) -> ConfigMap {
+fn config_map(cluster: &ConcordCluster) -> ConfigMap {
     let spec = &cluster.spec;
     let mut raft = serde_yaml_ng::Mapping::new();
     let mut put = |k: &str, v: Option<u64>| {
@@ -140,7 +143,7 @@ fn port(name: &str, port: i32) -> ServicePort {
 
 /// Headless Service giving every pod a stable DNS name, published before the pod is ready:
 /// a joining member must be reachable to catch up, and it is not ready until it has.
-pub fn peers_service(cluster: &ConcordCluster) -> Service {
+fn peers_service(cluster: &ConcordCluster) -> Service {
     let name = cluster.name_any();
     Service {
         metadata: meta(cluster, naming::peers_service(&name)),
@@ -156,7 +159,7 @@ pub fn peers_service(cluster: &ConcordCluster) -> Service {
 }
 
 /// The Service clients use: only ready members (those with a leader and caught up).
-pub fn client_service(cluster: &ConcordCluster) -> Service {
+fn client_service(cluster: &ConcordCluster) -> Service {
     let name = cluster.name_any();
     let mut metadata = meta(cluster, naming::client_service(&name));
     if !cluster.spec.service.annotations.is_empty() {
@@ -241,7 +244,7 @@ fn default_container_security() -> SecurityContext {
 /// Pods start in join mode and wait for the operator: pod 0 is initialised, the others are
 /// added as learners and promoted. Updates are `OnDelete` because the operator restarts pods
 /// itself, followers first and the leader last after handing leadership over.
-pub fn stateful_set(cluster: &ConcordCluster, replicas: i32, config_hash: &str) -> StatefulSet {
+fn stateful_set(cluster: &ConcordCluster, replicas: i32, config_hash: &str) -> StatefulSet {
     let name = cluster.name_any();
     let spec = &cluster.spec;
     let pod = &spec.pod;
@@ -397,7 +400,7 @@ pub fn stateful_set(cluster: &ConcordCluster, replicas: i32, config_hash: &str) 
 /// Allows a voluntary disruption only while the others still form a quorum: with n voters,
 /// (n-1)/2 may be down. A 1- or 2-member cluster allows none, which blocks node drains on
 /// purpose: draining would take the cluster down.
-pub fn pdb(cluster: &ConcordCluster) -> PodDisruptionBudget {
+fn pdb(cluster: &ConcordCluster) -> PodDisruptionBudget {
     let name = cluster.name_any();
     let n = cluster.spec.replicas.max(1);
     PodDisruptionBudget {

@@ -178,7 +178,7 @@ async fn apply(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeu
     let mut progress = Progress::default();
     match &checked {
         Ok(valid) if !valid.paused => {
-            progress.warnings = apply_objects(&ctx.client, &cluster, valid).await?;
+            progress.warnings = apply_objects(&ctx.client, valid).await?;
             let policy = policy(valid, previous.as_ref(), &ctx);
             let (obs, step, outcome) =
                 membership::step(&runtime, ctx.admin.as_ref(), &policy).await?;
@@ -239,11 +239,7 @@ fn policy(
 
 /// Builds every object (pure) and applies them by server-side apply. The StatefulSet keeps the
 /// size the planner last set; a new one starts at spec.replicas (every pod waits in join mode).
-async fn apply_objects(
-    client: &Client,
-    cluster: &ConcordCluster,
-    valid: &ValidatedCluster,
-) -> Result<Vec<String>, Error> {
+async fn apply_objects(client: &Client, valid: &ValidatedCluster) -> Result<Vec<String>, Error> {
     let (ns, name) = (valid.namespace.as_str(), valid.name.as_str());
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
     let current = sts_api
@@ -255,7 +251,7 @@ async fn apply_objects(
         .and_then(|s| s.spec.as_ref())
         .and_then(|s| s.replicas)
         .unwrap_or(valid.replicas as i32);
-    let mut desired = build::desired(cluster, sts_replicas);
+    let mut desired = build::desired(valid, sts_replicas);
     let mut warnings = Vec::new();
     if let Some(current) = &current {
         warnings.extend(build::keep_volume_templates(

@@ -10,9 +10,11 @@ use crate::naming::MAX_NAME_LEN;
 const DEFAULT_MAX_PROMOTE_LAG: u64 = 1000;
 
 /// A cluster whose spec passed validation, with what the later steps read, typed: nothing
-/// after [`check`] re-checks the raw spec's ranges.
-#[derive(Debug, Clone, PartialEq)]
+/// after [`check`] re-checks the raw spec's ranges, and the builders take only this.
+#[derive(Debug, Clone)]
 pub struct ValidatedCluster {
+    /// The object as validated (the builders read its overrides and owner identity).
+    pub cluster: ConcordCluster,
     pub name: String,
     pub namespace: String,
     /// Wanted voters, 1..=9.
@@ -40,6 +42,7 @@ pub fn check(cluster: &ConcordCluster, namespace: &str) -> Result<ValidatedClust
         });
     }
     Ok(ValidatedCluster {
+        cluster: cluster.clone(),
         name,
         namespace: namespace.to_string(),
         // validate() checked 1..=9.

@@ -10,9 +10,15 @@ fn fixture(name: &str) -> ConcordCluster {
     serde_yaml_ng::from_str(&text).expect("fixture is a ConcordCluster")
 }
 
+/// The builders take only validated clusters; every fixture is valid.
+fn valid(cluster: &ConcordCluster) -> concord_operator::validate::ValidatedCluster {
+    let ns = cluster.metadata.namespace.clone().unwrap_or_default();
+    concord_operator::validate::check(cluster, &ns).expect("a valid fixture")
+}
+
 fn snapshot_all(name: &str) {
     let cluster = fixture(name);
-    let d = build::desired(&cluster, cluster.spec.replicas);
+    let d = build::desired(&valid(&cluster), cluster.spec.replicas);
     insta::assert_yaml_snapshot!(format!("{name}-configmap"), d.config_map);
     insta::assert_yaml_snapshot!(format!("{name}-peers-service"), d.peers_service);
     insta::assert_yaml_snapshot!(format!("{name}-client-service"), d.client_service);
@@ -35,7 +41,7 @@ fn pdb_never_allows_losing_quorum() {
     let mut cluster = fixture("minimal");
     for (replicas, allowed) in [(1, 0), (2, 0), (3, 1), (4, 1), (5, 2), (7, 3), (9, 4)] {
         cluster.spec.replicas = replicas;
-        let pdb = build::pdb(&cluster);
+        let pdb = build::desired(&valid(&cluster), replicas).pdb.expect("a PDB");
         let max = pdb.spec.and_then(|s| s.max_unavailable);
         assert_eq!(
             max,
@@ -51,9 +57,9 @@ fn pdb_never_allows_losing_quorum() {
 #[test]
 fn a_config_change_changes_the_pod_template() {
     let mut cluster = fixture("minimal");
-    let before = build::desired(&cluster, 3).stateful_set;
+    let before = build::desired(&valid(&cluster), 3).stateful_set;
     cluster.spec.raft.snapshot_threshold = Some(1234);
-    let after = build::desired(&cluster, 3).stateful_set;
+    let after = build::desired(&valid(&cluster), 3).stateful_set;
     let hash = |s: &k8s_openapi::api::apps::v1::StatefulSet| {
         s.spec
             .as_ref()
@@ -66,17 +72,17 @@ fn a_config_change_changes_the_pod_template() {
 #[test]
 fn the_statefulset_uses_the_planner_size_not_the_spec() {
     let cluster = fixture("minimal");
-    let sts = build::desired(&cluster, 5).stateful_set;
+    let sts = build::desired(&valid(&cluster), 5).stateful_set;
     assert_eq!(sts.spec.and_then(|s| s.replicas), Some(5));
 }
 
 #[test]
 fn a_storage_change_keeps_the_existing_volume_templates_and_warns() {
     let cluster = fixture("minimal");
-    let current = build::desired(&cluster, 3).stateful_set;
+    let current = build::desired(&valid(&cluster), 3).stateful_set;
     let mut bigger = cluster.clone();
     bigger.spec.storage.size = "10Gi".into();
-    let mut desired = build::desired(&bigger, 3).stateful_set;
+    let mut desired = build::desired(&valid(&bigger), 3).stateful_set;
     let warning = build::keep_volume_templates(&mut desired, &current).expect("a warning");
     assert!(
         warning.contains("10Gi") && warning.contains("1Gi"),
@@ -87,6 +93,6 @@ fn a_storage_change_keeps_the_existing_volume_templates_and_warns() {
         current.spec.as_ref().map(|s| &s.volume_claim_templates)
     );
     // Unchanged storage: nothing to say.
-    let mut same = build::desired(&cluster, 3).stateful_set;
+    let mut same = build::desired(&valid(&cluster), 3).stateful_set;
     assert_eq!(build::keep_volume_templates(&mut same, &current), None);
 }

@@ -131,7 +131,8 @@ async fn run_pod_0(fixture_name: &str) {
     let cluster = fixture(fixture_name);
     let name = cluster.metadata.name.clone().expect("name");
     let namespace = cluster.metadata.namespace.clone().expect("namespace");
-    let d = build::desired(&cluster, 1);
+    let valid = concord_operator::validate::check(&cluster, &namespace).expect("valid fixture");
+    let d = build::desired(&valid, 1);
     let sts = d.stateful_set.spec.clone().expect("sts spec");
     let claims: Vec<String> = sts
         .volume_claim_templates
