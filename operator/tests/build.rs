@@ -41,7 +41,9 @@ fn pdb_never_allows_losing_quorum() {
     let mut cluster = fixture("minimal");
     for (replicas, allowed) in [(1, 0), (2, 0), (3, 1), (4, 1), (5, 2), (7, 3), (9, 4)] {
         cluster.spec.replicas = replicas;
-        let pdb = build::desired(&valid(&cluster), replicas).pdb.expect("a PDB");
+        let pdb = build::desired(&valid(&cluster), replicas)
+            .pdb
+            .expect("a PDB");
         let max = pdb.spec.and_then(|s| s.max_unavailable);
         assert_eq!(
             max,
