@@ -203,19 +203,27 @@ pub fn snapshot_magic() -> [u8; 8] {
 
 /// Checks a snapshot file's magic; `Err` names the file and what is wrong with it.
 pub fn check_snapshot_magic(bytes: &[u8], path: &Path) -> io::Result<()> {
-    if bytes.len() < 8 || &bytes[..7] != SNAPSHOT_MAGIC_PREFIX {
-        return Err(invalid_data(format!(
-            "snapshot {} is corrupt (bad header); refusing to start",
-            path.display()
-        )));
-    }
-    let format = bytes[7].wrapping_sub(b'0');
-    if format == 0 || format > SNAPSHOT_FORMAT {
+    let format = match bytes.get(..8) {
+        Some(m) if &m[..7] == SNAPSHOT_MAGIC_PREFIX && m[7].is_ascii_digit() => m[7] - b'0',
+        _ => {
+            return Err(invalid_data(format!(
+                "snapshot {} is corrupt (bad header); refusing to start",
+                path.display()
+            )))
+        }
+    };
+    if format > SNAPSHOT_FORMAT {
         return Err(too_new(
             format_args!("snapshot {}", path.display()),
             format.into(),
             SNAPSHOT_FORMAT.into(),
         ));
+    }
+    if format == 0 {
+        return Err(invalid_data(format!(
+            "snapshot {} claims format 0, which never existed: the file is corrupt",
+            path.display()
+        )));
     }
     Ok(())
 }
@@ -235,7 +243,7 @@ pub fn encode_wire<T: Serialize>(v: &T) -> Result<Vec<u8>, tonic::Status> {
 
 /// Decodes a payload that [`check_wire_version`] accepted.
 pub fn decode_wire<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, io::Error> {
-    bincode::deserialize(bytes).map_err(|e| invalid_data(e.to_string()))
+    from_bytes(bytes, "peer message")
 }
 
 /// Refuses a peer message in an encoding newer than this build's, with a status saying so.
@@ -321,6 +329,13 @@ mod tests {
             .to_string();
         assert!(e.contains("snap") && e.contains("format 3"), "{e}");
         assert!(check_snapshot_magic(&snapshot_magic(), Path::new("snap")).is_ok());
+        // Corruption is called corruption, not a newer release.
+        for bad in [&b"CKVSNAPx"[..], b"CKVSNAP0", b"CKVSN"] {
+            let e = check_snapshot_magic(bad, Path::new("snap"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("corrupt") && !e.contains("newer"), "{e}");
+        }
 
         let s = check_wire_version(WIRE_VERSION + 1).unwrap_err();
         assert_eq!(

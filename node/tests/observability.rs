@@ -373,18 +373,18 @@ async fn the_log_held_in_memory_is_bounded_by_bytes() {
     // Continues FAST_RAFT's `raft:` section.
     let mut c = Cluster::start(1, "  maxLogMemoryBytes: 1048576\n");
     c.wait_leader(WAIT).await;
-    let value = "v".repeat(200 * 1024);
+    let big = "v".repeat(200 * 1024);
     for i in 0..40 {
-        let (code, body) = c.set(0, &format!("big/{i}"), &value).await;
+        let (code, body) = c.set(0, &format!("big/{i}"), &big).await;
         assert_eq!(code, 200, "{body}");
     }
     // 8 MB written; without the bound all of it would stay in memory until 10,000 entries.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = scrape(&c, 0).await;
-        let held = value_of(&s, "concord_server_log_memory_bytes");
+        let held = value(&s, "concord_server_log_memory_bytes", None);
         // The count threshold (10,000 entries) is far off: only the byte bound snapshots.
-        let snapshot = value_of(&s, "concord_server_snapshot_index");
+        let snapshot = value(&s, "concord_server_snapshot_index", None);
         if held <= BUDGET && snapshot > 0.0 {
             break;
         }
@@ -400,10 +400,6 @@ async fn the_log_held_in_memory_is_bounded_by_bytes() {
     for i in [0, 17, 39] {
         let (code, body) = c.get(0, &format!("/api/get?key=big/{i}")).await;
         assert_eq!(code, 200, "{body}");
-        assert_eq!(body["value"].as_str().map(str::len), Some(value.len()));
+        assert_eq!(body["value"].as_str().map(str::len), Some(big.len()));
     }
-}
-
-fn value_of(s: &prometheus_parse::Scrape, name: &str) -> f64 {
-    value(s, name, None)
 }

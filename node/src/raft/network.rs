@@ -173,40 +173,35 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let meta_bytes =
             encode_wire(&snapshot.meta).map_err(|e| to_err(e.message().to_string()))?;
         let data = snapshot.snapshot;
-        let mut chunks = Vec::new();
-        let mut pieces = data.chunks(SNAPSHOT_CHUNK_BYTES).peekable();
-        if pieces.peek().is_none() {
-            chunks.push(SnapshotChunk {
-                cluster_id: self.cluster_id.wire(),
-                vote: vote_bytes.clone(),
-                meta: meta_bytes.clone(),
-                data: Vec::new(),
-                done: true,
-                target_id: self.target,
-                wire_version: WIRE_VERSION,
-            });
-        }
-        let mut first = true;
-        while let Some(piece) = pieces.next() {
-            chunks.push(SnapshotChunk {
+        // An empty snapshot is still one chunk: it carries the vote, the meta and `done`.
+        let pieces: Vec<&[u8]> = if data.is_empty() {
+            vec![&[]]
+        } else {
+            data.chunks(SNAPSHOT_CHUNK_BYTES).collect()
+        };
+        let last = pieces.len() - 1;
+        let chunks: Vec<SnapshotChunk> = pieces
+            .into_iter()
+            .enumerate()
+            .map(|(i, piece)| SnapshotChunk {
                 cluster_id: self.cluster_id.wire(),
                 target_id: self.target,
-                vote: if first {
+                // The receiver reads the vote and meta from the first chunk only.
+                vote: if i == 0 {
                     vote_bytes.clone()
                 } else {
                     Vec::new()
                 },
-                meta: if first {
+                meta: if i == 0 {
                     meta_bytes.clone()
                 } else {
                     Vec::new()
                 },
                 data: piece.to_vec(),
-                done: pieces.peek().is_none(),
+                done: i == last,
                 wire_version: WIRE_VERSION,
-            });
-            first = false;
-        }
+            })
+            .collect();
         let mut client = self
             .channels
             .client(&self.addr)

@@ -187,14 +187,22 @@ impl SegmentedLog {
             let mut off = match codec::segment_start(&bytes, &path)? {
                 SegmentStart::Versioned(_) => SEGMENT_HEADER_LEN,
                 SegmentStart::Legacy => 0,
-                // Created, then cut by a crash before its header was whole: nothing in it was
-                // ever acknowledged. Start it again.
-                SegmentStart::TornHeader => {
+                // The newest segment, cut by a crash before its header was whole: nothing in it
+                // was ever acknowledged. Start it again.
+                SegmentStart::TornHeader if is_last => {
                     bytes = codec::segment_header().to_vec();
                     let mut f = OpenOptions::new().write(true).truncate(true).open(&path)?;
                     f.write_all(&bytes)?;
                     f.sync_all()?;
                     SEGMENT_HEADER_LEN
+                }
+                // An older segment was complete once: a partial header there is corruption.
+                SegmentStart::TornHeader => {
+                    return Err(invalid_data(format!(
+                        "log segment {} has a partial header but is not the newest segment; \
+                         refusing to start rather than lose data",
+                        path.display()
+                    )))
                 }
             };
             loop {
@@ -632,5 +640,20 @@ mod tests {
         drop(log);
         let (_, rec) = SegmentedLog::open(dir.path(), 1000).unwrap();
         assert_eq!(indexes(&rec), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_partial_header_in_an_older_segment_refuses_to_open_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let torn = &codec::segment_header()[..5];
+        fs::write(segment_path(dir.path(), 1), torn).unwrap();
+        let mut later = codec::segment_header().to_vec();
+        frame(1, &payload(1), &mut later);
+        fs::write(segment_path(dir.path(), 2), &later).unwrap();
+        let e = SegmentedLog::open(dir.path(), 1000)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("partial header"), "{e}");
+        assert_eq!(fs::read(segment_path(dir.path(), 1)).unwrap(), torn);
     }
 }
