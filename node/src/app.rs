@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::raft::channels::Channels;
 use crate::raft::{Member, NodeId, Raft, TypeConfig};
 use crate::storage::identity::{ClusterId, Identity};
-use crate::storage::{LogReader, SharedState};
+use crate::storage::{LogReader, SharedState, SnapshotStore};
 
 pub struct App {
     pub config: Config,
@@ -21,6 +21,8 @@ pub struct App {
     pub cluster_id: ClusterId,
     pub channels: Channels,
     pub log: LogReader,
+    /// Where snapshots received from a leader are written as they arrive.
+    pub snapshots: SnapshotStore,
     pub started: Instant,
     /// Held while a membership change runs on this node (as leader): one change at a time.
     pub membership_lock: tokio::sync::Mutex<()>,
@@ -41,16 +43,27 @@ pub struct LeaderInfo {
     pub member: Option<Member>,
 }
 
+/// The storage handles the API layer and the peer service read or write beside openraft.
+pub struct StorageHandles {
+    pub state: SharedState,
+    pub log: LogReader,
+    pub snapshots: SnapshotStore,
+}
+
 impl App {
     pub fn new(
         config: Config,
         identity: Identity,
         raft: Raft,
-        state: SharedState,
         cluster_id: ClusterId,
         channels: Channels,
-        log: LogReader,
+        storage: StorageHandles,
     ) -> App {
+        let StorageHandles {
+            state,
+            log,
+            snapshots,
+        } = storage;
         App {
             config,
             identity,
@@ -59,6 +72,7 @@ impl App {
             cluster_id,
             channels,
             log,
+            snapshots,
             started: Instant::now(),
             membership_lock: tokio::sync::Mutex::new(()),
             refused_messages: AtomicU64::new(0),

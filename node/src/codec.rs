@@ -69,6 +69,19 @@ pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8], what: impl Display) -> io::
     bincode::deserialize(bytes).map_err(|e| invalid_data(format!("cannot decode {what}: {e}")))
 }
 
+/// Encodes like [`to_bytes`], streaming into `out` instead of building a buffer.
+pub fn to_writer<T: Serialize>(out: impl io::Write, v: &T) -> io::Result<()> {
+    bincode::serialize_into(out, v).map_err(|e| match *e {
+        bincode::ErrorKind::Io(io) => io,
+        other => io::Error::other(format!("encode: {other}")),
+    })
+}
+
+/// Decodes what [`to_writer`] wrote, streaming from `input`; `what` names it in the error.
+pub fn from_reader<T: DeserializeOwned>(input: impl io::Read, what: impl Display) -> io::Result<T> {
+    bincode::deserialize_from(input).map_err(|e| invalid_data(format!("cannot decode {what}: {e}")))
+}
+
 // ---- log segments ----
 
 /// The header a new segment starts with.

@@ -107,6 +107,7 @@ pub struct RaftSection {
     pub segment_bytes: Option<u64>,
     pub max_promote_lag: Option<u64>,
     pub max_log_memory_bytes: Option<u64>,
+    pub max_snapshot_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +139,9 @@ pub struct RaftTuning {
     /// Bytes of log entries kept in memory for replication before a snapshot and a purge are
     /// forced (the entry-count threshold alone would allow up to 1 MiB per entry).
     pub max_log_memory_bytes: u64,
+    /// Largest snapshot accepted from a leader. It is written to disk as it arrives, so this
+    /// bounds disk, not memory.
+    pub max_snapshot_bytes: u64,
 }
 
 /// Limits on client requests. Defaults are documented in docs/api.md (Limits).
@@ -336,6 +340,7 @@ impl Config {
                 .max_log_memory_bytes
                 .unwrap_or(256 * 1024 * 1024)
                 .max(1024 * 1024),
+            max_snapshot_bytes: r.max_snapshot_bytes.unwrap_or(8 * 1024 * 1024 * 1024),
         };
         let join = flags.join || s.join.unwrap_or(false);
         if join && !peers.is_empty() {

@@ -141,13 +141,11 @@ async fn far_behind_follower_catches_up_through_a_snapshot() {
     let leader = c.wait_leader(LEADER_WAIT).await;
     let lagger = (leader + 1) % 3;
     c.kill9(lagger);
+    // 30 kB values: the snapshot (~4.5 MB) crosses several 1 MiB chunks on the wire.
+    let value = |i: usize| format!("v{i}-{}", "x".repeat(30_000));
     for i in 0..150 {
-        c.set_retry(
-            &format!("k{i:03}"),
-            &format!("v{i}"),
-            Duration::from_secs(5),
-        )
-        .await;
+        c.set_retry(&format!("k{i:03}"), &value(i), Duration::from_secs(5))
+            .await;
     }
     // The leader has snapshotted and purged the entries the lagging node lacks.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -163,19 +161,29 @@ async fn far_behind_follower_catches_up_through_a_snapshot() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     c.spawn(lagger);
-    c.wait_value(lagger, "k149", "v149", Duration::from_secs(20))
+    c.wait_value(lagger, "k149", &value(149), Duration::from_secs(20))
         .await;
-    c.wait_value(lagger, "k000", "v0", Duration::from_secs(5))
+    c.wait_value(lagger, "k000", &value(0), Duration::from_secs(5))
         .await;
     let st = c.status(lagger).await.expect("status");
     assert!(
         st["lastSnapshot"].is_object(),
         "lagging node has no snapshot: {st}"
     );
+    // Received chunk by chunk into one file, with no temporary file left over.
+    let snapshots: Vec<String> = std::fs::read_dir(c.nodes[lagger].data_dir.join("snapshots"))
+        .expect("snapshot dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(snapshots.len(), 1, "snapshot dir: {snapshots:?}");
+    assert!(
+        snapshots[0].ends_with(".snap"),
+        "snapshot dir: {snapshots:?}"
+    );
     // And it survives its own restart from that snapshot.
     c.kill9(lagger);
     c.spawn(lagger);
-    c.wait_value(lagger, "k075", "v75", Duration::from_secs(15))
+    c.wait_value(lagger, "k075", &value(75), Duration::from_secs(15))
         .await;
 }
 

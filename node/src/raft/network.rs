@@ -15,6 +15,7 @@ use super::channels::Channels;
 use crate::codec::{check_wire_version, decode_wire, encode_wire, WIRE_VERSION};
 use crate::raft::{Member, NodeId, Snapshot, TypeConfig, Vote};
 use crate::storage::identity::ClusterId;
+use crate::storage::SnapshotFile;
 use crate::telemetry::metrics::metrics;
 
 /// Snapshot chunk size on the wire.
@@ -126,7 +127,7 @@ impl PeerNetwork {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotFile;
 
     async fn append_entries(
         &mut self,
@@ -172,41 +173,18 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         let vote_bytes = encode_wire(&vote).map_err(|e| to_err(e.message().to_string()))?;
         let meta_bytes =
             encode_wire(&snapshot.meta).map_err(|e| to_err(e.message().to_string()))?;
-        let data = snapshot.snapshot;
-        // An empty snapshot is still one chunk: it carries the vote, the meta and `done`.
-        let pieces: Vec<&[u8]> = if data.is_empty() {
-            vec![&[]]
-        } else {
-            data.chunks(SNAPSHOT_CHUNK_BYTES).collect()
-        };
-        let last = pieces.len() - 1;
-        let chunks: Vec<SnapshotChunk> = pieces
-            .into_iter()
-            .enumerate()
-            .map(|(i, piece)| SnapshotChunk {
-                cluster_id: self.cluster_id.wire(),
-                target_id: self.target,
-                // The receiver reads the vote and meta from the first chunk only.
-                vote: if i == 0 {
-                    vote_bytes.clone()
-                } else {
-                    Vec::new()
-                },
-                meta: if i == 0 {
-                    meta_bytes.clone()
-                } else {
-                    Vec::new()
-                },
-                data: piece.to_vec(),
-                done: i == last,
-                wire_version: WIRE_VERSION,
-            })
-            .collect();
+        let chunks = snapshot_chunks(
+            snapshot.snapshot,
+            self.cluster_id.wire(),
+            self.target,
+            vote_bytes,
+            meta_bytes,
+        );
         let mut client = self
             .channels
             .client(&self.addr)
             .map_err(|e| to_err(e.message().to_string()))?;
-        let mut request = tonic::Request::new(tokio_stream::iter(chunks));
+        let mut request = tonic::Request::new(chunks);
         // A snapshot may be large: allow the whole hard TTL, not the soft one.
         request.set_timeout(option.hard_ttl());
         let send = client.install_snapshot(request);
@@ -234,4 +212,68 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             .map_err(|s| StreamingError::Network(NetworkError::from_string(s.message())))?;
         decode_wire(&reply.payload).map_err(|e| StreamingError::Network(NetworkError::new(&e)))
     }
+}
+
+/// The chunks of one snapshot, read from its file one at a time as the stream is polled, so a
+/// snapshot of any size costs one chunk of memory. The first chunk carries the vote and the
+/// meta; an empty snapshot is still one chunk, carrying them and `done`. A read error ends the
+/// stream without `done`, which the receiver refuses.
+fn snapshot_chunks(
+    file: SnapshotFile,
+    cluster_id: String,
+    target_id: NodeId,
+    vote: Vec<u8>,
+    meta: Vec<u8>,
+) -> impl futures::Stream<Item = SnapshotChunk> + Send + 'static {
+    let file = std::sync::Arc::new(file);
+    let total = file.data_len();
+    let first = Some((vote, meta));
+    futures::stream::unfold(Some((0u64, first)), move |state| {
+        let file = file.clone();
+        let cluster_id = cluster_id.clone();
+        async move {
+            let (offset, first) = state?;
+            let read = tokio::task::spawn_blocking(move || {
+                let want = (total - offset).min(SNAPSHOT_CHUNK_BYTES as u64) as usize;
+                let mut buf = vec![0u8; want];
+                let mut filled = 0;
+                while filled < want {
+                    let n = file.read_data_at(offset + filled as u64, &mut buf[filled..])?;
+                    if n == 0 {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "snapshot file shorter than its header says",
+                        ));
+                    }
+                    filled += n;
+                }
+                Ok(buf)
+            })
+            .await;
+            let data = match read {
+                Ok(Ok(data)) => data,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "reading the snapshot to send failed");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "snapshot read task failed");
+                    return None;
+                }
+            };
+            let next = offset + data.len() as u64;
+            let done = next >= total;
+            let (vote, meta) = first.unwrap_or_default();
+            let chunk = SnapshotChunk {
+                cluster_id,
+                target_id,
+                vote,
+                meta,
+                data,
+                done,
+                wire_version: WIRE_VERSION,
+            };
+            Some((chunk, (!done).then_some((next, None))))
+        }
+    })
 }

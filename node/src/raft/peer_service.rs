@@ -7,6 +7,8 @@ use concord_proto::{
     ListRequest, ListResponse, RaftMessage, ReadRequest, ReadResponse, SnapshotChunk, WriteRequest,
     WriteResponse,
 };
+use std::io::Write;
+
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -17,15 +19,13 @@ use crate::codec::{
 };
 use crate::raft::{Snapshot, SnapshotMeta, Vote};
 use crate::requests::{to_status, ServiceError};
+use crate::storage::SnapshotWriter;
 use crate::store::Command;
 use concord_proto::errors::{self, ErrorReason};
 
 pub struct PeerService {
     pub app: Arc<App>,
 }
-
-/// Largest snapshot accepted from a leader.
-const MAX_SNAPSHOT_BYTES: usize = 8 * 1024 * 1024 * 1024;
 
 impl PeerService {
     fn check_cluster(&self, cluster_id: &str) -> Result<(), Status> {
@@ -96,6 +96,15 @@ impl PeerService {
         );
         crate::telemetry::adopt_grpc_parent(&span, metadata);
         span
+    }
+
+    fn disk_error(e: std::io::Error) -> Status {
+        tracing::error!(error = %e, "writing a received snapshot failed");
+        errors::status(
+            tonic::Code::Internal,
+            format!("writing the snapshot failed: {e}"),
+            ErrorReason::Internal,
+        )
     }
 
     fn raft_stopped(e: impl std::fmt::Display) -> Status {
@@ -184,38 +193,59 @@ impl RaftPeer for PeerService {
         let mut stream = req.into_inner();
         let mut vote: Option<Vote> = None;
         let mut meta: Option<SnapshotMeta> = None;
-        let mut data = Vec::new();
+        // Chunks go to a temporary file as they arrive: a snapshot of any size costs one chunk
+        // of memory. Dropped on any early return, the file is deleted.
+        let mut writer: Option<SnapshotWriter> = None;
         let mut done = false;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
-            if vote.is_none() {
-                self.check_raft(&chunk.cluster_id, chunk.target_id, chunk.wire_version)?;
-                vote = Some(decode(&chunk.vote).map_err(Self::bad_payload)?);
-                meta = Some(decode(&chunk.meta).map_err(Self::bad_payload)?);
-            }
-            if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
+            let mut out = match writer.take() {
+                Some(out) => out,
+                None => {
+                    self.check_raft(&chunk.cluster_id, chunk.target_id, chunk.wire_version)?;
+                    vote = Some(decode(&chunk.vote).map_err(Self::bad_payload)?);
+                    let m: SnapshotMeta = decode(&chunk.meta).map_err(Self::bad_payload)?;
+                    let out = self.app.snapshots.create(&m).map_err(Self::disk_error)?;
+                    meta = Some(m);
+                    out
+                }
+            };
+            let limit = self.app.config.raft.max_snapshot_bytes;
+            if out.data_len() + chunk.data.len() as u64 > limit {
                 return Err(errors::status(
                     tonic::Code::ResourceExhausted,
-                    "snapshot exceeds the size limit",
+                    format!("snapshot exceeds raft.maxSnapshotBytes ({limit} bytes)"),
                     ErrorReason::ResourceExhausted,
                 ));
             }
-            data.extend_from_slice(&chunk.data);
-            if chunk.done {
+            let last = chunk.done;
+            out = tokio::task::spawn_blocking(move || {
+                out.write_all(&chunk.data)?;
+                Ok::<_, std::io::Error>(out)
+            })
+            .await
+            .map_err(|e| Self::disk_error(std::io::Error::other(e.to_string())))?
+            .map_err(Self::disk_error)?;
+            writer = Some(out);
+            if last {
                 done = true;
                 break;
             }
         }
-        let (Some(vote), Some(meta), true) = (vote, meta, done) else {
+        let (Some(vote), Some(meta), Some(out), true) = (vote, meta, writer, done) else {
             return Err(errors::status(
                 tonic::Code::InvalidArgument,
                 "snapshot stream ended before its last chunk",
                 ErrorReason::InvalidArgument,
             ));
         };
+        let file = tokio::task::spawn_blocking(move || out.finish())
+            .await
+            .map_err(|e| Self::disk_error(std::io::Error::other(e.to_string())))?
+            .map_err(Self::disk_error)?;
         let snapshot = Snapshot {
             meta,
-            snapshot: data,
+            snapshot: file,
         };
         let resp = self
             .app

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::app::App;
+use crate::app::StorageHandles;
 use crate::config::{bind_addr, Config};
 use crate::membership::AdminService;
 use crate::raft::channels::Channels;
@@ -117,7 +118,7 @@ impl Node {
         let mut log = LogStore::open(&config.data_dir.join("raft"), config.raft.segment_bytes)
             .context("opening the raft log")?;
         let snapshots = SnapshotStore::open(&config.data_dir.join("snapshots"))?;
-        let sm = StateMachineStore::open(snapshots).context("opening snapshots")?;
+        let sm = StateMachineStore::open(snapshots.clone()).context("opening snapshots")?;
         let state = sm.shared();
         let repaired_tail_bytes = log.repaired_tail_bytes;
         // A read handle for /api/logs; openraft owns the store itself.
@@ -148,7 +149,16 @@ impl Node {
             .with_context(|| format!("binding API address {}", config.api_addr))?;
 
         let app = Arc::new(App::new(
-            config, identity, raft, state, cluster_id, channels, reader,
+            config,
+            identity,
+            raft,
+            cluster_id,
+            channels,
+            StorageHandles {
+                state,
+                log: reader,
+                snapshots,
+            },
         ));
         if repaired_tail_bytes > 0 {
             let window = (app.config.raft.election_timeout_max * 3).max(Duration::from_secs(3));

@@ -8,7 +8,7 @@ pub mod snapshot_store;
 pub mod state_machine;
 
 pub use log_store::{LogReader, LogStore};
-pub use snapshot_store::SnapshotStore;
+pub use snapshot_store::{SnapshotFile, SnapshotStore, SnapshotWriter};
 pub use state_machine::{SharedState, StateData, StateMachineStore};
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use openraft::{EntryPayload, OptionalSend};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use super::snapshot_store::SnapshotStore;
+use super::snapshot_store::{SnapshotFile, SnapshotStore};
 use crate::raft::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::store::{CommandResult, KvMap};
 use crate::telemetry::metrics::metrics;
@@ -36,9 +36,9 @@ impl StateMachineStore {
     /// Opens the snapshot directory and restores the newest snapshot, if any.
     pub fn open(snapshots: SnapshotStore) -> io::Result<StateMachineStore> {
         let mut data = StateData::default();
-        if let Some((meta, bytes)) = snapshots.load_latest()? {
+        if let Some((meta, file)) = snapshots.load_latest()? {
             let started = Instant::now();
-            data = restore(&meta, &bytes)?;
+            data = restore(&meta, &file)?;
             metrics()
                 .snapshot_load_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -55,8 +55,8 @@ impl StateMachineStore {
     }
 }
 
-fn restore(meta: &SnapshotMeta, bytes: &[u8]) -> io::Result<StateData> {
-    let kv: KvMap = crate::codec::from_bytes(bytes, "snapshot data")?;
+fn restore(meta: &SnapshotMeta, file: &SnapshotFile) -> io::Result<StateData> {
+    let kv: KvMap = crate::codec::from_reader(file.data_reader(), "snapshot data")?;
     Ok(StateData {
         last_applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
@@ -71,44 +71,46 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let started = Instant::now();
-        // Serialize under the read lock, and on a blocking thread: writers wait for the copy
-        // (until the MVCC store makes snapshots incremental), but the async runtime, which
-        // carries heartbeats and client requests, never does.
+        // Serialized straight into the file, under the read lock and on a blocking thread:
+        // writers wait for the copy (until the MVCC store makes snapshots incremental), but the
+        // async runtime, which carries heartbeats and client requests, never does, and no
+        // second copy of the state is held in memory.
         let state = self.state.clone();
         let snapshots = self.snapshots.clone();
-        let (meta, data, size) = tokio::task::spawn_blocking(move || {
-            let (meta, data) = {
+        let (meta, file) = tokio::task::spawn_blocking(move || {
+            let (meta, writer) = {
                 let state = state.read();
-                let data = crate::codec::to_bytes(&state.kv)?;
                 let meta = SnapshotMeta {
                     last_log_id: state.last_applied,
                     last_membership: state.membership.clone(),
                 };
-                (meta, data)
+                let mut writer = snapshots.create(&meta)?;
+                crate::codec::to_writer(&mut writer, &state.kv)?;
+                (meta, writer)
             };
-            let size = snapshots.save(&meta, &data)?;
-            Ok::<_, io::Error>((meta, data, size))
+            let file = snapshots.install(&meta, writer.finish()?)?;
+            Ok::<_, io::Error>((meta, file))
         })
         .await
         .map_err(|e| io::Error::other(format!("snapshot task: {e}")))??;
         let m = metrics();
         m.snapshot_save_seconds
             .observe(started.elapsed().as_secs_f64());
-        m.snapshot_size_bytes.set(size as i64);
-        tracing::info!(last_log_id = ?meta.last_log_id, bytes = size, "snapshot saved");
+        m.snapshot_size_bytes.set(file.file_len() as i64);
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = file.file_len(), "snapshot saved");
         Ok(Snapshot {
             meta,
-            snapshot: data,
+            snapshot: file,
         })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotFile;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
@@ -155,16 +157,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Vec<u8>,
+        snapshot: SnapshotFile,
     ) -> Result<(), io::Error> {
-        let data = restore(meta, &snapshot)?;
-        // Durable first: once installed, the log before it may be purged.
+        // Decoded before it is installed, so a snapshot that does not decode replaces nothing;
+        // durable before it is applied: once installed, the log before it may be purged.
         let snapshots = self.snapshots.clone();
         let meta_owned = meta.clone();
-        tokio::task::spawn_blocking(move || snapshots.save(&meta_owned, &snapshot))
-            .await
-            .map_err(|e| io::Error::other(format!("snapshot task: {e}")))??;
-        tracing::info!(last_log_id = ?meta.last_log_id, keys = data.kv.len(), "installed snapshot from leader");
+        let data = tokio::task::spawn_blocking(move || {
+            let data = restore(&meta_owned, &snapshot)?;
+            snapshots.install(&meta_owned, snapshot)?;
+            Ok::<_, io::Error>(data)
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("snapshot task: {e}")))??;
+        tracing::info!(last_log_id = ?meta.last_log_id, keys = data.kv.len(), "installed snapshot");
         *self.state.write() = data;
         Ok(())
     }
