@@ -118,6 +118,10 @@ pub struct LimitsSection {
     pub max_request_bytes: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub max_list_limit: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +156,14 @@ pub struct Limits {
     pub max_request_bytes: usize,
     pub request_timeout: Duration,
     pub max_list_limit: usize,
+    /// Open client connections; beyond it new ones are answered 503 and closed.
+    pub max_connections: usize,
+    /// Time a client has to send a request's head (from connect, or from its first byte).
+    pub header_read_timeout: Duration,
+    /// Time a connection may sit with no request before it is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams one connection may have open.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -162,6 +174,10 @@ impl Default for Limits {
             max_request_bytes: 2 * 1024 * 1024,
             request_timeout: Duration::from_secs(5),
             max_list_limit: 10_000,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_concurrent_streams: 256,
         }
     }
 }
@@ -359,6 +375,21 @@ impl Config {
                 .map(Duration::from_millis)
                 .unwrap_or(d.request_timeout),
             max_list_limit: l.max_list_limit.unwrap_or(d.max_list_limit).max(1),
+            max_connections: l.max_connections.unwrap_or(d.max_connections).max(1),
+            header_read_timeout: l
+                .header_read_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.header_read_timeout)
+                .max(Duration::from_millis(100)),
+            idle_timeout: l
+                .idle_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.idle_timeout)
+                .max(Duration::from_millis(100)),
+            max_concurrent_streams: l
+                .max_concurrent_streams
+                .unwrap_or(d.max_concurrent_streams)
+                .max(1),
         };
         Ok(Config {
             name,

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::api::http::listener::{serve as serve_http, ConnectionLimits};
 use crate::app::App;
 use crate::app::StorageHandles;
 use crate::config::{bind_addr, Config};
@@ -213,20 +214,11 @@ impl Node {
         }));
 
         let router = crate::api::http::router(app.clone());
-        let mut http_stop = stop_rx.clone();
+        let http_stop = stop_rx.clone();
         let http_failed = failed_tx;
+        let connection_limits = ConnectionLimits::from_limits(&app.config.limits);
         tasks.push(tokio::spawn(async move {
-            use axum::serve::ListenerExt;
-            // Without TCP_NODELAY small responses meet delayed ACKs: 40 ms tail latency.
-            let listener = http_listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let stopped = async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            };
-            let res = axum::serve(listener, router)
-                .with_graceful_shutdown(stopped)
-                .await;
+            let res = serve_http(http_listener, router, connection_limits, http_stop).await;
             if let Err(e) = res {
                 let _ = http_failed
                     .send(format!("HTTP API server failed: {e}"))

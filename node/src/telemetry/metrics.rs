@@ -46,6 +46,9 @@ pub struct Metrics {
     pub http_seconds: HistogramVec,
     pub http_in_flight: IntGauge,
     pub http_rejected: IntCounterVec,
+    pub http_connections: IntGauge,
+    pub http_connections_refused: IntCounterVec,
+    pub http_connections_closed: IntCounterVec,
     pub keys: IntGauge,
     pub key_bytes: IntGauge,
     pub build_info: IntGaugeVec,
@@ -216,6 +219,24 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["reason"]
         )?),
+        http_connections: reg!(IntGauge::new(
+            "http_connections",
+            "Client API connections open"
+        )?),
+        http_connections_refused: reg!(IntCounterVec::new(
+            Opts::new(
+                "http_connections_refused_total",
+                "Client API connections refused at accept, by reason"
+            ),
+            &["reason"]
+        )?),
+        http_connections_closed: reg!(IntCounterVec::new(
+            Opts::new(
+                "http_connections_timed_out_total",
+                "Client API connections closed by the server for a timeout, by reason"
+            ),
+            &["reason"]
+        )?),
         keys: reg!(IntGauge::new("store_keys", "Keys held")?),
         key_bytes: reg!(IntGauge::new(
             "store_bytes",
@@ -244,6 +265,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "internal",
     ] {
         m.http_rejected.with_label_values(&[reason]);
+    }
+    for reason in ["max_connections", "accept_error"] {
+        m.http_connections_refused.with_label_values(&[reason]);
+    }
+    for reason in ["header_timeout", "idle_timeout"] {
+        m.http_connections_closed.with_label_values(&[reason]);
     }
     for method in PEER_METHODS {
         m.peer_rpc_seconds.with_label_values(&[method]);

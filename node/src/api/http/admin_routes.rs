@@ -13,7 +13,7 @@ use concord_proto::{
 };
 use serde_json::{json, Map, Value};
 
-use super::error::ApiError;
+use super::error::{json_object, ApiError};
 use crate::app::App;
 use crate::membership::{AdminError, Hop};
 
@@ -24,18 +24,6 @@ impl From<AdminError> for ApiError {
         let status =
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         ApiError::new(status, e.to_string(), e.retryable())
-    }
-}
-
-fn body_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
-    let body = body.map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
-    if body.is_empty() {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::bad_request("request body must be a JSON object")),
-        Err(e) => Err(ApiError::bad_request(format!("malformed JSON: {e}"))),
     }
 }
 
@@ -69,7 +57,7 @@ fn done(r: AdminResult) -> Json<Value> {
 }
 
 pub async fn init(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let map = body_object(body)?;
+    let map = json_object(body, app.config.limits.max_request_bytes, true)?;
     let members = match map.get("members") {
         None => Vec::new(),
         Some(Value::Array(items)) => items
@@ -90,7 +78,7 @@ pub async fn add_learner(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let map = body_object(body)?;
+    let map = json_object(body, app.config.limits.max_request_bytes, true)?;
     let member = Some(spec(&map)?);
     Ok(done(
         app.admin_add_learner(AddLearnerRequest { member }, Hop::Client)
@@ -102,7 +90,7 @@ pub async fn promote(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let map = body_object(body)?;
+    let map = json_object(body, app.config.limits.max_request_bytes, true)?;
     let id = u64_field(&map, "id", true)?;
     Ok(done(
         app.admin_promote(PromoteRequest { id }, Hop::Client)
@@ -111,7 +99,7 @@ pub async fn promote(
 }
 
 pub async fn remove(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let map = body_object(body)?;
+    let map = json_object(body, app.config.limits.max_request_bytes, true)?;
     let id = u64_field(&map, "id", true)?;
     let force = map.get("force").and_then(Value::as_bool).unwrap_or(false);
     Ok(done(
@@ -124,7 +112,7 @@ pub async fn transfer_leader(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let map = body_object(body)?;
+    let map = json_object(body, app.config.limits.max_request_bytes, true)?;
     let to = u64_field(&map, "to", false)?;
     Ok(done(
         app.admin_transfer_leader(TransferLeaderRequest { to }, Hop::Client)

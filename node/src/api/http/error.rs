@@ -1,10 +1,14 @@
 //! Client-facing errors: every failure is JSON `{"error": "...", "retryable": bool}` with a
 //! status code that says what happened.
 
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
 use crate::requests::ServiceError;
 use crate::telemetry::metrics::metrics;
@@ -82,4 +86,119 @@ impl IntoResponse for ApiError {
         }
         (self.status, Json(body)).into_response()
     }
+}
+
+/// Reads a JSON object body, turning every failure into a 4xx that names the problem. With
+/// `empty_is_object`, an empty body is `{}` (admin calls whose fields are all optional).
+pub fn json_object(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+    empty_is_object: bool,
+) -> Result<Map<String, Value>, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            body_too_large(None, limit)
+        } else {
+            ApiError::bad_request(format!("cannot read request body: {}", e.body_text()))
+        }
+    })?;
+    if body.is_empty() && empty_is_object {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request("request body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!("malformed JSON: {e}"))),
+    }
+}
+
+fn body_too_large(declared: Option<u64>, limit: usize) -> ApiError {
+    let size = match declared {
+        Some(n) => format!("request body is {n} bytes"),
+        None => "request body is too large".to_string(),
+    };
+    ApiError::too_large(format!(
+        "{size}; the limit is {limit} bytes (limits.maxRequestBytes)"
+    ))
+}
+
+/// Paths whose answers are in their own (text) format: probes and the Prometheus endpoint.
+fn speaks_text(path: &str) -> bool {
+    ["/livez", "/readyz", "/healthz", "/metrics"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
+/// The one error path of the HTTP layer. A body whose declared length is over the limit is
+/// refused before it is read; an error answer that is not already JSON — what axum gives for a
+/// wrong method (405, with `Allow`), a query or path that does not parse, a body it could not
+/// buffer — becomes the JSON error with the same status and headers, its text as the message.
+pub async fn json_errors(limit: usize, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if let Some(declared) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if declared > limit as u64 {
+            let mut response = body_too_large(Some(declared), limit).into_response();
+            // The body is not read: the connection cannot be reused for another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    }
+    let response = next.run(req).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || speaks_text(&path) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // axum's rejection texts are short; anything else is cut rather than buffered whole.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            format!("method {method} is not allowed on {path}; allowed: {allowed}")
+        }
+        _ if !text.is_empty() => text,
+        other => other
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string(),
+    };
+    let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "too_large"
+    } else if status.is_client_error() {
+        "bad_request"
+    } else {
+        "internal"
+    };
+    metrics().http_rejected.with_label_values(&[reason]).inc();
+    let json = ApiError::new(status, message, status.is_server_error()).into_response();
+    let (json_parts, json_body) = json.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in json_parts.headers.iter() {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Response::from_parts(parts, json_body)
 }

@@ -11,7 +11,7 @@ use openraft::EntryPayload;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::error::ApiError;
+use super::error::{json_object, ApiError};
 use crate::app::App;
 use crate::config::Limits;
 use crate::requests::Consistency;
@@ -20,22 +20,6 @@ use crate::store::{Command, CommandResult};
 type ApiResult = Result<Json<Value>, ApiError>;
 
 const DEFAULT_LIST_LIMIT: usize = 1000;
-
-/// Reads a JSON object body, turning every failure into a 4xx that names the problem.
-fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(format!("request body exceeds the limit: {e}"))
-        } else {
-            ApiError::bad_request(format!("cannot read request body: {e}"))
-        }
-    })?;
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::bad_request("request body must be a JSON object")),
-        Err(e) => Err(ApiError::bad_request(format!("malformed JSON: {e}"))),
-    }
-}
 
 fn string_field(map: &Map<String, Value>, name: &str) -> Result<String, ApiError> {
     match map.get(name) {
@@ -95,7 +79,7 @@ fn query_key(q: &KeyQuery) -> Result<&str, ApiError> {
 }
 
 pub async fn set(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let map = json_object(body)?;
+    let map = json_object(body, app.config.limits.max_request_bytes, false)?;
     let key = string_field(&map, "key")?;
     let value = string_field(&map, "value")?;
     check_key(&app.config.limits, &key)?;
@@ -139,7 +123,7 @@ pub async fn delete(State(app): State<Arc<App>>, Query(q): Query<KeyQuery>) -> A
 }
 
 pub async fn cas(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let map = json_object(body)?;
+    let map = json_object(body, app.config.limits.max_request_bytes, false)?;
     let key = string_field(&map, "key")?;
     let value = string_field(&map, "value")?;
     let expected = match map.get("expected") {

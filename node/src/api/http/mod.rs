@@ -1,8 +1,10 @@
-//! The HTTP listener: the seed's `/api/...`, probes and `/metrics`.
+//! The HTTP API: the seed's `/api/...`, the admin JSON API, probes and `/metrics`, and the
+//! listener that serves them.
 
 pub mod admin_routes;
 pub mod error;
 pub mod kv_routes;
+pub mod listener;
 pub mod probes;
 pub mod status;
 
@@ -23,7 +25,7 @@ use error::ApiError;
 
 pub fn router(app: Arc<App>) -> Router {
     let body_limit = app.config.limits.max_request_bytes;
-    Router::new()
+    let routes = Router::new()
         .route("/api/set", post(kv_routes::set))
         .route("/api/get", get(kv_routes::get))
         .route("/api/delete", delete(kv_routes::delete))
@@ -50,7 +52,13 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
-        .with_state(app)
+        .with_state(app);
+    // Outside the routes: axum adds `Allow` to a 405 after the routes' own layers.
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn(move |req, next| {
+            error::json_errors(body_limit, req, next)
+        }))
 }
 
 async fn not_found() -> ApiError {
