@@ -93,3 +93,7 @@ for op in ("write", "read"):
             print(f'        errors: concord {a["errors"]}, etcd {b["errors"]}')
 print("\nthru x = ConcordKV throughput / etcd throughput; p99 x = etcd p99 / ConcordKV p99 (higher is better for ConcordKV)")
 PY
+
+echo
+echo "== write unavailability after kill -9 of the leader (scripts/failover.py)"
+python3 scripts/failover.py "$NODE" "${FAILOVER_ROUNDS:-5}"

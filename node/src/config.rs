@@ -65,7 +65,8 @@ pub struct Flags {
     /// Start without bootstrapping and wait to be added through the admin API (operator mode).
     #[arg(long, env = "CONCORD_JOIN")]
     pub join: bool,
-    /// Minimum election timeout in milliseconds (the maximum is twice this unless configured).
+    /// Silence from the leader, in milliseconds, after which a follower starts an election (up to
+    /// 1.6 times this, randomised). Default 1000, as etcd.
     #[arg(long = "election-timeout-ms", env = "CONCORD_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
 }
@@ -329,15 +330,25 @@ impl Config {
             .heartbeat_ms
             .or(r.heartbeat_interval_ms)
             .unwrap_or(100);
-        let el_min = flags
-            .election_timeout_ms
-            .or(r.election_timeout_min_ms)
-            .unwrap_or(1000);
-        let el_max = r.election_timeout_max_ms.unwrap_or(el_min * 2);
-        if heartbeat_ms == 0 || el_min <= heartbeat_ms * 2 || el_max <= el_min {
+        // openraft starts an election after `max + random[min, max)` of silence from the leader
+        // (`max` is also its leader lease, during which followers refuse to vote). The flag is
+        // etcd's notion, the silence before an election: E gives min = E/5, max = 4E/5, so
+        // elections start between E and 1.6 E. The YAML keys set openraft's values directly.
+        let (el_min, el_max) = match (
+            flags.election_timeout_ms,
+            r.election_timeout_min_ms,
+            r.election_timeout_max_ms,
+        ) {
+            (Some(e), _, _) => (e / 5, e * 4 / 5),
+            (None, Some(min), max) => (min, max.unwrap_or(min * 4)),
+            (None, None, Some(max)) => (max / 4, max),
+            (None, None, None) => (200, 800),
+        };
+        if heartbeat_ms == 0 || el_min < heartbeat_ms * 2 || el_max <= el_min {
             return Err(ConfigError::Invalid(format!(
-                "raft timing: need 0 < heartbeat ({heartbeat_ms}ms) and heartbeat*2 < election \
-                 timeout min ({el_min}ms) < max ({el_max}ms)"
+                "raft timing: need 0 < heartbeat ({heartbeat_ms}ms), heartbeat*2 <= election \
+                 timeout min ({el_min}ms) < max ({el_max}ms); --election-timeout-ms E sets \
+                 min = E/5 and max = 4E/5"
             )));
         }
         let raft = RaftTuning {
@@ -446,6 +457,32 @@ mod tests {
         assert_eq!(cfg.api_addr, ":9001");
         assert_eq!(cfg.data_dir, PathBuf::from("data/n2"));
         assert_eq!(cfg.advertise_addr, "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn election_timing_starts_where_etcds_does() {
+        let ms = |c: &Config| {
+            (
+                c.raft.election_timeout_min.as_millis() as u64,
+                c.raft.election_timeout_max.as_millis() as u64,
+            )
+        };
+        // openraft elects after max + [min, max): 1000..1600 ms by default, as etcd's 1000 ms.
+        let cfg = Config::resolve(Flags::default()).unwrap();
+        assert_eq!(ms(&cfg), (200, 800));
+        assert_eq!(cfg.raft.heartbeat.as_millis(), 100);
+        let cfg = Config::resolve(flags(&["--election-timeout-ms", "2000"])).unwrap();
+        assert_eq!(ms(&cfg), (400, 1600));
+        // Too close to the heartbeat: refused with the rule in the message.
+        let e = Config::resolve(flags(&[
+            "--election-timeout-ms",
+            "500",
+            "--heartbeat-ms",
+            "100",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("heartbeat*2"), "{e}");
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub fn to_status(err: ServiceError) -> tonic::Status {
 enum ForwardFailure {
     /// Nothing happened on the leader; safe to retry.
     Retry(String),
+    /// The leader could not even be connected to: it is gone, and an election will follow.
+    /// Nothing was sent; the client hears so at once rather than at the request timeout.
+    LeaderGone(String),
     /// Final answer.
     Fail(ServiceError),
 }
@@ -84,10 +87,10 @@ fn classify(status: tonic::Status, write: bool) -> ForwardFailure {
         // Any other answer from the leader itself (a refused peer, a bad payload, a bug) is
         // final: it did not propose, but a retry would meet the same answer.
         Some(_) => ForwardFailure::Fail(ServiceError::Internal(msg)),
-        // No reason: the transport failed. A read can always be retried; a write only if it
-        // never left.
+        // No reason: the transport failed. Nothing left if the connection was refused; a read
+        // can always be retried; a write that may have left is of unknown outcome.
+        None if errors::never_connected(&status) => ForwardFailure::LeaderGone(msg),
         None if !write => ForwardFailure::Retry(msg),
-        None if errors::never_connected(&status) => ForwardFailure::Retry(msg),
         None => ForwardFailure::Fail(ServiceError::Unknown(format!(
             "lost contact with the leader: {msg}"
         ))),
@@ -143,9 +146,14 @@ impl App {
                         )));
                     };
                     metrics().forwarded.with_label_values(&[kind]).inc();
-                    match remote(member.addr, deadline).await {
+                    match remote(member.addr.clone(), deadline).await {
                         Ok(v) => return Ok(v),
                         Err(ForwardFailure::Retry(r)) => last_reason = r,
+                        Err(ForwardFailure::LeaderGone(r)) => {
+                            return Err(ServiceError::NoLeader(format!(
+                                "the leader ({member}) is unreachable: {r}; an election follows, retry"
+                            )))
+                        }
                         Err(ForwardFailure::Fail(e)) => return Err(e),
                     }
                 }
@@ -426,7 +434,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(errors::never_connected(&status), "{status:?}");
-        assert!(matches!(classify(status, true), ForwardFailure::Retry(_)));
+        assert!(matches!(
+            classify(status.clone(), true),
+            ForwardFailure::LeaderGone(_)
+        ));
+        assert!(matches!(
+            classify(status, false),
+            ForwardFailure::LeaderGone(_)
+        ));
         let broken = tonic::Status::unavailable("h2 protocol error: connection reset by peer");
         assert!(matches!(
             classify(broken, true),

@@ -68,6 +68,8 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let open = Arc::new(Semaphore::new(limits.max_connections));
+    // Refused connections drained before they are closed (see `refuse_connection`).
+    let lingering = Arc::new(Semaphore::new(256));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -108,7 +110,7 @@ pub async fn serve(
                 .http_connections_refused
                 .with_label_values(&["max_connections"])
                 .inc();
-            refuse_connection(tcp, limits.max_connections);
+            refuse_connection(tcp, limits.max_connections, &lingering);
             continue;
         };
         let builder = builder.clone();
@@ -136,9 +138,11 @@ fn transient_accept_error(e: &io::Error) -> bool {
     ) || matches!(e.raw_os_error(), Some(23 | 24)) // ENFILE, EMFILE: out of descriptors
 }
 
-/// Answers a connection over the limit without reading it: one non-blocking write of a 503 (an
-/// HTTP/1 client sees why; any client sees the close at once), then close.
-fn refuse_connection(tcp: TcpStream, limit: usize) {
+/// Answers a connection over the limit without serving it: one non-blocking write of a 503 (an
+/// HTTP/1 client sees why; any client sees the close at once), then close. Closing a socket
+/// with unread input makes the kernel send a reset, which can destroy the answer before the
+/// client reads it, so while few refusals are pending the input is drained for a moment first.
+fn refuse_connection(mut tcp: TcpStream, limit: usize, lingering: &Arc<Semaphore>) {
     let body = serde_json::json!({
         "error": format!(
             "too many open connections (limits.maxConnections = {limit}); retry shortly"
@@ -152,6 +156,25 @@ fn refuse_connection(tcp: TcpStream, limit: usize) {
         body.len()
     );
     let _ = tcp.try_write(response.as_bytes());
+    let Ok(permit) = lingering.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = tcp.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            let mut left = 64 * 1024usize;
+            while left > 0 {
+                match tcp.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
+        drop(permit);
+    });
 }
 
 async fn serve_connection(

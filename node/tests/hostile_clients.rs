@@ -1,0 +1,551 @@
+//! Clients as an attacker or a buggy program would write them, against real node processes:
+//! every answer is in the documented status set with the JSON error body, no acknowledged write
+//! is lost, and slow, silent or too many connections cannot hold the server.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Every status the API reference (docs/api.md, Errors) says a request can get.
+const DOCUMENTED: &[u16] = &[200, 400, 404, 405, 409, 413, 414, 431, 503, 504, 505];
+
+/// Routes and the methods they take.
+const ROUTES: &[(&str, &str)] = &[
+    ("/api/set", "POST"),
+    ("/api/get?key=a", "GET"),
+    ("/api/delete?key=a", "DELETE"),
+    ("/api/cas", "POST"),
+    ("/api/keys", "GET"),
+    ("/api/status", "GET"),
+    ("/api/metrics", "GET"),
+    ("/api/logs", "GET"),
+    ("/admin/init", "POST"),
+    ("/admin/learners", "POST"),
+    ("/admin/promote", "POST"),
+    ("/admin/remove", "POST"),
+    ("/admin/transfer-leader", "POST"),
+    ("/admin/members", "GET"),
+    ("/admin/status", "GET"),
+];
+
+/// What came back on a raw connection.
+#[derive(Debug)]
+enum Answer {
+    Response {
+        status: u16,
+        head: String,
+        body: Vec<u8>,
+    },
+    /// Closed without an answer (what hyper does with a request cut off mid-way).
+    Closed,
+}
+
+/// Sends `request` on a fresh connection and reads one answer: until the response is complete
+/// or the server closes (a request cut off mid-way is closed at the header timeout).
+async fn raw(addr: &str, request: &[u8]) -> Answer {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // A refused write (the server answered and closed early) is fine: read what it said.
+    let _ = s.write_all(request).await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if response_complete(&buf) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "no answer and no close within 10 s for {:?}",
+        String::from_utf8_lossy(&request[..request.len().min(200)])
+    );
+    parse_answer(&buf)
+}
+
+/// Whether `buf` holds a whole response (after any 100 Continue).
+fn response_complete(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    if head.starts_with("http/1.1 100") {
+        return response_complete(&buf[end + 4..]);
+    }
+    let len = head.lines().find_map(|l| {
+        l.strip_prefix("content-length:")?
+            .trim()
+            .parse::<usize>()
+            .ok()
+    });
+    len.is_some_and(|len| buf.len() - (end + 4) >= len)
+}
+
+fn parse_answer(buf: &[u8]) -> Answer {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Answer::Closed;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[end + 4..].to_vec();
+    // A 100 Continue precedes the real answer.
+    if status == 100 {
+        return parse_answer(&body);
+    }
+    if let Some(len) = head.lines().find_map(|l| {
+        let l = l.to_ascii_lowercase();
+        l.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    }) {
+        body.truncate(len);
+    }
+    Answer::Response { status, head, body }
+}
+
+/// Checks one answer against the contract; returns its status (0 for a close).
+fn check(name: &str, answer: &Answer) -> u16 {
+    match answer {
+        Answer::Closed => 0,
+        Answer::Response { status, head, body } => {
+            assert!(
+                DOCUMENTED.contains(status),
+                "{name}: status {status} is not in the documented set\n{head}"
+            );
+            if *status >= 400 {
+                let lower = head.to_ascii_lowercase();
+                assert!(
+                    lower.contains("content-type: application/json"),
+                    "{name}: {status} without a JSON content type\n{head}"
+                );
+                let v: Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+                    panic!(
+                        "{name}: {status} body is not JSON ({e}): {}",
+                        String::from_utf8_lossy(body)
+                    )
+                });
+                assert!(v["error"].is_string(), "{name}: no error message: {v}");
+                assert!(v["retryable"].is_boolean(), "{name}: no retryable: {v}");
+            }
+            *status
+        }
+    }
+}
+
+fn request(method: &str, path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{headers}content-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// Writes `canary/<n>` in a loop through every node and remembers what was acknowledged.
+async fn canary(c: Arc<Cluster>, stop: Arc<AtomicBool>) -> BTreeMap<String, String> {
+    let mut acked = BTreeMap::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("canary/{n:06}");
+        let value = format!("v{n}");
+        let (s, _) = c.set((n % 3) as usize, &key, &value).await;
+        if s == 200 {
+            acked.insert(key, value);
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_malformed_request_gets_a_documented_json_answer_and_no_write_is_lost() {
+    let extra = "limits:\n  maxRequestBytes: 65536\n  headerReadTimeoutMs: 2000\n";
+    let mut c = Cluster::start(3, extra);
+    let leader = c.wait_leader(Duration::from_secs(15)).await;
+    let voters_before = c.voters(leader).await;
+    let c = Arc::new(c);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(canary(c.clone(), stop.clone()));
+    let seed: u64 = std::env::var("CONCORD_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x00c0_ffee);
+    eprintln!("fuzz seed {seed} (set CONCORD_FUZZ_SEED to replay)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let addrs: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.api_port))
+        .collect();
+    let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut tally = |name: &str, a: &Answer| *counts.entry(check(name, a)).or_default() += 1;
+
+    // Every route with every method it does not take: 405 with Allow naming what it does.
+    for (path, takes) in ROUTES {
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "get", "FOO"] {
+            if method == *takes {
+                continue;
+            }
+            let a = raw(&addrs[0], &request(method, path, "", b"")).await;
+            let name = format!("{method} {path}");
+            assert_eq!(check(&name, &a), 405, "{name}: {a:?}");
+            let Answer::Response { head, .. } = &a else {
+                unreachable!()
+            };
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains(&format!("allow: {}", takes.to_ascii_lowercase())),
+                "{name}: no Allow header naming {takes}\n{head}"
+            );
+        }
+    }
+
+    // Query strings that do not parse, repeated parameters, invalid UTF-8.
+    for path in [
+        "/api/logs?limit=abc",
+        "/api/logs?start=-1",
+        "/api/logs?start=1.5",
+        "/api/logs?start=99999999999999999999999",
+        "/api/get?key=a&key=b",
+        "/api/keys?limit=1&limit=2",
+        "/api/get?key=%FF%FE",
+        "/api/get?key=a&consistency=stale&consistency=stale",
+        "/api/keys?prefix=%C3%28",
+    ] {
+        let a = raw(&addrs[1], &request("GET", path, "", b"")).await;
+        let status = check(path, &a);
+        assert!(matches!(status, 200 | 400 | 404), "{path}: {a:?}");
+    }
+
+    // Bodies and lengths over the limit: refused from Content-Length, naming the limit.
+    for path in ["/api/set", "/api/cas", "/admin/promote", "/admin/init"] {
+        let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 10000000\r\n\r\n");
+        let started = Instant::now();
+        let a = raw(&addrs[2], head.as_bytes()).await;
+        assert_eq!(check(path, &a), 413, "{path}: {a:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{path}: 413 took {:?}",
+            started.elapsed()
+        );
+        let Answer::Response { body, .. } = &a else {
+            unreachable!()
+        };
+        assert!(
+            String::from_utf8_lossy(body).contains("65536"),
+            "{path}: the 413 does not name the limit: {}",
+            String::from_utf8_lossy(body)
+        );
+        let a = raw(&addrs[2], &request("POST", path, "", &vec![b'x'; 70_000])).await;
+        assert_eq!(check(path, &a), 413, "{path} (sent whole): {a:?}");
+    }
+
+    // The HTTP parser's own refusals: URI and headers too large, garbage request lines.
+    let long_uri = format!("/api/get?key={}", "k".repeat(100_000));
+    assert_eq!(
+        check(
+            "long uri",
+            &raw(&addrs[0], &request("GET", &long_uri, "", b"")).await
+        ),
+        414
+    );
+    let big_header = format!("x-big: {}\r\n", "h".repeat(500_000));
+    let status = check(
+        "big header",
+        &raw(&addrs[0], &request("GET", "/api/status", &big_header, b"")).await,
+    );
+    assert!(matches!(status, 431 | 0), "big header: {status}");
+    for garbage in [
+        &b"\x00\x01\x02\x03\r\n\r\n"[..],
+        b"GET\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /api/status HTTP/1.1\r\nbad header line\r\n\r\n",
+        b"POST /api/set HTTP/1.1\r\ncontent-length: -5\r\n\r\n",
+        b"POST /api/set HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00",
+    ] {
+        tally(
+            &String::from_utf8_lossy(garbage),
+            &raw(&addrs[0], garbage).await,
+        );
+    }
+
+    // Deep JSON and JSON of the wrong shapes.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    for body in [
+        deep.as_bytes(),
+        b"{\"key\": \"a\", \"value\": \"\xff\"}",
+        b"null",
+        b"\"s\"",
+    ] {
+        let a = raw(&addrs[1], &request("POST", "/api/set", "", body)).await;
+        assert!(matches!(check("json body", &a), 400 | 413), "{a:?}");
+    }
+
+    // Seeded mutations of valid requests: truncated, byte-flipped, bytes inserted.
+    let templates: Vec<Vec<u8>> = vec![
+        request(
+            "POST",
+            "/api/set",
+            "content-type: application/json\r\n",
+            br#"{"key":"fz","value":"v"}"#,
+        ),
+        request(
+            "POST",
+            "/api/cas",
+            "",
+            br#"{"key":"fz","expected":"v","value":"w"}"#,
+        ),
+        request("GET", "/api/get?key=fz&consistency=stale", "", b""),
+        request("DELETE", "/api/delete?key=fz", "", b""),
+        request("GET", "/api/keys?prefix=f&limit=5", "", b""),
+        request("GET", "/api/logs?start=1&limit=3", "", b""),
+        request("POST", "/admin/promote", "", br#"{"id":12345}"#),
+        request("POST", "/admin/remove", "", br#"{"id":12345}"#),
+    ];
+    // Sent 32 at a time: a cut-off request waits out the header timeout.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut sent = 0;
+    while Instant::now() < deadline {
+        let mut batch = Vec::new();
+        for _ in 0..32 {
+            let mut req = templates[rng.random_range(0..templates.len())].clone();
+            match rng.random_range(0..3) {
+                0 => req.truncate(rng.random_range(0..req.len())),
+                1 => {
+                    for _ in 0..rng.random_range(1..4) {
+                        let i = rng.random_range(0..req.len());
+                        req[i] ^= 1 << rng.random_range(0..8);
+                    }
+                }
+                _ => {
+                    let i = rng.random_range(0..req.len());
+                    let junk: Vec<u8> = (0..rng.random_range(1..8)).map(|_| rng.random()).collect();
+                    req.splice(i..i, junk);
+                }
+            }
+            let addr = addrs[rng.random_range(0..addrs.len())].clone();
+            batch.push(tokio::spawn(async move {
+                let a = raw(&addr, &req).await;
+                (req, a)
+            }));
+        }
+        for task in batch {
+            let (req, a) = task.await.expect("mutation task");
+            tally(
+                &format!("mutation {sent}: {:?}", String::from_utf8_lossy(&req)),
+                &a,
+            );
+            sent += 1;
+        }
+    }
+    eprintln!("{sent} mutated requests; answers by status (0 = closed): {counts:?}");
+
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.expect("canary writer");
+    assert!(
+        acked.len() > 100,
+        "the canary writer got only {} writes through",
+        acked.len()
+    );
+    for (key, value) in &acked {
+        let (s, body) = c.get(leader, &format!("/api/get?key={key}")).await;
+        assert_eq!(
+            (s, body["value"].as_str()),
+            (200, Some(value.as_str())),
+            "acknowledged {key} lost"
+        );
+    }
+    assert_eq!(c.voters(leader).await, voters_before, "membership changed");
+    let mut c = Arc::into_inner(c).expect("only owner");
+    for i in 0..3 {
+        assert!(c.nodes[i].is_running(), "node {i} died");
+    }
+}
+
+/// Limits short enough for a test: 1 s to send a request head, 2 s of idleness.
+const SHORT_TIMEOUTS: &str = "limits:\n  headerReadTimeoutMs: 1000\n  idleTimeoutMs: 2000\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_clients_are_closed_and_do_not_starve_others() {
+    let mut c = Cluster::start(1, SHORT_TIMEOUTS);
+    c.wait_leader(Duration::from_secs(15)).await;
+    let addr = format!("127.0.0.1:{}", c.nodes[0].api_port);
+
+    // 500 sockets that connect and say nothing, one with half a request line, one trickling a
+    // header a byte every 200 ms (it would take minutes to finish).
+    let mut silent = Vec::new();
+    for _ in 0..500 {
+        silent.push(TcpStream::connect(&addr).await.expect("connect"));
+    }
+    let mut partial = TcpStream::connect(&addr).await.expect("connect");
+    partial.write_all(b"GET /api/sta").await.expect("write");
+    let trickle_addr = addr.clone();
+    let trickler = tokio::spawn(async move {
+        let mut s = TcpStream::connect(&trickle_addr).await.expect("connect");
+        let started = Instant::now();
+        for b in b"GET /api/status HTTP/1.1\r\nx-slow: "
+            .iter()
+            .chain(b"a".repeat(10_000).iter())
+        {
+            if s.write_all(&[*b]).await.is_err() {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("a trickled header was never cut off");
+    });
+
+    // Others are served meanwhile, promptly.
+    let mut worst = Duration::ZERO;
+    for i in 0..20 {
+        let started = Instant::now();
+        let (s, body) = c.set(0, &format!("busy/{i}"), "v").await;
+        assert_eq!(s, 200, "{body}");
+        worst = worst.max(started.elapsed());
+    }
+    assert!(
+        worst < Duration::from_secs(1),
+        "a write took {worst:?} next to 500 silent sockets"
+    );
+
+    // Every silent socket is closed by the server after the header timeout.
+    let started = Instant::now();
+    for (i, s) in silent
+        .iter_mut()
+        .chain(std::iter::once(&mut partial))
+        .enumerate()
+    {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            other => panic!("socket {i} not closed by the server: {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closing took {:?}",
+        started.elapsed()
+    );
+    let cut_after = tokio::time::timeout(Duration::from_secs(10), trickler)
+        .await
+        .expect("trickler cut off")
+        .expect("trickler task");
+    assert!(
+        cut_after < Duration::from_secs(4),
+        "trickled header held {cut_after:?}"
+    );
+
+    // A keep-alive client that goes idle is closed after the idle timeout, not the header one.
+    let mut idle = TcpStream::connect(&addr).await.expect("connect");
+    idle.write_all(b"GET /api/status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 65536];
+    let n = idle.read(&mut buf).await.expect("read");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let idle_since = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    idle.write_all(b"GET /api/status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("still open after 1.5 s idle");
+    let n = idle.read(&mut buf).await.expect("read");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "kept-alive request: {}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let idle_since = idle_since.max(Instant::now());
+    let closed = tokio::time::timeout(Duration::from_secs(6), idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection not closed: {closed:?}"
+    );
+    let idle_for = idle_since.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(1800) && idle_for < Duration::from_secs(4),
+        "closed after {idle_for:?} idle"
+    );
+
+    let (_, text) = c.get(0, "/metrics").await;
+    let text = text.as_str().unwrap_or_default().to_string();
+    let timed_out: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("concord_http_connections_timed_out_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(timed_out >= 502.0, "timeouts counted: {timed_out}\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused_at_once_and_open_ones_keep_working() {
+    let extra = "limits:\n  maxConnections: 20\n  headerReadTimeoutMs: 30000\n";
+    let mut c = Cluster::start(1, extra);
+    c.wait_leader(Duration::from_secs(15)).await;
+    let addr = format!("127.0.0.1:{}", c.nodes[0].api_port);
+    // One keep-alive client first, then fill the rest of the limit with silent sockets.
+    let mut kept = TcpStream::connect(&addr).await.expect("connect");
+    let ask = b"GET /api/status HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut buf = vec![0u8; 65536];
+    kept.write_all(ask).await.expect("write");
+    let n = kept.read(&mut buf).await.expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut held = Vec::new();
+    for _ in 0..19 {
+        held.push(TcpStream::connect(&addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The next one is answered 503 at once and closed.
+    let started = Instant::now();
+    let a = raw(&addr, &request("GET", "/api/status", "", b"")).await;
+    assert_eq!(check("over the limit", &a), 503, "{a:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refusal took {:?}",
+        started.elapsed()
+    );
+    let Answer::Response { head, body, .. } = &a else {
+        unreachable!()
+    };
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+    let v: Value = serde_json::from_slice(body).expect("json");
+    assert_eq!(v["retryable"], true);
+    // The connection already open keeps working.
+    kept.write_all(ask).await.expect("write");
+    let n = kept.read(&mut buf).await.expect("read");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // Freed slots are usable again.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, _) = c.get(0, "/api/status").await;
+    assert_eq!(s, 200);
+}
