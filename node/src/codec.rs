@@ -77,9 +77,23 @@ pub fn to_writer<T: Serialize>(out: impl io::Write, v: &T) -> io::Result<()> {
     })
 }
 
-/// Decodes what [`to_writer`] wrote, streaming from `input`; `what` names it in the error.
-pub fn from_reader<T: DeserializeOwned>(input: impl io::Read, what: impl Display) -> io::Result<T> {
-    bincode::deserialize_from(input).map_err(|e| invalid_data(format!("cannot decode {what}: {e}")))
+/// Decodes what [`to_writer`] wrote, streaming from `input`, which holds at most `limit` bytes;
+/// `what` names it in the error. The limit matters: streaming, bincode allocates a string or a
+/// vector at the length its prefix claims, so a corrupt or hostile prefix could ask for any
+/// amount of memory; with it, a claim beyond the input is an error before any allocation.
+pub fn from_reader<T: DeserializeOwned>(
+    input: impl io::Read,
+    limit: u64,
+    what: impl Display,
+) -> io::Result<T> {
+    use bincode::Options;
+    // The options `bincode::serialize` uses, plus the limit.
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(limit)
+        .deserialize_from(input)
+        .map_err(|e| invalid_data(format!("cannot decode {what}: {e}")))
 }
 
 // ---- log segments ----

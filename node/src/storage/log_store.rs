@@ -130,7 +130,10 @@ impl LogStore {
             if purged_index.is_some_and(|p| index <= p) {
                 continue;
             }
-            let entry: Entry = codec::from_bytes(&payload, format_args!("log entry {index}"))?;
+            let entry: Entry = codec::from_bytes(
+                &payload,
+                format_args!("log entry {index} in {}", dir.display()),
+            )?;
             if entry.log_id.index != index {
                 return Err(invalid_data(format!(
                     "log record {index} holds entry {}",

@@ -54,6 +54,16 @@ impl SnapshotFile {
         }
     }
 
+    /// Names the snapshot in messages: its file once installed.
+    pub fn describe(&self) -> String {
+        match &self.file {
+            Backing::Pending(tmp) => {
+                format!("the snapshot being received ({})", tmp.path().display())
+            }
+            Backing::Installed { path, .. } => format!("snapshot {}", path.display()),
+        }
+    }
+
     /// Size of the data (the state) in bytes.
     pub fn data_len(&self) -> u64 {
         self.data_len

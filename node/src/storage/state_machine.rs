@@ -56,7 +56,11 @@ impl StateMachineStore {
 }
 
 fn restore(meta: &SnapshotMeta, file: &SnapshotFile) -> io::Result<StateData> {
-    let kv: KvMap = crate::codec::from_reader(file.data_reader(), "snapshot data")?;
+    let kv: KvMap = crate::codec::from_reader(
+        file.data_reader(),
+        file.data_len(),
+        format_args!("the data of {}", file.describe()),
+    )?;
     Ok(StateData {
         last_applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
