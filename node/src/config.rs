@@ -123,6 +123,8 @@ pub struct LimitsSection {
     pub header_read_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub max_concurrent_streams: Option<u32>,
+    pub max_in_flight_bytes: Option<u64>,
+    pub max_pending_proposals: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +167,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// HTTP/2 streams one connection may have open.
     pub max_concurrent_streams: u32,
+    /// Bytes of client requests being served at once (by declared length); past it, 503.
+    pub max_in_flight_bytes: u64,
+    /// Writes proposed to Raft and not yet committed, on the leader; past it, 503.
+    pub max_pending_proposals: usize,
 }
 
 impl Default for Limits {
@@ -179,6 +185,8 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             max_concurrent_streams: 256,
+            max_in_flight_bytes: 256 * 1024 * 1024,
+            max_pending_proposals: 8192,
         }
     }
 }
@@ -400,6 +408,15 @@ impl Config {
             max_concurrent_streams: l
                 .max_concurrent_streams
                 .unwrap_or(d.max_concurrent_streams)
+                .max(1),
+            // At least one largest request must fit, or it could never be admitted.
+            max_in_flight_bytes: l
+                .max_in_flight_bytes
+                .unwrap_or(d.max_in_flight_bytes)
+                .max(l.max_request_bytes.unwrap_or(d.max_request_bytes) as u64),
+            max_pending_proposals: l
+                .max_pending_proposals
+                .unwrap_or(d.max_pending_proposals)
                 .max(1),
         };
         Ok(Config {

@@ -27,6 +27,10 @@ pub enum ServiceError {
     /// The cluster cannot serve right now (quorum lost, node stopping). Nothing was applied.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Too much is pending already (`limits.maxPendingProposals` on the leader). Nothing was
+    /// applied; retry shortly.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// Internal error (a bug or a storage failure).
     #[error("internal error: {0}")]
     Internal(String),
@@ -62,6 +66,7 @@ pub fn to_status(err: ServiceError) -> tonic::Status {
         }
         ServiceError::Unknown(_) => (Code::Aborted, ErrorReason::OutcomeUnknown),
         ServiceError::Unavailable(_) => (Code::Unavailable, ErrorReason::Unavailable),
+        ServiceError::Overloaded(_) => (Code::ResourceExhausted, ErrorReason::ResourceExhausted),
         ServiceError::Internal(_) => (Code::Internal, ErrorReason::Internal),
     };
     errors::status(code, err.to_string(), reason)
@@ -84,6 +89,7 @@ fn classify(status: tonic::Status, write: bool) -> ForwardFailure {
         Some(ErrorReason::NotLeader) => ForwardFailure::Retry("leader moved".into()),
         Some(ErrorReason::OutcomeUnknown) => ForwardFailure::Fail(ServiceError::Unknown(msg)),
         Some(ErrorReason::Unavailable) => ForwardFailure::Fail(ServiceError::Unavailable(msg)),
+        Some(ErrorReason::ResourceExhausted) => ForwardFailure::Fail(ServiceError::Overloaded(msg)),
         // Any other answer from the leader itself (a refused peer, a bad payload, a bug) is
         // final: it did not propose, but a retry would meet the same answer.
         Some(_) => ForwardFailure::Fail(ServiceError::Internal(msg)),
@@ -171,6 +177,13 @@ impl App {
     #[tracing::instrument(name = "raft.propose", skip_all, fields(node = %self.identity.name, otel.kind = "internal"))]
     pub async fn propose(&self, cmd: Command, deadline: Instant) -> Result<Written, ServiceError> {
         let m = metrics();
+        let max = self.config.limits.max_pending_proposals;
+        if m.proposals_pending.get() >= max as i64 {
+            m.proposals_failed.with_label_values(&["overloaded"]).inc();
+            return Err(ServiceError::Overloaded(format!(
+                "{max} writes are already waiting to commit (limits.maxPendingProposals); nothing was applied, retry shortly"
+            )));
+        }
         let pending = GaugeGuard::hold(&m.proposals_pending);
         let res = timeout_at(deadline, self.raft.client_write(cmd)).await;
         drop(pending);

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub http_in_flight: IntGauge,
     pub http_rejected: IntCounterVec,
     pub http_connections: IntGauge,
+    pub http_in_flight_bytes: IntGauge,
     pub http_connections_refused: IntCounterVec,
     pub http_connections_closed: IntCounterVec,
     pub keys: IntGauge,
@@ -219,6 +220,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["reason"]
         )?),
+        http_in_flight_bytes: reg!(IntGauge::new(
+            "http_request_bytes_in_flight",
+            "Bytes charged to client requests being served (limits.maxInFlightBytes bounds it)"
+        )?),
         http_connections: reg!(IntGauge::new(
             "http_connections",
             "Client API connections open"
@@ -250,7 +255,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
     };
     // Label values from fixed sets are created up front, so every series exists (at zero)
     // before the first event and alerts can rely on it.
-    for reason in ["timeout", "leader_changed", "rejected", "fatal"] {
+    for reason in [
+        "timeout",
+        "leader_changed",
+        "rejected",
+        "fatal",
+        "overloaded",
+    ] {
         m.proposals_failed.with_label_values(&[reason]);
     }
     for kind in ["write", "read", "list"] {
@@ -263,6 +274,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "outcome_unknown",
         "unavailable",
         "internal",
+        "overloaded",
     ] {
         m.http_rejected.with_label_values(&[reason]);
     }

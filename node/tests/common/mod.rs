@@ -33,6 +33,10 @@ impl NodeProc {
     pub fn api(&self) -> String {
         format!("http://127.0.0.1:{}", self.api_port)
     }
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }

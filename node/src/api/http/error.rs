@@ -59,11 +59,15 @@ impl From<ServiceError> for ApiError {
             ServiceError::NoLeader(_) | ServiceError::NotLeader => "no_leader",
             ServiceError::Unknown(_) => "outcome_unknown",
             ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::Overloaded(_) => "overloaded",
             ServiceError::Internal(_) => "internal",
         };
         metrics().http_rejected.with_label_values(&[reason]).inc();
         match e {
-            ServiceError::NoLeader(_) | ServiceError::NotLeader | ServiceError::Unavailable(_) => {
+            ServiceError::NoLeader(_)
+            | ServiceError::NotLeader
+            | ServiceError::Unavailable(_)
+            | ServiceError::Overloaded(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), true)
             }
             ServiceError::Unknown(m) => ApiError::new(
@@ -84,7 +88,14 @@ impl IntoResponse for ApiError {
         {
             obj.extend(extra);
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Every 503 means "nothing was applied, try again": say when.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

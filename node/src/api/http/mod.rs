@@ -2,6 +2,7 @@
 //! listener that serves them.
 
 pub mod admin_routes;
+pub mod admission;
 pub mod error;
 pub mod kv_routes;
 pub mod listener;
@@ -25,6 +26,8 @@ use error::ApiError;
 
 pub fn router(app: Arc<App>) -> Router {
     let body_limit = app.config.limits.max_request_bytes;
+    let admission =
+        admission::Admission::new(app.config.limits.max_in_flight_bytes, body_limit as u64);
     let routes = Router::new()
         .route("/api/set", post(kv_routes::set))
         .route("/api/get", get(kv_routes::get))
@@ -56,6 +59,9 @@ pub fn router(app: Arc<App>) -> Router {
     // Outside the routes: axum adds `Allow` to a 405 after the routes' own layers.
     Router::new()
         .fallback_service(routes)
+        .layer(middleware::from_fn(move |req, next| {
+            admission::admit(admission.clone(), req, next)
+        }))
         .layer(middleware::from_fn(move |req, next| {
             error::json_errors(body_limit, req, next)
         }))
