@@ -44,13 +44,17 @@ def get(port, path):
         conn.close()
 
 
-class Concord:
-    name = "concordkv"
+class Cluster:
+    """Three members on 127.0.0.1: peer ports base, base+2, base+4; client ports one above."""
 
     def __init__(self, binary, work, base):
-        self.binary, self.work, self.base = binary, work, base
+        self.binary, self.work = binary, work
         self.peer = [base + 2 * i for i in range(3)]
         self.api = [base + 2 * i + 1 for i in range(3)]
+
+
+class Concord(Cluster):
+    name = "concordkv"
 
     def start(self):
         peers = ",".join(f"c{i}:127.0.0.1:{self.peer[i]}" for i in range(3))
@@ -78,13 +82,8 @@ class Concord:
         return s == 200
 
 
-class Etcd:
+class Etcd(Cluster):
     name = "etcd"
-
-    def __init__(self, binary, work, base):
-        self.binary, self.work, self.base = binary, work, base
-        self.peer = [base + 2 * i for i in range(3)]
-        self.api = [base + 2 * i + 1 for i in range(3)]
 
     def start(self):
         cluster = ",".join(f"e{i}=http://127.0.0.1:{self.peer[i]}" for i in range(3))
