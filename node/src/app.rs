@@ -1,6 +1,8 @@
 //! The running node: what the HTTP API, the peer and admin services and shutdown all share.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::budget::ByteBudget;
 use std::time::Instant;
 
 use openraft::async_runtime::watch::WatchReceiver;
@@ -34,6 +36,11 @@ pub struct App {
     /// Until when this node refuses to vote (after cutting a damaged log tail at start).
     abstain_until: Mutex<Option<Instant>>,
     shutting_down: AtomicBool,
+    /// Request bytes being served: HTTP requests and writes forwarded here by followers
+    /// (`limits.maxInFlightBytes`).
+    pub request_bytes: ByteBudget,
+    /// Bytes of the writes proposed here and not yet committed (`limits.maxPendingProposalBytes`).
+    pub pending_proposal_bytes: ByteBudget,
 }
 
 /// The leader as this node currently sees it.
@@ -65,7 +72,6 @@ impl App {
             snapshots,
         } = storage;
         App {
-            config,
             identity,
             raft,
             state,
@@ -80,6 +86,9 @@ impl App {
             last_leader_contact: Mutex::new(None),
             abstain_until: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
+            request_bytes: ByteBudget::new(config.limits.max_in_flight_bytes),
+            pending_proposal_bytes: ByteBudget::new(config.limits.max_pending_proposal_bytes),
+            config,
         }
     }
 

@@ -64,6 +64,13 @@ pub fn to_bytes<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
     bincode::serialize(v).map_err(|e| io::Error::other(format!("encode: {e}")))
 }
 
+/// How many bytes [`to_bytes`] would produce, without producing them.
+pub fn encoded_len<T: Serialize>(v: &T) -> u64 {
+    // Sizing only fails where encoding would (a map with an unknown length), which our types
+    // never are; count such a value as huge so a caller budgeting bytes sends it alone.
+    bincode::serialized_size(v).unwrap_or(u64::MAX)
+}
+
 /// Decodes what [`to_bytes`] wrote; `what` names it in the error.
 pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8], what: impl Display) -> io::Result<T> {
     bincode::deserialize(bytes).map_err(|e| invalid_data(format!("cannot decode {what}: {e}")))

@@ -125,6 +125,7 @@ pub struct LimitsSection {
     pub max_concurrent_streams: Option<u32>,
     pub max_in_flight_bytes: Option<u64>,
     pub max_pending_proposals: Option<usize>,
+    pub max_pending_proposal_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +172,9 @@ pub struct Limits {
     pub max_in_flight_bytes: u64,
     /// Writes proposed to Raft and not yet committed, on the leader; past it, 503.
     pub max_pending_proposals: usize,
+    /// Bytes of keys and values in those writes; past it, 503. Bounds the leader's memory
+    /// whatever arrives by forwarding from followers.
+    pub max_pending_proposal_bytes: u64,
 }
 
 impl Default for Limits {
@@ -187,6 +191,7 @@ impl Default for Limits {
             max_concurrent_streams: 256,
             max_in_flight_bytes: 256 * 1024 * 1024,
             max_pending_proposals: 8192,
+            max_pending_proposal_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -418,6 +423,11 @@ impl Config {
                 .max_pending_proposals
                 .unwrap_or(d.max_pending_proposals)
                 .max(1),
+            // At least one largest value must fit, or it could never be proposed.
+            max_pending_proposal_bytes: l
+                .max_pending_proposal_bytes
+                .unwrap_or(d.max_pending_proposal_bytes)
+                .max(l.max_request_bytes.unwrap_or(d.max_request_bytes) as u64),
         };
         Ok(Config {
             name,

@@ -184,9 +184,18 @@ impl App {
                 "{max} writes are already waiting to commit (limits.maxPendingProposals); nothing was applied, retry shortly"
             )));
         }
+        // Each write is charged at least a unit (1 KiB) for its entry and its bookkeeping.
+        let Some(charged) = self.pending_proposal_bytes.try_charge(cmd.payload_bytes()) else {
+            m.proposals_failed.with_label_values(&["overloaded"]).inc();
+            return Err(ServiceError::Overloaded(format!(
+                "writes waiting to commit hold {} bytes (limits.maxPendingProposalBytes); nothing was applied, retry shortly",
+                self.pending_proposal_bytes.max_bytes()
+            )));
+        };
         let pending = GaugeGuard::hold(&m.proposals_pending);
         let res = timeout_at(deadline, self.raft.client_write(cmd)).await;
         drop(pending);
+        drop(charged);
         match res {
             Err(_) => {
                 m.proposals_failed.with_label_values(&["timeout"]).inc();
@@ -235,7 +244,8 @@ impl App {
     ) -> Result<Written, ForwardFailure> {
         let command = crate::codec::encode_wire(cmd)
             .map_err(|e| ForwardFailure::Fail(ServiceError::Internal(e.message().to_string())))?;
-        let (mut client, req) = self.to_leader(
+        let bytes = command.len();
+        let (mut client, mut req) = self.to_leader(
             &addr,
             WriteRequest {
                 cluster_id: self.cluster_id.wire(),
@@ -244,6 +254,10 @@ impl App {
             },
             deadline,
         )?;
+        req.metadata_mut().insert(
+            crate::budget::FORWARD_BYTES_HEADER,
+            tonic::metadata::MetadataValue::from(bytes as u64),
+        );
         let resp = client
             .forward_write(req)
             .await

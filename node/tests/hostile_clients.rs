@@ -17,7 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Every status the API reference (docs/api.md, Errors) says a request can get.
-const DOCUMENTED: &[u16] = &[200, 400, 404, 405, 409, 413, 414, 431, 503, 504, 505];
+const DOCUMENTED: &[u16] = &[
+    200, 400, 404, 405, 408, 409, 413, 414, 429, 431, 503, 504, 505,
+];
 
 /// Routes and the methods they take.
 const ROUTES: &[(&str, &str)] = &[
@@ -384,7 +386,8 @@ async fn every_malformed_request_gets_a_documented_json_answer_and_no_write_is_l
 }
 
 /// Limits short enough for a test: 1 s to send a request head, 2 s of idleness.
-const SHORT_TIMEOUTS: &str = "limits:\n  headerReadTimeoutMs: 1000\n  idleTimeoutMs: 2000\n";
+const SHORT_TIMEOUTS: &str =
+    "limits:\n  headerReadTimeoutMs: 1000\n  idleTimeoutMs: 2000\n  requestTimeoutMs: 1000\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_silent_clients_are_closed_and_do_not_starve_others() {
@@ -456,6 +459,36 @@ async fn slow_and_silent_clients_are_closed_and_do_not_starve_others() {
         cut_after < Duration::from_secs(4),
         "trickled header held {cut_after:?}"
     );
+
+    // A body that never arrives: 408 (nothing was applied), not 504 (outcome unknown), at the
+    // request timeout (+1 s), and the connection closed after it.
+    let mut stalled = TcpStream::connect(&addr).await.expect("connect");
+    let started = Instant::now();
+    stalled
+        .write_all(b"POST /api/set HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"key\":")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(6), stalled.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "no answer to a stalled body: {}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    let answer = check("stalled body", &parse_answer(&got));
+    assert_eq!(answer, 408, "{}", String::from_utf8_lossy(&got));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(4),
+        "answered after {waited:?}"
+    );
+    let (s, body) = c.get(0, "/api/get?key=busy/0").await;
+    assert_eq!(s, 200, "{body}");
 
     // A keep-alive client that goes idle is closed after the idle timeout, not the header one.
     let mut idle = TcpStream::connect(&addr).await.expect("connect");

@@ -21,6 +21,36 @@ use crate::telemetry::metrics::metrics;
 /// Snapshot chunk size on the wire.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// The slowest transfer (network, the follower's decode and fsync) an append is allowed before
+/// it counts as failed. openraft gives every append the heartbeat interval (100 ms by default)
+/// whatever it carries: enough for a heartbeat, never enough for a batch of megabyte entries,
+/// which then time out and are resent forever while the log grows (2,000 1 MiB writes stalled
+/// a 3-node cluster). A dead follower is still found by the heartbeats, which carry nothing.
+const SLOWEST_APPEND_BYTES_PER_SEC: f64 = 4.0 * 1024.0 * 1024.0;
+
+/// The most entry bytes one append carries; a larger batch is sent in prefixes, each answered
+/// to openraft as a partial success so it sends the rest next. openraft batches by count (up to
+/// 300 entries), which with megabyte values would exceed the peer message limit.
+const APPEND_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+
+/// How many of `entries`, from the first, fit in [`APPEND_BATCH_BYTES`]; at least one.
+fn entries_within_budget<T: serde::Serialize>(entries: &[T]) -> usize {
+    let mut total = 0u64;
+    for (i, e) in entries.iter().enumerate() {
+        total = total.saturating_add(crate::codec::encoded_len(e));
+        if total > APPEND_BATCH_BYTES {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
+
+/// How long an RPC whose request is `bytes` long may take: openraft's soft TTL plus the time
+/// its bytes take at the slowest rate we accept.
+fn deadline_for(bytes: usize, soft_ttl: std::time::Duration) -> std::time::Duration {
+    soft_ttl + std::time::Duration::from_secs_f64(bytes as f64 / SLOWEST_APPEND_BYTES_PER_SEC)
+}
+
 #[derive(Clone)]
 pub struct NetworkFactory {
     pub channels: Channels,
@@ -94,7 +124,10 @@ impl PeerNetwork {
             target_id: self.target,
             wire_version: WIRE_VERSION,
         });
-        request.set_timeout(option.soft_ttl());
+        request.set_timeout(deadline_for(
+            request.get_ref().payload.len(),
+            option.soft_ttl(),
+        ));
         let mut client = self
             .channels
             .client(&self.addr)
@@ -131,10 +164,19 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Rpc<AppendEntriesResponse<TypeConfig>> {
-        self.call("append_entries", &rpc, &option).await
+        let fits = entries_within_budget(&rpc.entries);
+        if fits == rpc.entries.len() {
+            return self.call("append_entries", &rpc, &option).await;
+        }
+        rpc.entries.truncate(fits);
+        let last_sent = rpc.entries.last().map(|e| e.log_id);
+        match self.call("append_entries", &rpc, &option).await? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last_sent)),
+            other => Ok(other),
+        }
     }
 
     async fn vote(
@@ -276,4 +318,31 @@ fn snapshot_chunks(
             Some((chunk, (!done).then_some((next, None))))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_batch_of_large_entries_is_cut_to_the_byte_budget_but_never_to_nothing() {
+        let mib = vec![0u8; 1024 * 1024];
+        let big: Vec<Vec<u8>> = (0..300).map(|_| mib.clone()).collect();
+        // Each entry is 1 MiB plus its 8-byte length: seven fit in 8 MiB, the eighth does not.
+        assert_eq!(entries_within_budget(&big), 7);
+        let huge = vec![vec![0u8; 3 * APPEND_BATCH_BYTES as usize]; 2];
+        assert_eq!(entries_within_budget(&huge), 1);
+        let small: Vec<Vec<u8>> = (0..300).map(|_| vec![0u8; 100]).collect();
+        assert_eq!(entries_within_budget(&small), 300);
+        assert_eq!(entries_within_budget::<Vec<u8>>(&[]), 0);
+    }
+
+    #[test]
+    fn an_append_gets_time_for_its_bytes_and_a_heartbeat_only_the_soft_ttl() {
+        let ttl = Duration::from_millis(75);
+        assert_eq!(deadline_for(0, ttl), ttl);
+        let eight_mib = deadline_for(8 * 1024 * 1024, ttl);
+        assert_eq!(eight_mib, ttl + Duration::from_secs(2));
+    }
 }

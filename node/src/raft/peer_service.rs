@@ -27,6 +27,47 @@ pub struct PeerService {
     pub app: Arc<App>,
 }
 
+/// A forwarded write's bytes, held from this node's request budget while it is served.
+#[derive(Clone)]
+struct ForwardCharge(#[allow(dead_code)] Arc<crate::budget::InFlight>);
+
+/// Charges each forwarded write the bytes its follower declares to this node's request budget
+/// (`limits.maxInFlightBytes`, shared with the HTTP API) before its body is read, and refuses
+/// it (RESOURCE_EXHAUSTED, a retryable 503 for the client) when they do not fit: without it, a
+/// leader serves its own clients' bytes plus every follower's. An unread body stays in the
+/// sender's flow-control window, not in this node's memory. Raft RPCs carry no such size and
+/// pass untouched.
+pub fn charge_forwarded_writes(
+    app: Arc<App>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut req: Request<()>| {
+        let Some(declared) = req.metadata().get(crate::budget::FORWARD_BYTES_HEADER) else {
+            return Ok(req);
+        };
+        let max = app.config.limits.max_request_bytes as u64;
+        let bytes = declared
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(max)
+            .min(super::channels::MAX_MESSAGE_BYTES as u64)
+            + crate::api::http::admission::PER_REQUEST_BYTES;
+        let Some(charge) = app.request_bytes.try_charge(bytes) else {
+            crate::telemetry::metrics::metrics()
+                .http_rejected
+                .with_label_values(&["overloaded"])
+                .inc();
+            return Err(to_status(ServiceError::Overloaded(format!(
+                "leader busy: requests in flight hold its limits.maxInFlightBytes ({} bytes); nothing was applied, retry shortly",
+                app.request_bytes.max_bytes()
+            ))));
+        };
+        req.extensions_mut()
+            .insert(ForwardCharge(Arc::new(charge.shown_in_flight())));
+        Ok(req)
+    }
+}
+
 impl PeerService {
     fn check_cluster(&self, cluster_id: &str) -> Result<(), Status> {
         self.app
@@ -287,6 +328,7 @@ impl PeerService {
         req: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
         let deadline = tokio::time::Instant::now() + self.app.config.limits.request_timeout;
+        let _charge = req.extensions().get::<ForwardCharge>().cloned();
         let msg = req.into_inner();
         check_wire_version(msg.wire_version)?;
         self.check_cluster(&msg.cluster_id)?;

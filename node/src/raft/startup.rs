@@ -186,9 +186,12 @@ impl Node {
         let mut tasks = Vec::new();
 
         let admin = AdminServer::new(AdminService { app: app.clone() });
-        let svc = RaftPeerServer::new(PeerService { app: app.clone() })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let svc = tonic::service::interceptor::InterceptedService::new(
+            RaftPeerServer::new(PeerService { app: app.clone() })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            super::peer_service::charge_forwarded_writes(app.clone()),
+        );
         // A listener that dies leaves a node that looks alive but serves nothing: its failure
         // is reported here, and the process exits non-zero so the supervisor restarts it.
         let (failed_tx, failed_rx) = tokio::sync::mpsc::channel::<String>(2);

@@ -40,6 +40,21 @@ impl std::fmt::Display for Command {
 }
 
 impl Command {
+    /// The user bytes it carries (keys and values), which is what its log entry, its forwarded
+    /// copy and its place in the map cost.
+    pub fn payload_bytes(&self) -> u64 {
+        let bytes = match self {
+            Command::Set { key, value } => key.len() + value.len(),
+            Command::Delete { key } => key.len(),
+            Command::Cas {
+                key,
+                expected,
+                value,
+            } => key.len() + value.len() + expected.as_ref().map_or(0, String::len),
+        };
+        bytes as u64
+    }
+
     pub fn key(&self) -> &str {
         match self {
             Command::Set { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => key,

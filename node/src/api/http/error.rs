@@ -89,8 +89,11 @@ impl IntoResponse for ApiError {
             obj.extend(extra);
         }
         let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            // Every 503 means "nothing was applied, try again": say when.
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            // Every 503 and 429 means "nothing was applied, try again": say when.
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

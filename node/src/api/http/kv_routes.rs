@@ -21,9 +21,10 @@ type ApiResult = Result<Json<Value>, ApiError>;
 
 const DEFAULT_LIST_LIMIT: usize = 1000;
 
-fn string_field(map: &Map<String, Value>, name: &str) -> Result<String, ApiError> {
-    match map.get(name) {
-        Some(Value::String(s)) => Ok(s.clone()),
+/// Takes a string field out of the body (a value may be a megabyte: moved, not copied).
+fn string_field(map: &mut Map<String, Value>, name: &str) -> Result<String, ApiError> {
+    match map.remove(name) {
+        Some(Value::String(s)) => Ok(s),
         Some(_) => Err(ApiError::bad_request(format!(
             "field \"{name}\" must be a string"
         ))),
@@ -79,9 +80,9 @@ fn query_key(q: &KeyQuery) -> Result<&str, ApiError> {
 }
 
 pub async fn set(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let map = json_object(body, app.config.limits.max_request_bytes, false)?;
-    let key = string_field(&map, "key")?;
-    let value = string_field(&map, "value")?;
+    let mut map = json_object(body, app.config.limits.max_request_bytes, false)?;
+    let key = string_field(&mut map, "key")?;
+    let value = string_field(&mut map, "value")?;
     check_key(&app.config.limits, &key)?;
     check_value(&app.config.limits, &value)?;
     let written = app
@@ -123,12 +124,12 @@ pub async fn delete(State(app): State<Arc<App>>, Query(q): Query<KeyQuery>) -> A
 }
 
 pub async fn cas(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let map = json_object(body, app.config.limits.max_request_bytes, false)?;
-    let key = string_field(&map, "key")?;
-    let value = string_field(&map, "value")?;
-    let expected = match map.get("expected") {
+    let mut map = json_object(body, app.config.limits.max_request_bytes, false)?;
+    let key = string_field(&mut map, "key")?;
+    let value = string_field(&mut map, "value")?;
+    let expected = match map.remove("expected") {
         Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) => Some(s),
         Some(_) => {
             return Err(ApiError::bad_request(
                 "field \"expected\" must be a string or null",

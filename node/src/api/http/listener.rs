@@ -89,7 +89,7 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|s| *s) => break,
         };
-        let (tcp, _peer) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(a) => a,
             Err(e) if transient_accept_error(&e) => {
                 // Out of file descriptors or a connection reset before accept: wait and go on.
@@ -118,7 +118,7 @@ pub async fn serve(
         let stop = stop.clone();
         let limits = limits.clone();
         tokio::spawn(async move {
-            serve_connection(&builder, tcp, router, &limits, stop).await;
+            serve_connection(&builder, tcp, peer, router, &limits, stop).await;
             drop(permit);
         });
     }
@@ -180,6 +180,7 @@ fn refuse_connection(mut tcp: TcpStream, limit: usize, lingering: &Arc<Semaphore
 async fn serve_connection(
     builder: &auto::Builder<TokioExecutor>,
     tcp: TcpStream,
+    peer: std::net::SocketAddr,
     router: Router,
     limits: &ConnectionLimits,
     mut stop: watch::Receiver<bool>,
@@ -196,7 +197,11 @@ async fn serve_connection(
         let request = RequestGuard::enter(&service_activity);
         let router = router.clone();
         async move {
-            let response = router.oneshot(req.map(axum::body::Body::new)).await;
+            let mut req = req.map(axum::body::Body::new);
+            // Who sent it: admission control tells the client hogging the server from others.
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let response = router.oneshot(req).await;
             drop(request);
             response
         }

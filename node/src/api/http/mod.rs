@@ -9,11 +9,14 @@ pub mod listener;
 pub mod probes;
 pub mod status;
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -26,8 +29,7 @@ use error::ApiError;
 
 pub fn router(app: Arc<App>) -> Router {
     let body_limit = app.config.limits.max_request_bytes;
-    let admission =
-        admission::Admission::new(app.config.limits.max_in_flight_bytes, body_limit as u64);
+    let admission = admission::Admission::new(app.request_bytes.clone(), body_limit as u64);
     let routes = Router::new()
         .route("/api/set", post(kv_routes::set))
         .route("/api/get", get(kv_routes::get))
@@ -96,8 +98,28 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         node = %app.identity.name,
     );
     crate::telemetry::adopt_http_parent(&span, req.headers());
+    let (req, body_read) = watch_body(req);
     let response = match tokio::time::timeout(limit, next.run(req).instrument(span)).await {
         Ok(r) => r,
+        Err(_) if !body_read.load(Ordering::Acquire) => {
+            metrics()
+                .http_rejected
+                .with_label_values(&["body_timeout"])
+                .inc();
+            let mut r = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} ms; nothing was applied",
+                    limit.as_millis()
+                ),
+                true,
+            )
+            .into_response();
+            // The rest of the body may still come: this connection cannot carry another request.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
         Err(_) => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "request timed out; if it was a write, its outcome is unknown",
@@ -111,6 +133,48 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .with_label_values(&[route.as_str(), class.as_str()])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Wraps the request's body so that `observe` knows whether it was read to its end: a request
+/// that times out still waiting for its body was never applied (408), unlike one that timed out
+/// waiting for Raft (504, outcome unknown).
+fn watch_body(req: Request) -> (Request, Arc<AtomicBool>) {
+    let (parts, body) = req.into_parts();
+    let done = Arc::new(AtomicBool::new(hyper::body::Body::is_end_stream(&body)));
+    let body = axum::body::Body::new(WatchedBody {
+        inner: body,
+        done: done.clone(),
+    });
+    (Request::from_parts(parts, body), done)
+}
+
+struct WatchedBody {
+    inner: axum::body::Body,
+    done: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for WatchedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn prometheus() -> impl IntoResponse {
