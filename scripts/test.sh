@@ -18,6 +18,9 @@ tools="$(bash scripts/deploy-tools.sh)"
 HELM="$tools/bin/helm" "$tools/venv/bin/python" scripts/deploy_check.py check
 bash -n scripts/kind-e2e.sh
 
+echo "== docs/openapi.json is a valid OpenAPI 3.1 document (openapi-spec-validator)"
+"$tools/venv/bin/openapi-spec-validator" docs/openapi.json
+
 echo "== one version of each stack crate (cargo tree -d)"
 bash scripts/check-dup-deps.sh
 echo "== rustfmt"

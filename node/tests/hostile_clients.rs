@@ -1,10 +1,12 @@
 //! Clients as an attacker or a buggy program would write them, against real node processes:
-//! every answer is in the documented status set with the JSON error body, no acknowledged write
-//! is lost, and slow, silent or too many connections cannot hold the server.
+//! every answer is one the OpenAPI document the node serves (`/openapi.json`) lists for that
+//! method and path (405 for a method a path does not take, 404 for an unknown path), 4xx with
+//! the JSON error body; no acknowledged write is lost; and slow, silent or too many connections
+//! cannot hold the server.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,29 +18,124 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Every status the API reference (docs/api.md, Errors) says a request can get.
-const DOCUMENTED: &[u16] = &[
-    200, 400, 404, 405, 408, 409, 413, 414, 429, 431, 503, 504, 505,
-];
+/// The answers the node's own OpenAPI document allows, by method and path.
+struct Contract {
+    /// (path template, METHOD) -> its documented statuses.
+    operations: BTreeMap<(String, String), BTreeSet<u16>>,
+    /// What the HTTP layer may answer to any non-probe request (the statuses every non-probe
+    /// operation lists), and to any probe request.
+    api_layer: BTreeSet<u16>,
+    probe_layer: BTreeSet<u16>,
+    /// The probe paths (tag `probes`): text answers, never refused by admission control.
+    probe_paths: BTreeSet<String>,
+    /// Every status in the document, plus 404 and 405: for a request whose line is unreadable.
+    any: BTreeSet<u16>,
+}
 
-/// Routes and the methods they take.
-const ROUTES: &[(&str, &str)] = &[
-    ("/api/set", "POST"),
-    ("/api/get?key=a", "GET"),
-    ("/api/delete?key=a", "DELETE"),
-    ("/api/cas", "POST"),
-    ("/api/keys", "GET"),
-    ("/api/status", "GET"),
-    ("/api/metrics", "GET"),
-    ("/api/logs", "GET"),
-    ("/admin/init", "POST"),
-    ("/admin/learners", "POST"),
-    ("/admin/promote", "POST"),
-    ("/admin/remove", "POST"),
-    ("/admin/transfer-leader", "POST"),
-    ("/admin/members", "GET"),
-    ("/admin/status", "GET"),
-];
+impl Contract {
+    async fn fetch(addr: &str) -> Contract {
+        let a = raw(addr, &request("GET", "/openapi.json", "", b"")).await;
+        let Answer::Response {
+            status: 200, body, ..
+        } = a
+        else {
+            panic!("no /openapi.json: {a:?}")
+        };
+        let doc: Value = serde_json::from_slice(&body).expect("/openapi.json is JSON");
+        let mut operations = BTreeMap::new();
+        let mut probe_paths = BTreeSet::new();
+        let (mut api_layer, mut probe_layer): (Option<BTreeSet<u16>>, Option<BTreeSet<u16>>) =
+            (None, None);
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                let statuses: BTreeSet<u16> = op["responses"]
+                    .as_object()
+                    .expect("responses")
+                    .keys()
+                    .map(|k| k.parse().expect("numeric status"))
+                    .collect();
+                let probe = op["tags"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t == "probes"));
+                if probe {
+                    probe_paths.insert(path.clone());
+                }
+                let layer = if probe {
+                    &mut probe_layer
+                } else {
+                    &mut api_layer
+                };
+                *layer = Some(match layer.take() {
+                    None => statuses.clone(),
+                    Some(l) => l.intersection(&statuses).copied().collect(),
+                });
+                operations.insert((path.clone(), method.to_ascii_uppercase()), statuses);
+            }
+        }
+        let mut any: BTreeSet<u16> = operations.values().flatten().copied().collect();
+        any.extend([404, 405]);
+        Contract {
+            operations,
+            api_layer: api_layer.expect("API operations"),
+            probe_layer: probe_layer.expect("probe operations"),
+            probe_paths,
+            any,
+        }
+    }
+
+    /// The documented path `path` (no query) matches, with `{param}` matching one segment.
+    fn template_of(&self, path: &str) -> Option<&str> {
+        let segments: Vec<&str> = path.split('/').collect();
+        self.operations.keys().map(|(t, _)| t.as_str()).find(|t| {
+            let ts: Vec<&str> = t.split('/').collect();
+            ts.len() == segments.len()
+                && ts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| t == s || (t.starts_with('{') && !s.is_empty()))
+        })
+    }
+
+    fn allowed(&self, method: &str, target: &str) -> BTreeSet<u16> {
+        let path = target.split('?').next().unwrap_or(target);
+        let Some(template) = self.template_of(path) else {
+            let mut s = self.api_layer.clone();
+            s.insert(404);
+            return s;
+        };
+        if let Some(s) = self
+            .operations
+            .get(&(template.to_string(), method.to_string()))
+        {
+            return s.clone();
+        }
+        let mut s = if self.probe_paths.contains(template) {
+            self.probe_layer.clone()
+        } else {
+            self.api_layer.clone()
+        };
+        s.insert(405);
+        s
+    }
+
+    /// What a raw request may get, read from its request line as the server would.
+    fn for_request(&self, raw: &[u8]) -> BTreeSet<u16> {
+        let line = raw.split(|b| *b == b'\n').next().unwrap_or_default();
+        let line = String::from_utf8_lossy(line);
+        let parts: Vec<&str> = line.trim_end_matches('\r').split(' ').collect();
+        match parts.as_slice() {
+            [method, target, version]
+                if *version == "HTTP/1.1"
+                    && target.starts_with('/')
+                    && !method.is_empty()
+                    && method.bytes().all(|b| b.is_ascii_alphabetic()) =>
+            {
+                self.allowed(method, target)
+            }
+            _ => self.any.clone(),
+        }
+    }
+}
 
 /// What came back on a raw connection.
 #[derive(Debug)]
@@ -123,17 +220,29 @@ fn parse_answer(buf: &[u8]) -> Answer {
     Answer::Response { status, head, body }
 }
 
-/// Checks one answer against the contract; returns its status (0 for a close).
-fn check(name: &str, answer: &Answer) -> u16 {
+/// Checks one answer against what the contract allows; returns its status (0 for a close).
+fn check(name: &str, allowed: &BTreeSet<u16>, answer: &Answer) -> u16 {
+    check_answer(name, allowed, answer, false)
+}
+
+/// [`check`] for a probe path, whose own answers (errors included) are text.
+fn check_answer(name: &str, allowed: &BTreeSet<u16>, answer: &Answer, probe: bool) -> u16 {
     match answer {
         Answer::Closed => 0,
         Answer::Response { status, head, body } => {
             assert!(
-                DOCUMENTED.contains(status),
-                "{name}: status {status} is not in the documented set\n{head}"
+                allowed.contains(status),
+                "{name}: status {status} is not among the documented {allowed:?}\n{head}"
             );
+            let lower = head.to_ascii_lowercase();
+            if probe && lower.contains("content-type: text/plain") {
+                assert!(
+                    !body.is_empty(),
+                    "{name}: {status} with an empty body\n{head}"
+                );
+                return *status;
+            }
             if *status >= 400 {
-                let lower = head.to_ascii_lowercase();
                 assert!(
                     lower.contains("content-type: application/json"),
                     "{name}: {status} without a JSON content type\n{head}"
@@ -199,26 +308,81 @@ async fn every_malformed_request_gets_a_documented_json_answer_and_no_write_is_l
         .iter()
         .map(|n| format!("127.0.0.1:{}", n.api_port))
         .collect();
+    let contract = Contract::fetch(&addrs[0]).await;
     let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
-    let mut tally = |name: &str, a: &Answer| *counts.entry(check(name, a)).or_default() += 1;
+    let mut tally = |req: &[u8], name: &str, a: &Answer| {
+        *counts
+            .entry(check(name, &contract.for_request(req), a))
+            .or_default() += 1
+    };
+    let concrete = |template: &str| template.replace("{check}", "raft");
 
-    // Every route with every method it does not take: 405 with Allow naming what it does.
-    for (path, takes) in ROUTES {
+    // Every documented operation is served by a handler, not the fallback: a body that is not an
+    // object (refused by the handler, so nothing changes) or a harmless query.
+    for (template, method) in contract.operations.keys() {
+        let path = concrete(template);
+        let target = match path.as_str() {
+            "/api/get" | "/api/delete" => format!("{path}?key=no-such-key"),
+            _ => path.clone(),
+        };
+        let body: &[u8] = if method == "POST" { b"[]" } else { b"" };
+        let a = raw(&addrs[0], &request(method, &target, "", body)).await;
+        let name = format!("{method} {target}");
+        let probe = contract.probe_paths.contains(template);
+        let status = check_answer(&name, &contract.allowed(method, &target), &a, probe);
+        assert!(status != 0, "{name}: closed without an answer");
+        if let Answer::Response { body, .. } = &a {
+            assert!(
+                !String::from_utf8_lossy(body).contains("no such endpoint"),
+                "{name}: documented but not served"
+            );
+        }
+        if method == "POST" {
+            assert_eq!(status, 400, "{name}: a non-object body: {a:?}");
+        }
+    }
+
+    // Every documented path with every method it does not take: 405 with Allow naming those it
+    // does.
+    let paths: BTreeSet<&str> = contract
+        .operations
+        .keys()
+        .map(|(t, _)| t.as_str())
+        .collect();
+    for template in paths {
+        let path = concrete(template);
+        let takes: Vec<&str> = contract
+            .operations
+            .keys()
+            .filter(|(t, _)| t == template)
+            .map(|(_, m)| m.as_str())
+            .collect();
         for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "get", "FOO"] {
-            if method == *takes {
+            if takes.contains(&method) {
                 continue;
             }
-            let a = raw(&addrs[0], &request(method, path, "", b"")).await;
+            let a = raw(&addrs[0], &request(method, &path, "", b"")).await;
             let name = format!("{method} {path}");
-            assert_eq!(check(&name, &a), 405, "{name}: {a:?}");
+            let probe = contract.probe_paths.contains(template);
+            assert_eq!(
+                check_answer(&name, &contract.allowed(method, &path), &a, probe),
+                405,
+                "{name}: {a:?}"
+            );
             let Answer::Response { head, .. } = &a else {
                 unreachable!()
             };
-            assert!(
-                head.to_ascii_lowercase()
-                    .contains(&format!("allow: {}", takes.to_ascii_lowercase())),
-                "{name}: no Allow header naming {takes}\n{head}"
-            );
+            let allow = head
+                .to_ascii_lowercase()
+                .lines()
+                .find_map(|l| l.strip_prefix("allow:").map(|v| v.trim().to_string()))
+                .unwrap_or_default();
+            for m in &takes {
+                assert!(
+                    allow.split(',').any(|a| a.trim() == m.to_ascii_lowercase()),
+                    "{name}: Allow does not name {m}\n{head}"
+                );
+            }
         }
     }
 
@@ -235,7 +399,7 @@ async fn every_malformed_request_gets_a_documented_json_answer_and_no_write_is_l
         "/api/keys?prefix=%C3%28",
     ] {
         let a = raw(&addrs[1], &request("GET", path, "", b"")).await;
-        let status = check(path, &a);
+        let status = check(path, &contract.allowed("GET", path), &a);
         assert!(matches!(status, 200 | 400 | 404), "{path}: {a:?}");
     }
 
@@ -244,7 +408,11 @@ async fn every_malformed_request_gets_a_documented_json_answer_and_no_write_is_l
         let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 10000000\r\n\r\n");
         let started = Instant::now();
         let a = raw(&addrs[2], head.as_bytes()).await;
-        assert_eq!(check(path, &a), 413, "{path}: {a:?}");
+        assert_eq!(
+            check(path, &contract.allowed("POST", path), &a),
+            413,
+            "{path}: {a:?}"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{path}: 413 took {:?}",
@@ -259,7 +427,11 @@ async fn every_malformed_request_gets_a_documented_json_answer_and_no_write_is_l
             String::from_utf8_lossy(body)
         );
         let a = raw(&addrs[2], &request("POST", path, "", &vec![b'x'; 70_000])).await;
-        assert_eq!(check(path, &a), 413, "{path} (sent whole): {a:?}");
+        assert_eq!(
+            check(path, &contract.allowed("POST", path), &a),
+            413,
+            "{path} (sent whole): {a:?}"
+        );
     }
 
     // The HTTP parser's own refusals: URI and headers too large, garbage request lines.
@@ -267,6 +439,7 @@ async fn every_malformed_request_gets_a_documented_json_answer_and_no_write_is_l
     assert_eq!(
         check(
             "long uri",
+            &contract.allowed("GET", "/api/get"),
             &raw(&addrs[0], &request("GET", &long_uri, "", b"")).await
         ),
         414
@@ -274,6 +447,7 @@ async fn every_malformed_request_gets_a_documented_json_answer_and_no_write_is_l
     let big_header = format!("x-big: {}\r\n", "h".repeat(500_000));
     let status = check(
         "big header",
+        &contract.allowed("GET", "/api/status"),
         &raw(&addrs[0], &request("GET", "/api/status", &big_header, b"")).await,
     );
     assert!(matches!(status, 431 | 0), "big header: {status}");
@@ -287,6 +461,7 @@ async fn every_malformed_request_gets_a_documented_json_answer_and_no_write_is_l
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00",
     ] {
         tally(
+            garbage,
             &String::from_utf8_lossy(garbage),
             &raw(&addrs[0], garbage).await,
         );
@@ -301,7 +476,8 @@ async fn every_malformed_request_gets_a_documented_json_answer_and_no_write_is_l
         b"\"s\"",
     ] {
         let a = raw(&addrs[1], &request("POST", "/api/set", "", body)).await;
-        assert!(matches!(check("json body", &a), 400 | 413), "{a:?}");
+        let status = check("json body", &contract.allowed("POST", "/api/set"), &a);
+        assert!(matches!(status, 400 | 413), "{a:?}");
     }
 
     // Seeded mutations of valid requests: truncated, byte-flipped, bytes inserted.
@@ -355,6 +531,7 @@ async fn every_malformed_request_gets_a_documented_json_answer_and_no_write_is_l
         for task in batch {
             let (req, a) = task.await.expect("mutation task");
             tally(
+                &req,
                 &format!("mutation {sent}: {:?}", String::from_utf8_lossy(&req)),
                 &a,
             );
@@ -480,7 +657,7 @@ async fn slow_and_silent_clients_are_closed_and_do_not_starve_others() {
             ),
         }
     }
-    let answer = check("stalled body", &parse_answer(&got));
+    let answer = check("stalled body", &BTreeSet::from([408]), &parse_answer(&got));
     assert_eq!(answer, 408, "{}", String::from_utf8_lossy(&got));
     let waited = started.elapsed();
     assert!(
@@ -556,7 +733,11 @@ async fn connections_over_the_limit_are_refused_at_once_and_open_ones_keep_worki
     // The next one is answered 503 at once and closed.
     let started = Instant::now();
     let a = raw(&addr, &request("GET", "/api/status", "", b"")).await;
-    assert_eq!(check("over the limit", &a), 503, "{a:?}");
+    assert_eq!(
+        check("over the limit", &BTreeSet::from([503]), &a),
+        503,
+        "{a:?}"
+    );
     assert!(
         started.elapsed() < Duration::from_millis(500),
         "refusal took {:?}",

@@ -11,13 +11,17 @@ use concord_proto::{
     AddLearnerRequest, AdminResult, InitRequest, MemberSpec, PromoteRequest, RemoveMemberRequest,
     TransferLeaderRequest,
 };
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use super::error::{json_object, ApiError};
+use super::schema::{
+    AdminDone, ErrorBody, InitBody, MemberBody, MemberView, MembersResponse, NodeStatus,
+    PromoteBody, RemoveBody, TransferBody,
+};
 use crate::app::App;
 use crate::membership::{AdminError, Hop};
 
-type ApiResult = Result<Json<Value>, ApiError>;
+type ApiResult = Result<Json<AdminDone>, ApiError>;
 
 impl From<AdminError> for ApiError {
     fn from(e: AdminError) -> ApiError {
@@ -27,123 +31,173 @@ impl From<AdminError> for ApiError {
     }
 }
 
-fn u64_field(map: &Map<String, Value>, name: &str, required: bool) -> Result<u64, ApiError> {
-    match map.get(name) {
-        Some(v) => v.as_u64().ok_or_else(|| {
-            ApiError::bad_request(format!("field \"{name}\" must be a non-negative integer"))
-        }),
-        None if required => Err(ApiError::bad_request(format!("missing field \"{name}\""))),
-        None => Ok(0),
+fn spec(m: MemberBody) -> MemberSpec {
+    MemberSpec {
+        id: m.id,
+        name: m.name,
+        address: m.address,
     }
 }
 
-fn str_field(map: &Map<String, Value>, name: &str) -> Result<String, ApiError> {
-    map.get(name)
-        .and_then(Value::as_str)
-        .map(String::from)
-        .ok_or_else(|| ApiError::bad_request(format!("missing string field \"{name}\"")))
-}
-
-fn spec(map: &Map<String, Value>) -> Result<MemberSpec, ApiError> {
-    Ok(MemberSpec {
-        id: u64_field(map, "id", true)?,
-        name: str_field(map, "name")?,
-        address: str_field(map, "address")?,
+fn done(r: AdminResult) -> Json<AdminDone> {
+    Json(AdminDone {
+        ok: true,
+        message: r.message,
+        log_index: r.log_index,
     })
 }
 
-fn done(r: AdminResult) -> Json<Value> {
-    Json(json!({ "ok": true, "message": r.message, "logIndex": r.log_index }))
+fn body(
+    app: &App,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    json_object(body, app.config.limits.max_request_bytes, true)
 }
 
-pub async fn init(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let map = json_object(body, app.config.limits.max_request_bytes, true)?;
-    let members = match map.get("members") {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|m| match m {
-                Value::Object(o) => spec(o),
-                _ => Err(ApiError::bad_request(
-                    "each member must be an object {id, name, address}",
-                )),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ApiError::bad_request("\"members\" must be an array")),
-    };
+#[utoipa::path(post, path = "/admin/init", tag = "admin",
+    request_body(content = InitBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The cluster is initialised with these members", body = AdminDone),
+        (status = 400, description = "A malformed body or member", body = ErrorBody),
+        (status = 409, description = "Already initialised", body = ErrorBody),
+        (status = 503, description = "Cannot do it now (retry)", body = ErrorBody),
+    ))]
+pub async fn init(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    let members = InitBody::from_body(body(&app, b)?)?
+        .members
+        .unwrap_or_default()
+        .into_iter()
+        .map(spec)
+        .collect();
     Ok(done(app.admin_init(InitRequest { members }).await?))
 }
 
+#[utoipa::path(post, path = "/admin/learners", tag = "admin",
+    request_body(content = MemberBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Added as a learner and caught up", body = AdminDone),
+        (status = 400, description = "A malformed body, or a member that conflicts with the membership", body = ErrorBody),
+        (status = 409, description = "Another membership change is in progress", body = ErrorBody),
+        (status = 503, description = "No leader (retry)", body = ErrorBody),
+        (status = 504, description = "The change did not finish in time", body = ErrorBody),
+    ))]
 pub async fn add_learner(
     State(app): State<Arc<App>>,
-    body: Result<Bytes, BytesRejection>,
+    b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let map = json_object(body, app.config.limits.max_request_bytes, true)?;
-    let member = Some(spec(&map)?);
+    let member = Some(spec(MemberBody::from_body(body(&app, b)?)?));
     Ok(done(
         app.admin_add_learner(AddLearnerRequest { member }, Hop::Client)
             .await?,
     ))
 }
 
-pub async fn promote(
-    State(app): State<Arc<App>>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
-    let map = json_object(body, app.config.limits.max_request_bytes, true)?;
-    let id = u64_field(&map, "id", true)?;
+#[utoipa::path(post, path = "/admin/promote", tag = "admin",
+    request_body(content = PromoteBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The learner is a voter", body = AdminDone),
+        (status = 400, description = "A malformed body, an unknown member, or a learner too far behind", body = ErrorBody),
+        (status = 404, description = "No such member", body = ErrorBody),
+        (status = 409, description = "Another membership change is in progress", body = ErrorBody),
+        (status = 503, description = "No leader (retry)", body = ErrorBody),
+        (status = 504, description = "The change did not finish in time", body = ErrorBody),
+    ))]
+pub async fn promote(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    let PromoteBody { id } = PromoteBody::from_body(body(&app, b)?)?;
     Ok(done(
         app.admin_promote(PromoteRequest { id }, Hop::Client)
             .await?,
     ))
 }
 
-pub async fn remove(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let map = json_object(body, app.config.limits.max_request_bytes, true)?;
-    let id = u64_field(&map, "id", true)?;
-    let force = map.get("force").and_then(Value::as_bool).unwrap_or(false);
+#[utoipa::path(post, path = "/admin/remove", tag = "admin",
+    request_body(content = RemoveBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The member is out of the membership", body = AdminDone),
+        (status = 400, description = "A malformed body, or a removal that would cost quorum (without `force`)", body = ErrorBody),
+        (status = 404, description = "No such member", body = ErrorBody),
+        (status = 409, description = "Another membership change is in progress", body = ErrorBody),
+        (status = 503, description = "No leader (retry)", body = ErrorBody),
+        (status = 504, description = "The change did not finish in time", body = ErrorBody),
+    ))]
+pub async fn remove(State(app): State<Arc<App>>, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    let RemoveBody { id, force } = RemoveBody::from_body(body(&app, b)?)?;
+    let force = force.unwrap_or(false);
     Ok(done(
         app.admin_remove(RemoveMemberRequest { id, force }, Hop::Client)
             .await?,
     ))
 }
 
+#[utoipa::path(post, path = "/admin/transfer-leader", tag = "admin",
+    request_body(content = TransferBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Leadership moved", body = AdminDone),
+        (status = 400, description = "A malformed body, or a target that cannot lead", body = ErrorBody),
+        (status = 404, description = "No such member", body = ErrorBody),
+        (status = 409, description = "Another membership change is in progress", body = ErrorBody),
+        (status = 503, description = "No leader (retry)", body = ErrorBody),
+        (status = 504, description = "Leadership did not move in time", body = ErrorBody),
+    ))]
 pub async fn transfer_leader(
     State(app): State<Arc<App>>,
-    body: Result<Bytes, BytesRejection>,
+    b: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let map = json_object(body, app.config.limits.max_request_bytes, true)?;
-    let to = u64_field(&map, "to", false)?;
+    let to = TransferBody::from_body(body(&app, b)?)?.to.unwrap_or(0);
     Ok(done(
         app.admin_transfer_leader(TransferLeaderRequest { to }, Hop::Client)
             .await?,
     ))
 }
 
-pub async fn members(State(app): State<Arc<App>>) -> ApiResult {
+#[utoipa::path(get, path = "/admin/members", tag = "admin",
+    responses(
+        (status = 200, description = "The membership as the leader sees it", body = MembersResponse),
+        (status = 503, description = "No leader (retry)", body = ErrorBody),
+        (status = 504, description = "The leader did not answer in time", body = ErrorBody),
+    ))]
+pub async fn members(State(app): State<Arc<App>>) -> Result<Json<MembersResponse>, ApiError> {
     let r = app.admin_members(Hop::Client).await?;
-    let members: Vec<Value> = r
+    let members = r
         .members
         .into_iter()
-        .map(|m| {
-            json!({
-                "id": m.id, "name": m.name, "address": m.address, "role": m.role,
-                "leader": m.leader, "matchedIndex": m.matched_index, "lag": m.lag,
-                "lastContactMs": m.last_contact_ms, "reachable": m.reachable,
-            })
+        .map(|m| MemberView {
+            id: m.id,
+            name: m.name,
+            address: m.address,
+            role: m.role,
+            leader: m.leader,
+            matched_index: m.matched_index,
+            lag: m.lag,
+            last_contact_ms: m.last_contact_ms,
+            reachable: m.reachable,
         })
         .collect();
-    Ok(Json(
-        json!({ "leaderId": r.leader_id, "lastLogIndex": r.last_log_index, "members": members }),
-    ))
+    Ok(Json(MembersResponse {
+        leader_id: r.leader_id,
+        last_log_index: r.last_log_index,
+        members,
+    }))
 }
 
-pub async fn node_status(State(app): State<Arc<App>>) -> Json<Value> {
+#[utoipa::path(get, path = "/admin/status", tag = "admin",
+    responses((status = 200, description = "This node's own state", body = NodeStatus)))]
+pub async fn node_status(State(app): State<Arc<App>>) -> Json<NodeStatus> {
     let s = app.admin_node_status().await;
-    Json(json!({
-        "id": s.id, "name": s.name, "clusterId": s.cluster_id, "initialized": s.initialized,
-        "role": s.role, "term": s.term, "leaderId": s.leader_id, "commitIndex": s.commit_index,
-        "appliedIndex": s.applied_index, "snapshotIndex": s.snapshot_index,
-        "incarnation": s.incarnation, "version": s.version, "address": s.address, "ready": s.ready,
-    }))
+    Json(NodeStatus {
+        id: s.id,
+        name: s.name,
+        cluster_id: s.cluster_id,
+        initialized: s.initialized,
+        role: s.role,
+        term: s.term,
+        leader_id: s.leader_id,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        snapshot_index: s.snapshot_index,
+        incarnation: s.incarnation,
+        version: s.version,
+        address: s.address,
+        ready: s.ready,
+    })
 }

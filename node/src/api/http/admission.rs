@@ -67,13 +67,10 @@ impl Admission {
     }
 }
 
-/// Probes and metrics are never refused: under overload, knowing the node's state matters most.
-fn exempt(path: &str) -> bool {
-    matches!(path, "/livez" | "/readyz" | "/healthz" | "/metrics") || path.starts_with("/readyz/")
-}
-
 pub async fn admit(admission: Admission, req: Request, next: Next) -> Response {
-    if exempt(req.uri().path()) {
+    // Probes and metrics are never refused: under overload, knowing the node's state matters
+    // most.
+    if super::openapi::is_probe(req.uri().path()) {
         return next.run(req).await;
     }
     let client = req

@@ -136,11 +136,30 @@ fn body_too_large(declared: Option<u64>, limit: usize) -> ApiError {
     ))
 }
 
-/// Paths whose answers are in their own (text) format: probes and the Prometheus endpoint.
-fn speaks_text(path: &str) -> bool {
-    ["/livez", "/readyz", "/healthz", "/metrics"]
-        .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+/// Probes and `/metrics` answer in text, their wrong methods too: axum's bare 405 gets a text
+/// body saying what is allowed (and keeps `Allow`).
+fn probe_method_not_allowed(
+    response: Response,
+    method: &axum::http::Method,
+    path: &str,
+) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let allowed = parts
+        .headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let text = format!("method {method} is not allowed on {path}; allowed: {allowed}\n");
+    Response::from_parts(parts, axum::body::Body::from(text))
 }
 
 /// The one error path of the HTTP layer. A body whose declared length is over the limit is
@@ -167,8 +186,11 @@ pub async fn json_errors(limit: usize, req: Request, next: Next) -> Response {
     }
     let response = next.run(req).await;
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) || speaks_text(&path) {
+    if !(status.is_client_error() || status.is_server_error()) {
         return response;
+    }
+    if super::openapi::is_probe(&path) {
+        return probe_method_not_allowed(response, &method, &path);
     }
     let is_json = response
         .headers()

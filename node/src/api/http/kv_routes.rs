@@ -9,9 +9,13 @@ use axum::http::StatusCode;
 use axum::Json;
 use openraft::EntryPayload;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::error::{json_object, ApiError};
+use super::schema::{
+    CasConflict, CasRequest, CasResponse, Current, DeleteResponse, ErrorBody, GetResponse,
+    KeysResponse, SetRequest, SetResponse,
+};
 use crate::app::App;
 use crate::config::Limits;
 use crate::requests::Consistency;
@@ -20,17 +24,6 @@ use crate::store::{Command, CommandResult};
 type ApiResult = Result<Json<Value>, ApiError>;
 
 const DEFAULT_LIST_LIMIT: usize = 1000;
-
-/// Takes a string field out of the body (a value may be a megabyte: moved, not copied).
-fn string_field(map: &mut Map<String, Value>, name: &str) -> Result<String, ApiError> {
-    match map.remove(name) {
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(ApiError::bad_request(format!(
-            "field \"{name}\" must be a string"
-        ))),
-        None => Err(ApiError::bad_request(format!("missing field \"{name}\""))),
-    }
-}
 
 fn check_key(limits: &Limits, key: &str) -> Result<(), ApiError> {
     if key.is_empty() {
@@ -79,10 +72,21 @@ fn query_key(q: &KeyQuery) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::bad_request("missing query parameter \"key\""))
 }
 
-pub async fn set(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let mut map = json_object(body, app.config.limits.max_request_bytes, false)?;
-    let key = string_field(&mut map, "key")?;
-    let value = string_field(&mut map, "value")?;
+#[utoipa::path(post, path = "/api/set", tag = "kv",
+    request_body(content = SetRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Written: committed by a quorum and applied", body = SetResponse),
+        (status = 400, description = "Not a JSON object with string `key` and `value`, or an empty key", body = ErrorBody),
+        (status = 413, description = "Key, value or body over its limit (named in the message)", body = ErrorBody),
+        (status = 503, description = "No leader, no quorum, or overloaded: nothing was applied", body = ErrorBody),
+        (status = 504, description = "Outcome unknown: proposed, commit not confirmed in time", body = ErrorBody),
+    ))]
+pub async fn set(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SetResponse>, ApiError> {
+    let body = json_object(body, app.config.limits.max_request_bytes, false)?;
+    let SetRequest { key, value } = SetRequest::from_body(body)?;
     check_key(&app.config.limits, &key)?;
     check_value(&app.config.limits, &value)?;
     let written = app
@@ -91,24 +95,56 @@ pub async fn set(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection
             value,
         })
         .await?;
-    Ok(Json(
-        json!({ "ok": true, "key": key, "revision": written.log_index }),
-    ))
+    Ok(Json(SetResponse {
+        ok: true,
+        key,
+        revision: written.log_index,
+    }))
 }
 
-pub async fn get(State(app): State<Arc<App>>, Query(q): Query<KeyQuery>) -> ApiResult {
+#[utoipa::path(get, path = "/api/get", tag = "kv",
+    params(
+        ("key" = String, Query, description = "The key (at most limits.maxKeyBytes)"),
+        ("consistency" = Option<String>, Query, description = "`linearizable` (default: confirmed with a quorum) or `stale` (this node's state)"),
+    ),
+    responses(
+        (status = 200, description = "The key's value", body = GetResponse),
+        (status = 400, description = "Missing or repeated `key`, an empty key, or a bad `consistency`", body = ErrorBody),
+        (status = 404, description = "The key is absent", body = ErrorBody),
+        (status = 413, description = "Key over limits.maxKeyBytes", body = ErrorBody),
+        (status = 503, description = "No leader to confirm a linearizable read", body = ErrorBody),
+    ))]
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<GetResponse>, ApiError> {
     let key = query_key(&q)?;
     check_key(&app.config.limits, key)?;
     let c = consistency(q.consistency.as_deref())?;
     match app.get(key, c).await? {
-        Some(v) => Ok(Json(
-            json!({ "key": key, "value": v.value, "revision": v.revision }),
-        )),
+        Some(v) => Ok(Json(GetResponse {
+            key: key.to_string(),
+            value: v.value,
+            revision: v.revision,
+        })),
         None => Err(ApiError::not_found(format!("key {key:?} not found"))),
     }
 }
 
-pub async fn delete(State(app): State<Arc<App>>, Query(q): Query<KeyQuery>) -> ApiResult {
+#[utoipa::path(delete, path = "/api/delete", tag = "kv",
+    params(("key" = String, Query, description = "The key to delete")),
+    responses(
+        (status = 200, description = "Deleted", body = DeleteResponse),
+        (status = 400, description = "Missing or repeated `key`, or an empty key", body = ErrorBody),
+        (status = 404, description = "The key was absent (nothing changed)", body = ErrorBody),
+        (status = 413, description = "Key over limits.maxKeyBytes", body = ErrorBody),
+        (status = 503, description = "No leader, no quorum, or overloaded: nothing was applied", body = ErrorBody),
+        (status = 504, description = "Outcome unknown", body = ErrorBody),
+    ))]
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<DeleteResponse>, ApiError> {
     let key = query_key(&q)?.to_string();
     check_key(&app.config.limits, &key)?;
     let written = app.write(Command::Delete { key: key.clone() }).await?;
@@ -116,31 +152,36 @@ pub async fn delete(State(app): State<Arc<App>>, Query(q): Query<KeyQuery>) -> A
         CommandResult::Delete {
             found: true,
             revision,
-        } => Ok(Json(
-            json!({ "ok": true, "key": key, "deleted": true, "revision": revision }),
-        )),
+        } => Ok(Json(DeleteResponse {
+            ok: true,
+            key,
+            deleted: true,
+            revision,
+        })),
         _ => Err(ApiError::not_found(format!("key {key:?} not found"))),
     }
 }
 
-pub async fn cas(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let mut map = json_object(body, app.config.limits.max_request_bytes, false)?;
-    let key = string_field(&mut map, "key")?;
-    let value = string_field(&mut map, "value")?;
-    let expected = match map.remove("expected") {
-        Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "field \"expected\" must be a string or null",
-            ))
-        }
-        None => {
-            return Err(ApiError::bad_request(
-                "missing field \"expected\" (use null to require that the key is absent)",
-            ))
-        }
-    };
+#[utoipa::path(post, path = "/api/cas", tag = "kv",
+    request_body(content = CasRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Compared and swapped", body = CasResponse),
+        (status = 400, description = "Not a JSON object with string `key`, `value` and a string-or-null `expected`", body = ErrorBody),
+        (status = 409, description = "Compared and did not swap; `current` is what is there", body = CasConflict),
+        (status = 413, description = "Key, value or body over its limit", body = ErrorBody),
+        (status = 503, description = "No leader, no quorum, or overloaded: nothing was applied", body = ErrorBody),
+        (status = 504, description = "Outcome unknown", body = ErrorBody),
+    ))]
+pub async fn cas(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<CasResponse>, ApiError> {
+    let body = json_object(body, app.config.limits.max_request_bytes, false)?;
+    let CasRequest {
+        key,
+        expected,
+        value,
+    } = CasRequest::from_body(body)?;
     check_key(&app.config.limits, &key)?;
     check_value(&app.config.limits, &value)?;
     if let Some(e) = &expected {
@@ -158,20 +199,26 @@ pub async fn cas(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection
             swapped: true,
             revision,
             ..
-        } => Ok(Json(
-            json!({ "ok": true, "key": key, "swapped": true, "revision": revision }),
-        )),
+        } => Ok(Json(CasResponse {
+            ok: true,
+            key,
+            swapped: true,
+            revision,
+        })),
         CommandResult::Cas { current, .. } => {
-            let mut err = ApiError::new(
-                StatusCode::CONFLICT,
-                "compare failed: the current value differs from \"expected\"",
-                false,
-            );
-            err.extra = Some(json!({
-                "key": key,
-                "swapped": false,
-                "current": current.map(|c| json!({ "value": c.value, "revision": c.revision })),
-            }));
+            let message = "compare failed: the current value differs from \"expected\"";
+            let mut err = ApiError::new(StatusCode::CONFLICT, message, false);
+            let conflict = CasConflict {
+                error: message.into(),
+                retryable: false,
+                key,
+                swapped: false,
+                current: current.map(|c| Current {
+                    value: c.value,
+                    revision: c.revision,
+                }),
+            };
+            err.extra = serde_json::to_value(conflict).ok();
             Err(err)
         }
         other => Err(ApiError::new(
@@ -191,7 +238,22 @@ pub struct KeysQuery {
     consistency: Option<String>,
 }
 
-pub async fn keys(State(app): State<Arc<App>>, Query(q): Query<KeysQuery>) -> ApiResult {
+#[utoipa::path(get, path = "/api/keys", tag = "kv",
+    params(
+        ("prefix" = Option<String>, Query, description = "Only keys starting with it"),
+        ("limit" = Option<usize>, Query, description = "Page size, 1 to limits.maxListLimit (default 1000)"),
+        ("continue" = Option<String>, Query, description = "The `continue` of the previous page"),
+        ("consistency" = Option<String>, Query, description = "`linearizable` (default) or `stale`"),
+    ),
+    responses(
+        (status = 200, description = "One page of keys, in order", body = KeysResponse),
+        (status = 400, description = "A bad or repeated parameter", body = ErrorBody),
+        (status = 503, description = "No leader to confirm a linearizable read", body = ErrorBody),
+    ))]
+pub async fn keys(
+    State(app): State<Arc<App>>,
+    Query(q): Query<KeysQuery>,
+) -> Result<Json<KeysResponse>, ApiError> {
     let max = app.config.limits.max_list_limit;
     let limit = match q.limit.as_deref() {
         None | Some("") => DEFAULT_LIST_LIMIT.min(max),
@@ -209,13 +271,17 @@ pub async fn keys(State(app): State<Arc<App>>, Query(q): Query<KeysQuery>) -> Ap
     let start_after = q.continue_token.unwrap_or_default();
     let (keys, more) = app.list(&prefix, &start_after, limit, c).await?;
     let next = if more { keys.last().cloned() } else { None };
-    Ok(Json(json!({ "keys": keys, "continue": next })))
+    Ok(Json(KeysResponse { keys, next }))
 }
 
+#[utoipa::path(get, path = "/api/status", tag = "kv",
+    responses((status = 200, description = "This node's view of the cluster (the seed's status object)", body = Object)))]
 pub async fn status(State(app): State<Arc<App>>) -> Json<Value> {
     Json(super::status::status_json(&app))
 }
 
+#[utoipa::path(get, path = "/api/metrics", tag = "kv",
+    responses((status = 200, description = "Counters as JSON (the seed's format; Prometheus reads /metrics)", body = Object)))]
 pub async fn metrics_json(State(app): State<Arc<App>>) -> Json<Value> {
     Json(super::status::metrics_json(&app))
 }
@@ -227,6 +293,15 @@ pub struct LogsQuery {
 }
 
 /// Recent Raft log entries, newest page by default. Values are shown by size only.
+#[utoipa::path(get, path = "/api/logs", tag = "kv",
+    params(
+        ("start" = Option<u64>, Query, description = "First index (default: the newest page)"),
+        ("limit" = Option<usize>, Query, description = "Entries, 1 to 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "`{entries: [{index, term, leader, type, detail}], first, last, next}`", body = Object),
+        (status = 400, description = "A parameter that does not parse, or is repeated", body = ErrorBody),
+    ))]
 pub async fn logs(State(app): State<Arc<App>>, Query(q): Query<LogsQuery>) -> ApiResult {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let Some((first, last)) = app.log.bounds() else {

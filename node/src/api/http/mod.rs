@@ -6,7 +6,9 @@ pub mod admission;
 pub mod error;
 pub mod kv_routes;
 pub mod listener;
+pub mod openapi;
 pub mod probes;
+pub mod schema;
 pub mod status;
 
 use std::pin::Pin;
@@ -19,41 +21,47 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::Router;
 use tracing::Instrument;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::App;
 use crate::telemetry::metrics::{metrics, render, GaugeGuard};
 use error::ApiError;
 
+/// Every route the node serves, each with its OpenAPI description: the router and the
+/// document (`openapi.rs`) are both made from this list, so neither has a route the other lacks.
+pub fn served_routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(kv_routes::set))
+        .routes(routes!(kv_routes::get))
+        .routes(routes!(kv_routes::delete))
+        .routes(routes!(kv_routes::cas))
+        .routes(routes!(kv_routes::keys))
+        .routes(routes!(kv_routes::status))
+        .routes(routes!(kv_routes::metrics_json))
+        .routes(routes!(kv_routes::logs))
+        .routes(routes!(admin_routes::init))
+        .routes(routes!(admin_routes::add_learner))
+        .routes(routes!(admin_routes::promote))
+        .routes(routes!(admin_routes::remove))
+        .routes(routes!(admin_routes::transfer_leader))
+        .routes(routes!(admin_routes::members))
+        .routes(routes!(admin_routes::node_status))
+        .routes(routes!(prometheus))
+        .routes(routes!(openapi_json))
+        .routes(routes!(probes::livez))
+        .routes(routes!(probes::readyz))
+        .routes(routes!(probes::readyz_one))
+        .routes(routes!(probes::healthz))
+}
+
 pub fn router(app: Arc<App>) -> Router {
     let body_limit = app.config.limits.max_request_bytes;
     let admission = admission::Admission::new(app.request_bytes.clone(), body_limit as u64);
-    let routes = Router::new()
-        .route("/api/set", post(kv_routes::set))
-        .route("/api/get", get(kv_routes::get))
-        .route("/api/delete", delete(kv_routes::delete))
-        .route("/api/cas", post(kv_routes::cas))
-        .route("/api/keys", get(kv_routes::keys))
-        .route("/api/status", get(kv_routes::status))
-        .route("/api/metrics", get(kv_routes::metrics_json))
-        .route("/api/logs", get(kv_routes::logs))
-        .route("/admin/init", post(admin_routes::init))
-        .route("/admin/learners", post(admin_routes::add_learner))
-        .route("/admin/promote", post(admin_routes::promote))
-        .route("/admin/remove", post(admin_routes::remove))
-        .route(
-            "/admin/transfer-leader",
-            post(admin_routes::transfer_leader),
-        )
-        .route("/admin/members", get(admin_routes::members))
-        .route("/admin/status", get(admin_routes::node_status))
-        .route("/metrics", get(prometheus))
-        .route("/livez", get(probes::livez))
-        .route("/readyz", get(probes::readyz))
-        .route("/readyz/{check}", get(probes::readyz_one))
-        .route("/healthz", get(probes::readyz))
+    let (routes, _) = served_routes().split_for_parts();
+    let routes = routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
@@ -177,9 +185,20 @@ impl hyper::body::Body for WatchedBody {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain")))]
 async fn prometheus() -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         render(),
+    )
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "kv",
+    responses((status = 200, description = "This document", body = Object)))]
+async fn openapi_json() -> impl IntoResponse {
+    (
+        [("content-type", "application/json")],
+        openapi::document_json(),
     )
 }

@@ -94,6 +94,12 @@ fn render(results: &[(&str, Result<(), String>)], verbose: bool, what: &str) -> 
 /// Liveness never depends on peers: a partitioned node is alive and must not be restarted. It
 /// does fail when Raft itself has stopped on a fatal local error (a failed fsync, a full disk):
 /// only a restart recovers from that.
+#[utoipa::path(get, path = "/livez", tag = "probes",
+    params(("verbose" = Option<String>, Query, description = "Present: list every check")),
+    responses(
+        (status = 200, description = "Alive (`ok`, or the checks with `?verbose`)", body = String, content_type = "text/plain"),
+        (status = 503, description = "Raft stopped on a fatal local error: restart the process", body = String, content_type = "text/plain"),
+    ))]
 pub async fn livez(State(app): State<Arc<App>>, Query(q): Query<Verbose>) -> Response {
     let raft = check(&app, "raft").unwrap_or(Ok(()));
     render(
@@ -103,6 +109,12 @@ pub async fn livez(State(app): State<Arc<App>>, Query(q): Query<Verbose>) -> Res
     )
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    params(("verbose" = Option<String>, Query, description = "Present: list every check")),
+    responses(
+        (status = 200, description = "Ready to serve (`ok`, or the checks with `?verbose`)", body = String, content_type = "text/plain"),
+        (status = 503, description = "Not ready; the failing checks are listed", body = String, content_type = "text/plain"),
+    ))]
 pub async fn readyz(State(app): State<Arc<App>>, Query(q): Query<Verbose>) -> Response {
     let results: Vec<(&str, Result<(), String>)> = READY_CHECKS
         .iter()
@@ -111,6 +123,24 @@ pub async fn readyz(State(app): State<Arc<App>>, Query(q): Query<Verbose>) -> Re
     render(&results, q.verbose.is_some(), "readyz")
 }
 
+/// `/readyz` under the name Kubernetes' own components use.
+#[utoipa::path(get, path = "/healthz", tag = "probes",
+    params(("verbose" = Option<String>, Query, description = "Present: list every check")),
+    responses(
+        (status = 200, description = "Ready to serve", body = String, content_type = "text/plain"),
+        (status = 503, description = "Not ready; the failing checks are listed", body = String, content_type = "text/plain"),
+    ))]
+pub async fn healthz(app: State<Arc<App>>, q: Query<Verbose>) -> Response {
+    readyz(app, q).await
+}
+
+#[utoipa::path(get, path = "/readyz/{check}", tag = "probes",
+    params(("check" = String, Path, description = "One of raft, shutdown, leader, applied")),
+    responses(
+        (status = 200, description = "The check passes", body = String, content_type = "text/plain"),
+        (status = 404, description = "No such check; the known ones are listed", body = String, content_type = "text/plain"),
+        (status = 503, description = "The check fails, with its reason", body = String, content_type = "text/plain"),
+    ))]
 pub async fn readyz_one(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
     match READY_CHECKS.iter().find(|c| **c == name) {
         Some(known) => match check(&app, known) {
