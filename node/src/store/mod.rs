@@ -1,6 +1,7 @@
 //! The replicated state machine's data: an ordered map of string keys to string values, each
 //! with the revision (Raft log index) of its last change.
 
+pub mod mvcc;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 

@@ -1,0 +1,848 @@
+//! The multi-version key-value store: every write keeps the versions before it until they are
+//! compacted, so reads can ask for the state as of any revision since the compaction point, and
+//! every change is an event a watcher can be given (etcd's `server/storage/mvcc` model).
+//!
+//! **Revisions.** A change's revision is the Raft log index of the entry that made it (`main`),
+//! plus its position among the changes of that entry (`sub`: a transaction's operations). So
+//! one modifying request is one revision, revisions only grow across restarts, snapshots and
+//! leader changes, and every member computes the same ones; they are not contiguous (a Raft
+//! entry that changes nothing — a failed compare, a membership change — leaves a gap). The
+//! store's revision is that of its last change. Pre-MVCC data dirs used the same rule for a
+//! key's revision, so their keys keep their revisions when they are upgraded.
+//!
+//! Pure data: no I/O, no locking, deterministic. The state machine applies each committed
+//! entry here; the API layers read from here.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+/// A change's place in history: the Raft index of its entry and its position in that entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Rev {
+    pub main: u64,
+    pub sub: u32,
+}
+
+/// A key as a reader sees it at some revision.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    /// Writes since the key was (last) created: 1 for the first.
+    pub version: u64,
+    pub value: Vec<u8>,
+    /// The lease the key is attached to (0: none).
+    pub lease: i64,
+}
+
+/// One stored version of a key: a value, or a tombstone marking its deletion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Version {
+    rev: Rev,
+    create_revision: u64,
+    version: u64,
+    /// `None`: deleted at `rev`.
+    value: Option<Vec<u8>>,
+    lease: i64,
+}
+
+impl Version {
+    fn as_kv(&self, key: &[u8], keys_only: bool) -> Option<KeyValue> {
+        let value = self.value.as_ref()?;
+        Some(KeyValue {
+            key: key.to_vec(),
+            create_revision: self.create_revision,
+            mod_revision: self.rev.main,
+            version: self.version,
+            value: if keys_only { Vec::new() } else { value.clone() },
+            lease: self.lease,
+        })
+    }
+
+    fn bytes(&self, key: &[u8]) -> u64 {
+        // A version's cost: its key (each version holds it in events and snapshots), its value
+        // and the fixed fields.
+        (key.len() + self.value.as_ref().map_or(0, Vec::len) + 40) as u64
+    }
+}
+
+/// Why a request was refused. The messages are etcd's: clients match on them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum MvccError {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted { compacted: u64 },
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision { current: u64 },
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+}
+
+/// Which keys: one key, a range `[key, range_end)`, or every key from `key` on (etcd's
+/// `range_end = "\0"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyRange {
+    One(Vec<u8>),
+    Range { from: Vec<u8>, to: Vec<u8> },
+    From(Vec<u8>),
+}
+
+impl KeyRange {
+    /// From etcd's (key, range_end) pair.
+    pub fn from_etcd(key: Vec<u8>, range_end: Vec<u8>) -> KeyRange {
+        match range_end.as_slice() {
+            [] => KeyRange::One(key),
+            [0] => KeyRange::From(key),
+            _ => KeyRange::Range {
+                from: key,
+                to: range_end,
+            },
+        }
+    }
+
+    /// Every key that starts with `prefix` (etcd's `--prefix`).
+    pub fn prefix(prefix: &[u8]) -> KeyRange {
+        match prefix_end(prefix) {
+            Some(to) => KeyRange::Range {
+                from: prefix.to_vec(),
+                to,
+            },
+            None => KeyRange::From(prefix.to_vec()),
+        }
+    }
+
+    fn bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
+        match self {
+            KeyRange::One(k) => (Bound::Included(k), Bound::Included(k)),
+            KeyRange::Range { from, to } => (Bound::Included(from), Bound::Excluded(to)),
+            KeyRange::From(k) => (Bound::Included(k), Bound::Unbounded),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, KeyRange::Range { from, to } if from >= to)
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeyRange::One(k) => k == key,
+            KeyRange::Range { from, to } => from.as_slice() <= key && key < to.as_slice(),
+            KeyRange::From(k) => k.as_slice() <= key,
+        }
+    }
+}
+
+/// The smallest key greater than every key with this prefix; `None` if there is none (the
+/// prefix is empty or all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SortOrder {
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RangeRequest {
+    pub keys: Option<KeyRange>,
+    /// 0: the current revision.
+    pub revision: u64,
+    /// 0: no limit.
+    pub limit: u64,
+    pub keys_only: bool,
+    pub count_only: bool,
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    /// 0: no bound.
+    pub min_mod_revision: u64,
+    pub max_mod_revision: u64,
+    pub min_create_revision: u64,
+    pub max_create_revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// More keys matched than `limit` let through.
+    pub more: bool,
+    /// Keys in the range at that revision, before `limit` and the revision filters.
+    pub count: u64,
+    /// The store revision the range was read at.
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub lease: i64,
+    pub prev_kv: bool,
+    /// Keep the current value (the key must exist).
+    pub ignore_value: bool,
+    /// Keep the current lease (the key must exist).
+    pub ignore_lease: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    pub keys: KeyRange,
+    pub prev_kv: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareResult {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Version(u64),
+    Create(u64),
+    Mod(u64),
+    Value(Vec<u8>),
+    Lease(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub keys: KeyRange,
+    pub result: CompareResult,
+    pub target: CompareTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Range(RangeRequest),
+    Put(PutRequest),
+    Delete(DeleteRequest),
+    Txn(TxnRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TxnRequest {
+    pub compare: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    Range(RangeResult),
+    Put {
+        prev_kv: Option<KeyValue>,
+    },
+    Delete {
+        deleted: u64,
+        prev_kvs: Vec<KeyValue>,
+    },
+    Txn(TxnResult),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TxnResult {
+    pub succeeded: bool,
+    pub responses: Vec<OpResult>,
+}
+
+/// One change, in the order apply made it: what a watcher is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// The key as written; `prev` is what it was before (if it existed).
+    Put {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
+    /// `kv` is the key and the deletion's revision (value empty); `prev` what was deleted.
+    Delete { kv: KeyValue, prev: KeyValue },
+}
+
+/// The largest number of operations etcd takes in one transaction (`--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+
+/// The store. Cloning copies everything (a snapshot in memory); snapshots stream it instead.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MvccStore {
+    /// Each key's versions, oldest first; a key whose versions are all compacted away is gone.
+    keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    /// The revision of the last change.
+    revision: u64,
+    /// Revisions before this one may be gone; reading at one is refused.
+    compacted: u64,
+    /// Keys that exist now, and the bytes of their keys and current values.
+    live_keys: u64,
+    live_bytes: u64,
+    /// Bytes of every version kept (history included): what compaction frees.
+    total_bytes: u64,
+}
+
+impl MvccStore {
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn compacted(&self) -> u64 {
+        self.compacted
+    }
+
+    /// Keys that exist at the current revision.
+    pub fn len(&self) -> u64 {
+        self.live_keys
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live_keys == 0
+    }
+
+    /// Bytes of the keys and values that exist now.
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// Bytes of everything kept, history included.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// The revision a read at `revision` (0: `current`) sees, or why it cannot be read.
+    fn read_revision(&self, revision: u64, current: u64) -> Result<u64, MvccError> {
+        if revision == 0 {
+            return Ok(current);
+        }
+        if revision > current {
+            return Err(MvccError::FutureRevision { current });
+        }
+        if revision < self.compacted {
+            return Err(MvccError::Compacted {
+                compacted: self.compacted,
+            });
+        }
+        Ok(revision)
+    }
+
+    /// A key's version visible at `at`, if the key exists then.
+    fn visible(versions: &[Version], at: u64) -> Option<&Version> {
+        let after = versions.partition_point(|v| v.rev.main <= at);
+        let v = versions.get(after.checked_sub(1)?)?;
+        v.value.as_ref().map(|_| v)
+    }
+
+    /// The key as it is now.
+    pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
+        let versions = self.keys.get(key)?;
+        Self::visible(versions, self.revision)?.as_kv(key, false)
+    }
+
+    /// Keys in `keys` as of `at`, in key order, each with its visible version.
+    fn scan<'a>(
+        &'a self,
+        keys: &'a KeyRange,
+        at: u64,
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Version)> + 'a {
+        let range = if keys.is_empty() {
+            None
+        } else {
+            Some(self.keys.range::<[u8], _>(keys.bounds()))
+        };
+        range
+            .into_iter()
+            .flatten()
+            .filter_map(move |(k, vs)| Self::visible(vs, at).map(|v| (k, v)))
+    }
+
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResult, MvccError> {
+        self.range_in(req, self.revision)
+    }
+
+    /// A range read in a view whose latest revision is `current` (a transaction's own writes
+    /// are at a revision the store has not reached yet).
+    fn range_in(&self, req: &RangeRequest, current: u64) -> Result<RangeResult, MvccError> {
+        let at = self.read_revision(req.revision, current)?;
+        let Some(keys) = &req.keys else {
+            return Ok(RangeResult {
+                revision: current,
+                ..RangeResult::default()
+            });
+        };
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        // etcd sorts by key ascending when another target is asked without an order.
+        let order = match (req.sort_order, req.sort_target) {
+            (SortOrder::None, SortTarget::Key) => SortOrder::None,
+            (SortOrder::None, _) => SortOrder::Ascend,
+            (o, _) => o,
+        };
+        let keep = |v: &Version| {
+            (req.min_mod_revision == 0 || v.rev.main >= req.min_mod_revision)
+                && (req.max_mod_revision == 0 || v.rev.main <= req.max_mod_revision)
+                && (req.min_create_revision == 0 || v.create_revision >= req.min_create_revision)
+                && (req.max_create_revision == 0 || v.create_revision <= req.max_create_revision)
+        };
+        let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        let mut count = 0u64;
+        let mut kvs = Vec::new();
+        let mut more = false;
+        // Without sorting or filters the scan can stop collecting at the limit (it still
+        // counts, as etcd's `count` is every key in the range).
+        let streaming = order == SortOrder::None
+            || (order == SortOrder::Ascend && req.sort_target == SortTarget::Key);
+        for (k, v) in self.scan(keys, at) {
+            count += 1;
+            if req.count_only || !keep(v) {
+                continue;
+            }
+            if streaming && !filtered && limit != 0 && kvs.len() == limit {
+                more = true;
+                continue;
+            }
+            // Values are dropped for keys_only after sorting: a sort by value needs them.
+            kvs.extend(v.as_kv(k, req.keys_only && req.sort_target != SortTarget::Value));
+        }
+        if req.count_only {
+            return Ok(RangeResult {
+                kvs: Vec::new(),
+                more: false,
+                count,
+                revision: current,
+            });
+        }
+        match (order, req.sort_target) {
+            (SortOrder::None, _) | (SortOrder::Ascend, SortTarget::Key) => {}
+            (SortOrder::Descend, SortTarget::Key) => kvs.reverse(),
+            (o, t) => {
+                // Stable: equal targets stay in key order, as in etcd.
+                kvs.sort_by(|a, b| {
+                    let c = match t {
+                        SortTarget::Key => a.key.cmp(&b.key),
+                        SortTarget::Version => a.version.cmp(&b.version),
+                        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                        SortTarget::Value => a.value.cmp(&b.value),
+                    };
+                    if o == SortOrder::Descend {
+                        c.reverse()
+                    } else {
+                        c
+                    }
+                });
+            }
+        }
+        if limit != 0 && kvs.len() > limit {
+            kvs.truncate(limit);
+            more = true;
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value = Vec::new();
+            }
+        }
+        Ok(RangeResult {
+            kvs,
+            more,
+            count,
+            revision: current,
+        })
+    }
+
+    /// Refuses what etcd refuses before proposing: too many operations, or a key written twice
+    /// (put twice, or put and deleted) in one branch.
+    pub fn check_txn(txn: &TxnRequest) -> Result<(), MvccError> {
+        if txn.success.len() > MAX_TXN_OPS
+            || txn.failure.len() > MAX_TXN_OPS
+            || txn.compare.len() > MAX_TXN_OPS
+        {
+            return Err(MvccError::TooManyOps);
+        }
+        branch_writes(&txn.success)?;
+        branch_writes(&txn.failure)?;
+        Ok(())
+    }
+
+    fn compare(&self, c: &Compare) -> bool {
+        let matching: Vec<&Version> = self.scan(&c.keys, self.revision).map(|(_, v)| v).collect();
+        if matching.is_empty() {
+            // An absent key has version, create and mod revision 0 and no lease; a value
+            // compare against it always fails (etcd's rule).
+            if matches!(c.target, CompareTarget::Value(_)) {
+                return false;
+            }
+            let absent = Version {
+                rev: Rev { main: 0, sub: 0 },
+                create_revision: 0,
+                version: 0,
+                value: Some(Vec::new()),
+                lease: 0,
+            };
+            return compare_one(&absent, c);
+        }
+        matching.into_iter().all(|v| compare_one(v, c))
+    }
+
+    /// Applies a transaction (a plain put or delete is a transaction of one operation) as the
+    /// Raft entry at `index`, which must be above every index applied before. Its changes get
+    /// revision `index`; the events are returned in order. All compares, nested ones included,
+    /// see the state before the transaction, and every check runs before the first change, so
+    /// a transaction is applied whole or not at all (etcd's rules). A request refused by
+    /// [`MvccStore::check_txn`] must not get here; if one does (a log written by a buggy
+    /// proposer), it is applied all the same, deterministically.
+    pub fn apply_txn(
+        &mut self,
+        index: u64,
+        txn: &TxnRequest,
+    ) -> (Result<TxnResult, MvccError>, Vec<Event>) {
+        debug_assert!(
+            index > self.revision,
+            "entry {index} applied after {}",
+            self.revision
+        );
+        if let Err(e) = self.precheck_txn(txn) {
+            return (Err(e), Vec::new());
+        }
+        let mut w = Writer {
+            index,
+            sub: 0,
+            events: Vec::new(),
+        };
+        let result = self.run_txn(&mut w, txn);
+        if !w.events.is_empty() {
+            self.revision = index;
+        }
+        (Ok(result), w.events)
+    }
+
+    /// What the transaction would refuse, found on the path its compares choose.
+    fn precheck_txn(&self, txn: &TxnRequest) -> Result<(), MvccError> {
+        let ops = if txn.compare.iter().all(|c| self.compare(c)) {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        for op in ops {
+            match op {
+                Op::Put(p) if (p.ignore_value || p.ignore_lease) && self.get(&p.key).is_none() => {
+                    return Err(MvccError::KeyNotFound)
+                }
+                Op::Range(r) if r.revision > self.revision => {
+                    return Err(MvccError::FutureRevision {
+                        current: self.revision,
+                    })
+                }
+                Op::Range(r) if r.revision != 0 && r.revision < self.compacted => {
+                    return Err(MvccError::Compacted {
+                        compacted: self.compacted,
+                    })
+                }
+                Op::Txn(t) => self.precheck_txn(t)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn run_txn(&mut self, w: &mut Writer, txn: &TxnRequest) -> TxnResult {
+        // Compares read at the store's revision, which this transaction's changes (at a later
+        // revision) are not part of yet.
+        let succeeded = txn.compare.iter().all(|c| self.compare(c));
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        let responses = ops.iter().map(|op| self.run_op(w, op)).collect();
+        TxnResult {
+            succeeded,
+            responses,
+        }
+    }
+
+    fn run_op(&mut self, w: &mut Writer, op: &Op) -> OpResult {
+        match op {
+            Op::Range(r) => {
+                // Reads inside a transaction see its earlier writes. Its revision was checked
+                // beforehand, so this cannot fail.
+                let current = self.revision_seen(w);
+                OpResult::Range(self.range_in(r, current).unwrap_or_default())
+            }
+            Op::Put(p) => {
+                let prev = self.latest(w, &p.key);
+                let value = match (&prev, p.ignore_value) {
+                    (Some(prev), true) => prev.value.clone(),
+                    _ => p.value.clone(),
+                };
+                let lease = match (&prev, p.ignore_lease) {
+                    (Some(prev), true) => prev.lease,
+                    _ => p.lease,
+                };
+                let kv = self.put_version(w.next(), &p.key, value, lease);
+                w.events.push(Event::Put {
+                    kv,
+                    prev: prev.clone(),
+                });
+                OpResult::Put {
+                    prev_kv: if p.prev_kv { prev } else { None },
+                }
+            }
+            Op::Delete(d) => {
+                let at = self.revision_seen(w);
+                let doomed: Vec<KeyValue> = self
+                    .scan(&d.keys, at)
+                    .filter_map(|(k, v)| v.as_kv(k, false))
+                    .collect();
+                for prev in &doomed {
+                    let rev = w.next();
+                    self.tombstone(rev, &prev.key);
+                    w.events.push(Event::Delete {
+                        kv: KeyValue {
+                            key: prev.key.clone(),
+                            mod_revision: rev.main,
+                            ..KeyValue::default()
+                        },
+                        prev: prev.clone(),
+                    });
+                }
+                OpResult::Delete {
+                    deleted: doomed.len() as u64,
+                    prev_kvs: if d.prev_kv { doomed } else { Vec::new() },
+                }
+            }
+            Op::Txn(t) => OpResult::Txn(self.run_txn(w, t)),
+        }
+    }
+
+    /// The key as this transaction sees it, its own earlier writes included.
+    fn latest(&self, w: &Writer, key: &[u8]) -> Option<KeyValue> {
+        let versions = self.keys.get(key)?;
+        Self::visible(versions, self.revision_seen(w))?.as_kv(key, false)
+    }
+
+    /// The revision at which this transaction's own writes are visible.
+    fn revision_seen(&self, w: &Writer) -> u64 {
+        if w.events.is_empty() {
+            self.revision
+        } else {
+            w.index
+        }
+    }
+
+    fn put_version(&mut self, rev: Rev, key: &[u8], value: Vec<u8>, lease: i64) -> KeyValue {
+        let versions = self.keys.entry(key.to_vec()).or_default();
+        let (create_revision, version, old_live) = match versions.last() {
+            Some(last) if last.value.is_some() => (
+                last.create_revision,
+                last.version + 1,
+                last.value.as_ref().map(Vec::len),
+            ),
+            _ => (rev.main, 1, None),
+        };
+        let v = Version {
+            rev,
+            create_revision,
+            version,
+            value: Some(value),
+            lease,
+        };
+        let kv = v.as_kv(key, false).unwrap_or_default();
+        self.total_bytes += v.bytes(key);
+        match old_live {
+            Some(old) => {
+                self.live_bytes -= old as u64;
+                self.live_bytes += kv.value.len() as u64;
+            }
+            None => {
+                self.live_keys += 1;
+                self.live_bytes += (key.len() + kv.value.len()) as u64;
+            }
+        }
+        versions.push(v);
+        kv
+    }
+
+    fn tombstone(&mut self, rev: Rev, key: &[u8]) {
+        let Some(versions) = self.keys.get_mut(key) else {
+            return;
+        };
+        let Some(old) = versions.last().and_then(|l| l.value.as_ref().map(Vec::len)) else {
+            return;
+        };
+        let v = Version {
+            rev,
+            create_revision: 0,
+            version: 0,
+            value: None,
+            lease: 0,
+        };
+        self.total_bytes += v.bytes(key);
+        self.live_keys -= 1;
+        self.live_bytes -= (key.len() + old) as u64;
+        versions.push(v);
+    }
+
+    /// Checks a compaction request before it is proposed.
+    pub fn check_compact(&self, revision: u64) -> Result<(), MvccError> {
+        if revision > self.revision {
+            return Err(MvccError::FutureRevision {
+                current: self.revision,
+            });
+        }
+        if revision <= self.compacted {
+            return Err(MvccError::Compacted {
+                compacted: self.compacted,
+            });
+        }
+        Ok(())
+    }
+
+    /// Forgets history before `revision`: afterwards reads at `revision` and later are as
+    /// before, earlier ones are refused. Each key keeps its newest version at or before
+    /// `revision` unless that is a deletion. Cost: one pass over the keys.
+    pub fn compact(&mut self, revision: u64) -> Result<(), MvccError> {
+        self.check_compact(revision)?;
+        let mut freed = 0u64;
+        self.keys.retain(|key, versions| {
+            let visible = versions.partition_point(|v| v.rev.main <= revision);
+            // Keep the version visible at `revision` (the last one at or before it) and all
+            // later ones; a visible tombstone is not needed to answer any read.
+            let mut drop = visible.saturating_sub(1);
+            if versions
+                .get(drop)
+                .is_some_and(|v| v.value.is_none() && drop < visible)
+            {
+                drop += 1;
+            }
+            for v in versions.drain(..drop) {
+                freed += v.bytes(key);
+            }
+            !versions.is_empty()
+        });
+        self.total_bytes -= freed;
+        self.compacted = revision;
+        Ok(())
+    }
+
+    /// The store from a pre-MVCC map: each key written once, at the revision it had (the same
+    /// rule: the index of the entry that wrote it). The store's revision is the newest of them;
+    /// the history before it is gone, so it is also the compaction point.
+    pub fn from_legacy<'a>(entries: impl Iterator<Item = (&'a str, &'a str, u64)>) -> MvccStore {
+        let mut store = MvccStore::default();
+        for (key, value, revision) in entries {
+            let rev = Rev {
+                main: revision,
+                sub: 0,
+            };
+            store.put_version(rev, key.as_bytes(), value.as_bytes().to_vec(), 0);
+            store.revision = store.revision.max(revision);
+        }
+        store.compacted = store.revision;
+        store
+    }
+}
+
+/// Hands out the revisions of one Raft entry's changes, and collects their events.
+struct Writer {
+    index: u64,
+    sub: u32,
+    events: Vec<Event>,
+}
+
+impl Writer {
+    fn next(&mut self) -> Rev {
+        let rev = Rev {
+            main: self.index,
+            sub: self.sub,
+        };
+        self.sub += 1;
+        rev
+    }
+}
+
+fn compare_one(v: &Version, c: &Compare) -> bool {
+    use std::cmp::Ordering;
+    let ord: Ordering = match &c.target {
+        CompareTarget::Version(x) => v.version.cmp(x),
+        CompareTarget::Create(x) => v.create_revision.cmp(x),
+        CompareTarget::Mod(x) => v.rev.main.cmp(x),
+        CompareTarget::Value(x) => v.value.as_deref().unwrap_or_default().cmp(x.as_slice()),
+        CompareTarget::Lease(x) => v.lease.cmp(x),
+    };
+    match c.result {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+    }
+}
+
+/// The keys a branch puts and the ranges it deletes, refusing a key put twice or put and
+/// deleted (etcd's `checkIntervals`: a nested transaction's two branches exclude each other,
+/// so a key put in both is fine; deletes may overlap deletes).
+fn branch_writes(ops: &[Op]) -> Result<(Vec<Vec<u8>>, Vec<KeyRange>), MvccError> {
+    let mut dels: Vec<KeyRange> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Delete(d) => Some(d.keys.clone()),
+            _ => None,
+        })
+        .collect();
+    let deleted = |dels: &[KeyRange], k: &[u8]| dels.iter().any(|r| r.contains(k));
+    let mut puts: Vec<Vec<u8>> = Vec::new();
+    for op in ops {
+        let Op::Txn(t) = op else { continue };
+        let (then_puts, then_dels) = branch_writes(&t.success)?;
+        let (else_puts, else_dels) = branch_writes(&t.failure)?;
+        for k in &then_puts {
+            if puts.contains(k) || deleted(&dels, k) {
+                return Err(MvccError::DuplicateKey);
+            }
+            puts.push(k.clone());
+        }
+        for k in else_puts {
+            if (puts.contains(&k) && !then_puts.contains(&k)) || deleted(&dels, &k) {
+                return Err(MvccError::DuplicateKey);
+            }
+            if !puts.contains(&k) {
+                puts.push(k);
+            }
+        }
+        dels.extend(then_dels);
+        dels.extend(else_dels);
+    }
+    for op in ops {
+        let Op::Put(p) = op else { continue };
+        if puts.contains(&p.key) || deleted(&dels, &p.key) {
+            return Err(MvccError::DuplicateKey);
+        }
+        puts.push(p.key.clone());
+    }
+    Ok((puts, dels))
+}
