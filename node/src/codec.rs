@@ -9,7 +9,7 @@
 //! |-------------------------------|-----------------------------------|---------|-----------|
 //! | log segments (`storage/segments`)| 8-byte segment header             | 1       | 0: no header (before versioning) |
 //! | state files (vote, log meta, identity, cluster id) | 10-byte file header | 1  | 0: `[crc32][payload]` (cluster id: bare text) |
-//! | snapshot files                | last byte of the 8-byte magic     | 1       | -         |
+//! | snapshot files                | last byte of the 8-byte magic     | 2       | 1: the data is the pre-MVCC map |
 //! | peer messages                 | the `wire_version` field          | 1       | 0: sender from before versioning |
 //!
 //! Versions 0 and 1 encode payloads identically (bincode 1 of openraft 0.10.0-alpha.37's types,
@@ -29,7 +29,9 @@ pub const LOG_FORMAT: u16 = 1;
 /// State file format written by this build.
 pub const STATE_FILE_FORMAT: u16 = 1;
 /// Snapshot file format written by this build.
-pub const SNAPSHOT_FORMAT: u8 = 1;
+/// Snapshot format written by this build: 2, the data is the MVCC store (`store::mvcc`); 1 was
+/// the pre-MVCC map (`store::KvMap`), still read, and upgraded as it is loaded.
+pub const SNAPSHOT_FORMAT: u8 = 2;
 /// Peer message encoding sent by this build. Receivers accept 0 (same encoding) up to this.
 pub const WIRE_VERSION: u32 = 1;
 
@@ -227,16 +229,17 @@ pub fn load_state_file(path: &Path, legacy: LegacyStateFile) -> io::Result<Optio
 
 // ---- snapshot files ----
 
-/// The 8-byte magic a snapshot file of this build starts with.
-pub fn snapshot_magic() -> [u8; 8] {
+/// The 8-byte magic a snapshot file whose data is in `format` starts with.
+pub fn snapshot_magic(format: u8) -> [u8; 8] {
     let mut m = [0u8; 8];
     m[..7].copy_from_slice(SNAPSHOT_MAGIC_PREFIX);
-    m[7] = b'0' + SNAPSHOT_FORMAT;
+    m[7] = b'0' + format;
     m
 }
 
-/// Checks a snapshot file's magic; `Err` names the file and what is wrong with it.
-pub fn check_snapshot_magic(bytes: &[u8], path: &Path) -> io::Result<()> {
+/// Checks a snapshot file's magic and returns its format; `Err` names the file and what is
+/// wrong with it.
+pub fn check_snapshot_magic(bytes: &[u8], path: &Path) -> io::Result<u8> {
     let format = match bytes.get(..8) {
         Some(m) if &m[..7] == SNAPSHOT_MAGIC_PREFIX && m[7].is_ascii_digit() => m[7] - b'0',
         _ => {
@@ -259,7 +262,7 @@ pub fn check_snapshot_magic(bytes: &[u8], path: &Path) -> io::Result<()> {
             path.display()
         )));
     }
-    Ok(())
+    Ok(format)
 }
 
 // ---- peer messages ----
@@ -362,7 +365,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("snap") && e.contains("format 3"), "{e}");
-        assert!(check_snapshot_magic(&snapshot_magic(), Path::new("snap")).is_ok());
+        assert_eq!(
+            check_snapshot_magic(&snapshot_magic(SNAPSHOT_FORMAT), Path::new("snap")).ok(),
+            Some(SNAPSHOT_FORMAT)
+        );
+        assert_eq!(
+            check_snapshot_magic(&snapshot_magic(1), Path::new("snap")).ok(),
+            Some(1)
+        );
         // Corruption is called corruption, not a newer release.
         for bad in [&b"CKVSNAPx"[..], b"CKVSNAP0", b"CKVSN"] {
             let e = check_snapshot_magic(bad, Path::new("snap"))

@@ -69,6 +69,17 @@ pub struct Flags {
     /// 1.6 times this, randomised). Default 1000, as etcd.
     #[arg(long = "election-timeout-ms", env = "CONCORD_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
+    /// How history is compacted automatically, as etcd: `periodic` (keep what is newer than
+    /// the retention) or `revision` (keep that many revisions). Default: periodic.
+    #[arg(long = "auto-compaction-mode", env = "CONCORD_AUTO_COMPACTION_MODE")]
+    pub auto_compaction_mode: Option<String>,
+    /// For `periodic` a duration (`5m`, `1h`; a bare number is hours, as etcd), for `revision`
+    /// a count; 0 turns it off (the history byte bound still applies). Default: 5m.
+    #[arg(
+        long = "auto-compaction-retention",
+        env = "CONCORD_AUTO_COMPACTION_RETENTION"
+    )]
+    pub auto_compaction_retention: Option<String>,
 }
 
 /// The YAML file. `server` is the seed's section; `raft` and `limits` are ours. Unknown keys are
@@ -82,6 +93,17 @@ pub struct FileConfig {
     pub raft: RaftSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub compaction: CompactionSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompactionSection {
+    pub mode: Option<String>,
+    /// A duration string or a number (hours for periodic, a count for revision).
+    pub retention: Option<serde_yaml_ng::Value>,
+    pub max_history_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +242,94 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Wait to be added by the admin API instead of bootstrapping.
     pub join: bool,
+    pub compaction: Compaction,
+}
+
+/// Automatic compaction of the store's history (docs/configuration.md, Compaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compaction {
+    pub retention: Retention,
+    /// History (versions older than the current ones) kept in memory at most; past it the
+    /// leader compacts to the current revision whatever the retention.
+    pub max_history_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep the history of this long.
+    Periodic(Duration),
+    /// Keep this many revisions (Raft indexes) of history.
+    Revisions(u64),
+    /// Only the byte bound compacts.
+    Off,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            retention: Retention::Periodic(Duration::from_secs(300)),
+            max_history_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+fn resolve_compaction(
+    mode: Option<String>,
+    retention: Option<String>,
+    section: CompactionSection,
+) -> Result<Compaction, ConfigError> {
+    let d = Compaction::default();
+    let mode = mode.or(section.mode);
+    let retention = retention.or(match section.retention {
+        None => None,
+        Some(serde_yaml_ng::Value::String(s)) => Some(s),
+        Some(serde_yaml_ng::Value::Number(n)) => Some(n.to_string()),
+        Some(other) => {
+            return Err(ConfigError::Invalid(format!(
+                "compaction.retention {other:?} must be a duration (\"5m\") or a number"
+            )))
+        }
+    });
+    let bad = |what: &str, v: &str| {
+        ConfigError::Invalid(format!("auto-compaction retention {v:?}: {what}"))
+    };
+    let retention = match (mode.as_deref(), retention.as_deref()) {
+        (None | Some("periodic"), None) => d.retention,
+        (None | Some("periodic"), Some(v)) => {
+            let v = v.trim();
+            let duration = match v.parse::<f64>() {
+                // etcd reads a bare number as hours.
+                Ok(hours) if hours >= 0.0 && hours.is_finite() => {
+                    Duration::from_secs_f64(hours * 3600.0)
+                }
+                Ok(_) => return Err(bad("must not be negative", v)),
+                Err(_) => humantime::parse_duration(v)
+                    .map_err(|e| bad(&format!("not a duration ({e})"), v))?,
+            };
+            if duration.is_zero() {
+                Retention::Off
+            } else {
+                Retention::Periodic(duration)
+            }
+        }
+        (Some("revision"), v) => match v.unwrap_or("1000").trim().parse::<u64>() {
+            Ok(0) => Retention::Off,
+            Ok(n) => Retention::Revisions(n),
+            Err(_) => return Err(bad("must be a count of revisions", v.unwrap_or_default())),
+        },
+        (Some(other), _) => {
+            return Err(ConfigError::Invalid(format!(
+                "auto-compaction mode {other:?} must be periodic or revision"
+            )))
+        }
+    };
+    Ok(Compaction {
+        retention,
+        max_history_bytes: section
+            .max_history_bytes
+            .unwrap_or(d.max_history_bytes)
+            .max(1024 * 1024),
+    })
 }
 
 /// Rewrites the seed's single-dash long flags (`-node x`, `-config=f`) to clap's `--` form.
@@ -429,6 +539,11 @@ impl Config {
                 .unwrap_or(d.max_pending_proposal_bytes)
                 .max(l.max_request_bytes.unwrap_or(d.max_request_bytes) as u64),
         };
+        let compaction = resolve_compaction(
+            flags.auto_compaction_mode,
+            flags.auto_compaction_retention,
+            file.compaction,
+        )?;
         Ok(Config {
             name,
             listen_addr,
@@ -440,6 +555,7 @@ impl Config {
             limits,
             log_format,
             join,
+            compaction,
         })
     }
 
@@ -473,6 +589,51 @@ mod tests {
                 .map(String::from),
         );
         Flags::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn auto_compaction_reads_etcds_spellings_and_is_on_by_default() {
+        let c = |args: &[&str]| Config::resolve(flags(args)).map(|c| c.compaction.retention);
+        assert_eq!(
+            c(&[]).unwrap(),
+            Retention::Periodic(Duration::from_secs(300))
+        );
+        assert_eq!(
+            c(&["--auto-compaction-retention", "1h30m"]).unwrap(),
+            Retention::Periodic(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            c(&["--auto-compaction-retention", "2"]).unwrap(),
+            Retention::Periodic(Duration::from_secs(7200)),
+            "a bare number is hours"
+        );
+        assert_eq!(
+            c(&[
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "500"
+            ])
+            .unwrap(),
+            Retention::Revisions(500)
+        );
+        assert_eq!(
+            c(&["--auto-compaction-retention", "0"]).unwrap(),
+            Retention::Off
+        );
+        for bad in [
+            vec!["--auto-compaction-mode", "sometimes"],
+            vec!["--auto-compaction-retention", "soon"],
+            vec![
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "1h",
+            ],
+        ] {
+            let e = c(&bad).unwrap_err().to_string();
+            assert!(e.contains("auto-compaction"), "{e}");
+        }
     }
 
     #[test]

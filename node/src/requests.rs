@@ -367,7 +367,13 @@ impl App {
     }
 
     pub fn local_get(&self, key: &str) -> Option<Versioned> {
-        self.state.read().kv.get(key).cloned()
+        let kv = self.state.read().kv.get(key.as_bytes())?;
+        // Every value is UTF-8 while the seed API is the only writer; the etcd API, which
+        // stores bytes, brings the seed API's refusal of values that are not.
+        Some(Versioned {
+            value: String::from_utf8_lossy(&kv.value).into_owned(),
+            revision: kv.mod_revision,
+        })
     }
 
     async fn forward_read(
@@ -414,7 +420,16 @@ impl App {
     }
 
     pub fn local_list(&self, prefix: &str, start_after: &str, limit: usize) -> (Vec<String>, bool) {
-        self.state.read().kv.list(prefix, start_after, limit)
+        let (keys, more) =
+            self.state
+                .read()
+                .kv
+                .list_keys(prefix.as_bytes(), start_after.as_bytes(), limit);
+        let keys = keys
+            .into_iter()
+            .map(|k| String::from_utf8_lossy(&k).into_owned())
+            .collect();
+        (keys, more)
     }
 
     async fn forward_list(

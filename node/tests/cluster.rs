@@ -230,3 +230,68 @@ async fn single_node_restart_keeps_data_and_concordctl_check_passes() {
     let (s, body) = c.get(0, "/api/get?key=persist").await;
     assert_eq!((s, body["value"].as_str()), (200, Some("yes")));
 }
+
+/// A gauge's value in a node's /metrics.
+async fn gauge(c: &Cluster, i: usize, name: &str) -> Option<f64> {
+    let (_, text) = c.get(i, "/metrics").await;
+    text.as_str()?
+        .lines()
+        .find(|l| l.split(' ').next() == Some(name))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_compacted_automatically_at_the_same_revision_on_every_member() {
+    let extra = "compaction:\n  mode: revision\n  retention: 10\n";
+    let mut c = Cluster::start(3, extra);
+    c.wait_leader(LEADER_WAIT).await;
+    for i in 0..60 {
+        c.set_retry(
+            "hot",
+            &format!("v{i}-{}", "x".repeat(1000)),
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+    // The leader proposes compaction to its revision minus 10; every member applies it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut seen = Vec::new();
+        for i in 0..3 {
+            seen.push((
+                gauge(&c, i, "concord_store_revision").await.unwrap_or(0.0),
+                gauge(&c, i, "concord_store_compacted_revision")
+                    .await
+                    .unwrap_or(0.0),
+                gauge(&c, i, "concord_store_history_bytes")
+                    .await
+                    .unwrap_or(f64::MAX),
+            ));
+        }
+        let agreed = seen.windows(2).all(|w| w[0] == w[1]);
+        let (revision, compacted, history) = seen[0];
+        if agreed && compacted > 0.0 && revision - compacted <= 10.0 && history < 20_000.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not compacted alike (revision, compacted, history bytes): {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What was compacted stays compacted across a restart (log replay or snapshot).
+    let before = gauge(&c, 1, "concord_store_compacted_revision").await;
+    c.kill9(1);
+    c.spawn(1);
+    c.wait_value(
+        1,
+        "hot",
+        &format!("v59-{}", "x".repeat(1000)),
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(gauge(&c, 1, "concord_store_compacted_revision").await >= before);
+}

@@ -132,9 +132,10 @@ fn valid_snapshot_file() -> Vec<u8> {
     use std::io::Write;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SnapshotStore::open(dir.path()).expect("open");
-    let mut kv = concord_node::store::KvMap::default();
+    let mut kv = concord_node::store::mvcc::MvccStore::default();
     for i in 1..20u64 {
-        kv.apply(
+        concord_node::store::apply(
+            &mut kv,
             i,
             &Command::Set {
                 key: format!("k{i}"),

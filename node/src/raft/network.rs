@@ -267,6 +267,7 @@ fn snapshot_chunks(
     vote: Vec<u8>,
     meta: Vec<u8>,
 ) -> impl futures::Stream<Item = SnapshotChunk> + Send + 'static {
+    let data_format = u32::from(file.format());
     let file = std::sync::Arc::new(file);
     let total = file.data_len();
     let first = Some((vote, meta));
@@ -314,6 +315,7 @@ fn snapshot_chunks(
                 data,
                 done,
                 wire_version: WIRE_VERSION,
+                data_format,
             };
             Some((chunk, (!done).then_some((next, None))))
         }

@@ -246,7 +246,27 @@ impl RaftPeer for PeerService {
                     self.check_raft(&chunk.cluster_id, chunk.target_id, chunk.wire_version)?;
                     vote = Some(decode(&chunk.vote).map_err(Self::bad_payload)?);
                     let m: SnapshotMeta = decode(&chunk.meta).map_err(Self::bad_payload)?;
-                    let out = self.app.snapshots.create(&m).map_err(Self::disk_error)?;
+                    let format = match chunk.data_format {
+                        0 => 1,
+                        f => u8::try_from(f)
+                            .ok()
+                            .filter(|f| *f <= crate::codec::SNAPSHOT_FORMAT)
+                            .ok_or_else(|| {
+                                errors::status(
+                                    tonic::Code::FailedPrecondition,
+                                    format!(
+                                        "snapshot in format {f}, newer than this node reads ({}): upgrade this node first",
+                                        crate::codec::SNAPSHOT_FORMAT
+                                    ),
+                                    ErrorReason::Internal,
+                                )
+                            })?,
+                    };
+                    let out = self
+                        .app
+                        .snapshots
+                        .create_in(&m, format)
+                        .map_err(Self::disk_error)?;
                     meta = Some(m);
                     out
                 }

@@ -234,6 +234,7 @@ impl Node {
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(bound_log_memory(app.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(auto_compact(app.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(measure_data_dir(
             app.config.data_dir.clone(),
             stop_rx.clone(),
@@ -369,6 +370,58 @@ async fn bound_log_memory(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             if let Some(upto) = app.log.purge_point_for(budget / 2, snapshot) {
                 if app.raft.trigger().purge_log(upto).await.is_err() {
                     return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Compacts the store's history automatically (`compaction.*`): the leader decides with
+/// `store::retention` and proposes the compaction through Raft, so every member compacts at the
+/// same revision. A new leader starts observing afresh.
+async fn auto_compact(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    use crate::config::Retention;
+    use crate::store::retention::{self, Samples, StoreView};
+    // Often enough that history over its byte bound is compacted before much more arrives.
+    const EVERY: Duration = Duration::from_millis(250);
+    let policy = app.config.compaction.clone();
+    let keep = match policy.retention {
+        Retention::Periodic(age) => age,
+        _ => Duration::ZERO,
+    };
+    let mut samples = Samples::default();
+    let mut was_leader = false;
+    loop {
+        let leader = app.is_leader();
+        if leader != was_leader {
+            samples = Samples::default();
+            was_leader = leader;
+        }
+        if leader {
+            let view = {
+                let s = app.state.read();
+                StoreView {
+                    revision: s.kv.revision(),
+                    compacted: s.kv.compacted(),
+                    history_bytes: s.kv.history_bytes(),
+                }
+            };
+            let now = std::time::Instant::now();
+            samples.record(now, view.revision, keep);
+            if let Some(revision) = retention::target(&policy, &samples, now, view) {
+                let deadline = tokio::time::Instant::now() + app.config.limits.request_timeout;
+                let cmd = crate::store::Command::Compact { revision };
+                match app.propose(cmd, deadline).await {
+                    Ok(w) => {
+                        tracing::info!(revision, result = ?w.result, history_bytes = view.history_bytes, "compacted the store's history")
+                    }
+                    Err(e) => {
+                        tracing::warn!(revision, error = %e, "automatic compaction failed; retrying")
+                    }
                 }
             }
         }

@@ -38,6 +38,8 @@ pub struct SnapshotFile {
     file: Backing,
     data_start: u64,
     data_len: u64,
+    /// The format of the data (`codec::SNAPSHOT_FORMAT` or an older one the node still reads).
+    format: u8,
 }
 
 #[derive(Debug)]
@@ -62,6 +64,11 @@ impl SnapshotFile {
             }
             Backing::Installed { path, .. } => format!("snapshot {}", path.display()),
         }
+    }
+
+    /// The format its data is in.
+    pub fn format(&self) -> u8 {
+        self.format
     }
 
     /// Size of the data (the state) in bytes.
@@ -117,6 +124,7 @@ pub struct SnapshotWriter {
     crc: crc32fast::Hasher,
     data_start: u64,
     data_len: u64,
+    format: u8,
 }
 
 impl Write for SnapshotWriter {
@@ -145,6 +153,7 @@ impl SnapshotWriter {
             crc,
             data_start,
             data_len,
+            format,
         } = self;
         let mut tmp = out.into_inner().map_err(|e| e.into_error())?;
         let file = tmp.as_file_mut();
@@ -155,6 +164,7 @@ impl SnapshotWriter {
             file: Backing::Pending(tmp),
             data_start,
             data_len,
+            format,
         })
     }
 }
@@ -182,8 +192,14 @@ impl SnapshotStore {
         self.dir.join(format!("snapshot-{index:020}.snap"))
     }
 
-    /// Starts a snapshot with this meta; the caller writes its data.
+    /// Starts a snapshot with this meta; the caller writes its data, in this build's format.
     pub fn create(&self, meta: &SnapshotMeta) -> io::Result<SnapshotWriter> {
+        self.create_in(meta, codec::SNAPSHOT_FORMAT)
+    }
+
+    /// Starts a snapshot whose data is in `format`: one received from a leader is stored in the
+    /// format the leader wrote it in.
+    pub fn create_in(&self, meta: &SnapshotMeta, format: u8) -> io::Result<SnapshotWriter> {
         let meta_bytes = codec::to_bytes(meta)?;
         let tmp = tempfile::Builder::new()
             .prefix(PARTIAL_PREFIX)
@@ -193,7 +209,7 @@ impl SnapshotStore {
         let mut crc = crc32fast::Hasher::new();
         crc.update(&meta_len);
         crc.update(&meta_bytes);
-        out.write_all(&codec::snapshot_magic())?;
+        out.write_all(&codec::snapshot_magic(format))?;
         out.write_all(&[0; 4])?; // the checksum, written by `finish`
         out.write_all(&meta_len)?;
         out.write_all(&meta_bytes)?;
@@ -202,6 +218,7 @@ impl SnapshotStore {
             crc,
             data_start: HEADER_LEN + meta_bytes.len() as u64,
             data_len: 0,
+            format,
         })
     }
 
@@ -209,7 +226,8 @@ impl SnapshotStore {
     pub fn install(&self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<SnapshotFile> {
         let index = meta.last_log_id.as_ref().map(|l| l.index).unwrap_or(0);
         let path = self.path_for(index);
-        let (data_start, data_len) = (snapshot.data_start, snapshot.data_len);
+        let (data_start, data_len, format) =
+            (snapshot.data_start, snapshot.data_len, snapshot.format);
         let file = match snapshot.file {
             Backing::Pending(tmp) => tmp.persist(&path).map_err(|e| e.error)?,
             // Already in place (restored at start and installed again by openraft).
@@ -223,8 +241,9 @@ impl SnapshotStore {
                     },
                     data_start,
                     data_len,
+                    format,
                 };
-                let mut copy = self.create(meta)?;
+                let mut copy = self.create_in(meta, format)?;
                 io::copy(&mut source.data_reader(), &mut copy)?;
                 return self.install(meta, copy.finish()?);
             }
@@ -239,6 +258,7 @@ impl SnapshotStore {
             file: Backing::Installed { file, path },
             data_start,
             data_len,
+            format,
         })
     }
 
@@ -267,21 +287,22 @@ impl SnapshotStore {
             return Ok(None);
         };
         let file = OpenOptions::new().read(true).open(&path)?;
-        let (meta, data_start, data_len) = verify(&file, &path)?;
+        let (meta, data_start, data_len, format) = verify(&file, &path)?;
         Ok(Some((
             meta,
             SnapshotFile {
                 file: Backing::Installed { file, path },
                 data_start,
                 data_len,
+                format,
             },
         )))
     }
 }
 
 /// Checks a snapshot file's header and checksum, reading it once in bounded pieces; returns
-/// its meta and where the data lies.
-fn verify(file: &File, path: &Path) -> io::Result<(SnapshotMeta, u64, u64)> {
+/// its meta, where the data lies and its format.
+fn verify(file: &File, path: &Path) -> io::Result<(SnapshotMeta, u64, u64, u8)> {
     let corrupt = |why: &str| {
         invalid_data(format!(
             "snapshot {} is corrupt ({why}); refusing to start",
@@ -292,7 +313,7 @@ fn verify(file: &File, path: &Path) -> io::Result<(SnapshotMeta, u64, u64)> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; 8];
     read_full(&mut reader, &mut magic)?;
-    codec::check_snapshot_magic(&magic, path)?;
+    let format = codec::check_snapshot_magic(&magic, path)?;
     if file_len < HEADER_LEN {
         return Err(corrupt("truncated header"));
     }
@@ -324,7 +345,7 @@ fn verify(file: &File, path: &Path) -> io::Result<(SnapshotMeta, u64, u64)> {
     let meta: SnapshotMeta =
         codec::from_bytes(&meta_bytes, "snapshot meta").map_err(|e| corrupt(&e.to_string()))?;
     let data_start = HEADER_LEN + meta_len;
-    Ok((meta, data_start, file_len - data_start))
+    Ok((meta, data_start, file_len - data_start, format))
 }
 
 /// Fills `buf` as far as the file goes; a short file leaves zeros, which the magic check refuses.

@@ -1,5 +1,5 @@
-//! openraft's `RaftStateMachine`: applies committed commands to the in-memory [`KvMap`] and
-//! persists it as snapshots. The map is shared with the API layer for reads.
+//! openraft's `RaftStateMachine`: applies committed commands to the in-memory MVCC store and
+//! persists it as snapshots. The store is shared with the API layer for reads.
 
 use std::io;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::snapshot_store::{SnapshotFile, SnapshotStore};
 use crate::raft::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::store::mvcc::MvccStore;
 use crate::store::{CommandResult, KvMap};
 use crate::telemetry::metrics::metrics;
 
@@ -21,7 +22,7 @@ use crate::telemetry::metrics::metrics;
 pub struct StateData {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
-    pub kv: KvMap,
+    pub kv: MvccStore,
 }
 
 /// Read access for the API layer.
@@ -56,11 +57,14 @@ impl StateMachineStore {
 }
 
 fn restore(meta: &SnapshotMeta, file: &SnapshotFile) -> io::Result<StateData> {
-    let kv: KvMap = crate::codec::from_reader(
-        file.data_reader(),
-        file.data_len(),
-        format_args!("the data of {}", file.describe()),
-    )?;
+    let what = format_args!("the data of {}", file.describe());
+    let kv = if file.format() == 1 {
+        let legacy: KvMap = crate::codec::from_reader(file.data_reader(), file.data_len(), what)?;
+        tracing::info!(snapshot = %file.describe(), "upgrading a pre-MVCC snapshot");
+        legacy.upgrade()
+    } else {
+        crate::codec::from_reader(file.data_reader(), file.data_len(), what)?
+    };
     Ok(StateData {
         last_applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
@@ -133,7 +137,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 state.last_applied = Some(entry.log_id);
                 match &entry.payload {
                     EntryPayload::Blank => CommandResult::None,
-                    EntryPayload::Normal(cmd) => state.kv.apply(index, cmd),
+                    // The events are for watchers (not yet served).
+                    EntryPayload::Normal(cmd) => crate::store::apply(&mut state.kv, index, cmd).0,
                     EntryPayload::Membership(m) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         CommandResult::None
@@ -146,8 +151,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         let state = self.state.read();
-        metrics().keys.set(state.kv.len() as i64);
-        metrics().key_bytes.set(state.kv.bytes() as i64);
+        let m = metrics();
+        m.keys.set(state.kv.len() as i64);
+        m.key_bytes.set(state.kv.live_bytes() as i64);
+        m.store_history_bytes.set(state.kv.history_bytes() as i64);
+        m.store_revision.set(state.kv.revision() as i64);
+        m.store_compacted_revision.set(state.kv.compacted() as i64);
         Ok(())
     }
 

@@ -1,13 +1,21 @@
-//! The replicated state machine's data: an ordered map of string keys to string values, each
-//! with the revision (Raft log index) of its last change.
+//! The replicated state machine's data: the MVCC store ([`mvcc`]) and the commands the Raft log
+//! carries to change it. The seed API's commands (`Set`, `Delete`, `Cas`) are applied as the
+//! transactions they are; etcd's requests arrive as transactions themselves.
 
 pub mod mvcc;
+pub mod retention;
+
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
-/// A write, exactly as stored in the Raft log.
+use mvcc::{
+    Compare, CompareResult, CompareTarget, DeleteRequest, KeyRange, MvccError, MvccStore, Op,
+    PutRequest, TxnRequest, TxnResult,
+};
+
+/// A write, exactly as stored in the Raft log. Variants are only ever added at the end: logs
+/// written by older releases must keep decoding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Set {
@@ -23,6 +31,12 @@ pub enum Command {
         expected: Option<String>,
         value: String,
     },
+    /// etcd's Txn (and Put and DeleteRange, as transactions of one operation).
+    Txn(TxnRequest),
+    /// Forget history before `revision` (etcd's Compact), on every member alike.
+    Compact {
+        revision: u64,
+    },
 }
 
 impl std::fmt::Display for Command {
@@ -36,13 +50,22 @@ impl std::fmt::Display for Command {
             Command::Cas { key, value, .. } => {
                 write!(f, "cas(key {}B, value {}B)", key.len(), value.len())
             }
+            Command::Txn(t) => write!(
+                f,
+                "txn({} compares, {}/{} ops, {}B)",
+                t.compare.len(),
+                t.success.len(),
+                t.failure.len(),
+                t.payload_bytes()
+            ),
+            Command::Compact { revision } => write!(f, "compact({revision})"),
         }
     }
 }
 
 impl Command {
     /// The user bytes it carries (keys and values), which is what its log entry, its forwarded
-    /// copy and its place in the map cost.
+    /// copy and its place in the store cost.
     pub fn payload_bytes(&self) -> u64 {
         let bytes = match self {
             Command::Set { key, value } => key.len() + value.len(),
@@ -52,25 +75,22 @@ impl Command {
                 expected,
                 value,
             } => key.len() + value.len() + expected.as_ref().map_or(0, String::len),
+            Command::Txn(t) => return t.payload_bytes(),
+            Command::Compact { .. } => 0,
         };
         bytes as u64
     }
-
-    pub fn key(&self) -> &str {
-        match self {
-            Command::Set { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => key,
-        }
-    }
 }
 
-/// A stored value and the revision that last wrote it.
+/// A value and the revision that last wrote it, as the seed API shows a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Versioned {
     pub value: String,
     pub revision: u64,
 }
 
-/// What applying a [`Command`] produced.
+/// What applying a [`Command`] produced. Variants are only ever added at the end (a leader
+/// sends it to the follower that forwarded the write).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum CommandResult {
     /// Blank and membership entries produce nothing.
@@ -86,117 +106,139 @@ pub enum CommandResult {
     Cas {
         swapped: bool,
         revision: u64,
-        /// The value found when the swap was refused.
+        /// The value found when the swap was refused (`value` lossily decoded if a client of
+        /// the etcd API stored bytes that are not UTF-8; the seed API refuses to show those).
         current: Option<Versioned>,
     },
+    Txn(Result<TxnResult, MvccError>),
+    Compact(Result<(), MvccError>),
 }
 
-/// The key-value map itself. Pure data: no I/O, no locking.
+fn put(key: &str, value: &str) -> Op {
+    Op::Put(PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        lease: 0,
+        prev_kv: false,
+        ignore_value: false,
+        ignore_lease: false,
+    })
+}
+
+fn one(op: Op) -> TxnRequest {
+    TxnRequest {
+        compare: Vec::new(),
+        success: vec![op],
+        failure: Vec::new(),
+    }
+}
+
+/// Applies a command as the Raft entry at `index`; returns its result and the changes it made,
+/// in order (what watchers are sent).
+pub fn apply(
+    store: &mut MvccStore,
+    index: u64,
+    cmd: &Command,
+) -> (CommandResult, Vec<mvcc::Event>) {
+    match cmd {
+        Command::Set { key, value } => {
+            let (_, events) = store.apply_txn(index, &one(put(key, value)));
+            (CommandResult::Set { revision: index }, events)
+        }
+        Command::Delete { key } => {
+            let delete = Op::Delete(DeleteRequest {
+                keys: KeyRange::One(key.as_bytes().to_vec()),
+                prev_kv: false,
+            });
+            let (_, events) = store.apply_txn(index, &one(delete));
+            let found = !events.is_empty();
+            (
+                CommandResult::Delete {
+                    found,
+                    revision: index,
+                },
+                events,
+            )
+        }
+        Command::Cas {
+            key,
+            expected,
+            value,
+        } => {
+            let keys = KeyRange::One(key.as_bytes().to_vec());
+            // Absent: version 0; present with this value: equal value.
+            let compare = match expected {
+                None => Compare {
+                    keys,
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Version(0),
+                },
+                Some(v) => Compare {
+                    keys,
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Value(v.as_bytes().to_vec()),
+                },
+            };
+            let txn = TxnRequest {
+                compare: vec![compare],
+                success: vec![put(key, value)],
+                failure: Vec::new(),
+            };
+            let (result, events) = store.apply_txn(index, &txn);
+            let swapped = result.is_ok_and(|r| r.succeeded);
+            let current = if swapped {
+                None
+            } else {
+                store.get(key.as_bytes()).map(|kv| Versioned {
+                    value: String::from_utf8_lossy(&kv.value).into_owned(),
+                    revision: kv.mod_revision,
+                })
+            };
+            (
+                CommandResult::Cas {
+                    swapped,
+                    revision: index,
+                    current,
+                },
+                events,
+            )
+        }
+        Command::Txn(t) => {
+            let (result, events) = store.apply_txn(index, t);
+            (CommandResult::Txn(result), events)
+        }
+        Command::Compact { revision } => {
+            (CommandResult::Compact(store.compact(*revision)), Vec::new())
+        }
+    }
+}
+
+/// The state as releases before the MVCC store kept it (snapshot format 1): read only, to
+/// upgrade a data dir.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvMap {
     entries: BTreeMap<String, Versioned>,
-    /// Total bytes of keys and values, kept for metrics and limits.
     bytes: u64,
 }
 
 impl KvMap {
-    /// Applies `cmd` at log index `revision`.
-    pub fn apply(&mut self, revision: u64, cmd: &Command) -> CommandResult {
-        match cmd {
-            Command::Set { key, value } => {
-                self.put(key, value, revision);
-                CommandResult::Set { revision }
-            }
-            Command::Delete { key } => {
-                let found = match self.entries.remove(key) {
-                    Some(old) => {
-                        self.bytes -= (key.len() + old.value.len()) as u64;
-                        true
-                    }
-                    None => false,
-                };
-                CommandResult::Delete { found, revision }
-            }
-            Command::Cas {
-                key,
-                expected,
-                value,
-            } => {
-                let current = self.entries.get(key);
-                let matches = match (current, expected) {
-                    (None, None) => true,
-                    (Some(cur), Some(exp)) => &cur.value == exp,
-                    _ => false,
-                };
-                if matches {
-                    self.put(key, value, revision);
-                    CommandResult::Cas {
-                        swapped: true,
-                        revision,
-                        current: None,
-                    }
-                } else {
-                    CommandResult::Cas {
-                        swapped: false,
-                        revision,
-                        current: current.cloned(),
-                    }
-                }
-            }
-        }
+    /// A map of these keys (for tests that write old-format data).
+    pub fn from_entries(entries: impl IntoIterator<Item = (String, Versioned)>) -> KvMap {
+        let entries: BTreeMap<String, Versioned> = entries.into_iter().collect();
+        let bytes = entries
+            .iter()
+            .map(|(k, v)| (k.len() + v.value.len()) as u64)
+            .sum();
+        KvMap { entries, bytes }
     }
 
-    fn put(&mut self, key: &str, value: &str, revision: u64) {
-        let new = Versioned {
-            value: value.to_string(),
-            revision,
-        };
-        match self.entries.insert(key.to_string(), new) {
-            Some(old) => {
-                self.bytes -= old.value.len() as u64;
-                self.bytes += value.len() as u64;
-            }
-            None => self.bytes += (key.len() + value.len()) as u64,
-        }
-    }
-
-    pub fn get(&self, key: &str) -> Option<&Versioned> {
-        self.entries.get(key)
-    }
-
-    /// Keys starting with `prefix` and greater than `start_after`, at most `limit` of them, and
-    /// whether more follow.
-    pub fn list(&self, prefix: &str, start_after: &str, limit: usize) -> (Vec<String>, bool) {
-        let lower = if start_after.is_empty() || start_after < prefix {
-            Bound::Included(prefix)
-        } else {
-            Bound::Excluded(start_after)
-        };
-        let mut keys = Vec::new();
-        let mut iter = self
-            .entries
-            .range::<str, _>((lower, Bound::Unbounded))
-            .map(|(k, _)| k)
-            .take_while(|k| k.starts_with(prefix));
-        for key in iter.by_ref() {
-            if keys.len() == limit {
-                return (keys, true);
-            }
-            keys.push(key.clone());
-        }
-        (keys, false)
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.bytes
+    /// The MVCC store holding the same keys with the same revisions.
+    pub fn upgrade(&self) -> MvccStore {
+        MvccStore::from_legacy(
+            self.entries
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.value.as_str(), v.revision)),
+        )
     }
 }
 
@@ -212,63 +254,100 @@ mod tests {
     }
 
     #[test]
-    fn set_get_delete_track_revision_and_bytes() {
-        let mut m = KvMap::default();
+    fn seed_commands_keep_their_results_on_the_mvcc_store() {
+        let mut s = MvccStore::default();
         assert_eq!(
-            m.apply(3, &set("a", "xy")),
+            apply(&mut s, 3, &set("a", "xy")).0,
             CommandResult::Set { revision: 3 }
         );
-        assert_eq!(m.get("a").map(|v| v.revision), Some(3));
-        assert_eq!(m.bytes(), 3);
-        m.apply(4, &set("a", "xyz"));
-        assert_eq!(m.bytes(), 4);
+        assert_eq!(s.get(b"a").map(|kv| kv.mod_revision), Some(3));
+        assert_eq!(s.live_bytes(), 3);
+        apply(&mut s, 4, &set("a", "xyz"));
+        assert_eq!(s.live_bytes(), 4);
+        let (r, events) = apply(&mut s, 5, &Command::Delete { key: "a".into() });
         assert_eq!(
-            m.apply(5, &Command::Delete { key: "a".into() }),
+            r,
             CommandResult::Delete {
                 found: true,
                 revision: 5
             }
         );
-        assert_eq!(m.bytes(), 0);
-        assert!(m.is_empty());
+        assert_eq!(events.len(), 1);
+        let (r, events) = apply(&mut s, 6, &Command::Delete { key: "a".into() });
+        assert_eq!(
+            r,
+            CommandResult::Delete {
+                found: false,
+                revision: 6
+            }
+        );
+        assert!(events.is_empty());
+        assert!(s.is_empty());
+        assert_eq!(s.revision(), 5, "a delete of nothing is no revision");
     }
 
     #[test]
     fn cas_swaps_only_on_match() {
-        let mut m = KvMap::default();
+        let mut s = MvccStore::default();
         let cas = |exp: Option<&str>, v: &str| Command::Cas {
             key: "k".into(),
             expected: exp.map(String::from),
             value: v.into(),
         };
         assert!(matches!(
-            m.apply(1, &cas(None, "a")),
+            apply(&mut s, 1, &cas(None, "a")).0,
             CommandResult::Cas { swapped: true, .. }
         ));
-        match m.apply(2, &cas(None, "b")) {
+        match apply(&mut s, 2, &cas(None, "b")).0 {
             CommandResult::Cas {
                 swapped: false,
                 current: Some(cur),
                 ..
-            } => assert_eq!(cur.value, "a"),
+            } => assert_eq!((cur.value.as_str(), cur.revision), ("a", 1)),
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(
-            m.apply(3, &cas(Some("a"), "c")),
+            apply(&mut s, 3, &cas(Some("a"), "c")).0,
             CommandResult::Cas { swapped: true, .. }
         ));
-        assert_eq!(m.get("k").map(|v| v.value.as_str()), Some("c"));
+        assert!(matches!(
+            apply(&mut s, 4, &cas(Some("zz"), "d")).0,
+            CommandResult::Cas { swapped: false, .. }
+        ));
+        let kv = s.get(b"k").expect("present");
+        assert_eq!(
+            (kv.value.as_slice(), kv.version, kv.create_revision),
+            (&b"c"[..], 2, 1)
+        );
     }
 
     #[test]
-    fn list_pages_by_prefix() {
-        let mut m = KvMap::default();
-        for (i, k) in ["a1", "a2", "a3", "b1"].iter().enumerate() {
-            m.apply(i as u64 + 1, &set(k, "v"));
-        }
-        assert_eq!(m.list("a", "", 2), (vec!["a1".into(), "a2".into()], true));
-        assert_eq!(m.list("a", "a2", 2), (vec!["a3".into()], false));
-        assert_eq!(m.list("", "", 10).0.len(), 4);
-        assert_eq!(m.list("c", "", 10), (vec![], false));
+    fn a_legacy_map_upgrades_with_its_revisions_and_new_writes_go_above_them() {
+        let legacy = KvMap::from_entries([
+            (
+                "a".to_string(),
+                Versioned {
+                    value: "1".into(),
+                    revision: 7,
+                },
+            ),
+            (
+                "b".to_string(),
+                Versioned {
+                    value: "2".into(),
+                    revision: 12,
+                },
+            ),
+        ]);
+        let mut s = legacy.upgrade();
+        assert_eq!(s.revision(), 12);
+        assert_eq!(s.get(b"a").map(|kv| kv.mod_revision), Some(7));
+        apply(&mut s, 20, &set("a", "3"));
+        let kv = s.get(b"a").expect("a");
+        assert_eq!(
+            (kv.mod_revision, kv.create_revision, kv.version),
+            (20, 7, 2)
+        );
+        assert_eq!(s.revision(), 20);
     }
 }

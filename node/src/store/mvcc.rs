@@ -65,7 +65,7 @@ impl Version {
     fn bytes(&self, key: &[u8]) -> u64 {
         // A version's cost: its key (each version holds it in events and snapshots), its value
         // and the fixed fields.
-        (key.len() + self.value.as_ref().map_or(0, Vec::len) + 40) as u64
+        (key.len() + self.value.as_ref().map_or(0, Vec::len)) as u64 + VERSION_OVERHEAD
     }
 }
 
@@ -255,6 +255,44 @@ pub struct TxnRequest {
     pub failure: Vec<Op>,
 }
 
+impl KeyRange {
+    fn payload_bytes(&self) -> usize {
+        match self {
+            KeyRange::One(k) | KeyRange::From(k) => k.len(),
+            KeyRange::Range { from, to } => from.len() + to.len(),
+        }
+    }
+}
+
+impl TxnRequest {
+    /// The user bytes it carries: keys, values, compared values, nested transactions' too.
+    pub fn payload_bytes(&self) -> u64 {
+        let compares: usize = self
+            .compare
+            .iter()
+            .map(|c| {
+                c.keys.payload_bytes()
+                    + match &c.target {
+                        CompareTarget::Value(v) => v.len(),
+                        _ => 0,
+                    }
+            })
+            .sum();
+        let ops: u64 = self
+            .success
+            .iter()
+            .chain(&self.failure)
+            .map(|op| match op {
+                Op::Range(r) => r.keys.as_ref().map_or(0, KeyRange::payload_bytes) as u64,
+                Op::Put(p) => (p.key.len() + p.value.len()) as u64,
+                Op::Delete(d) => d.keys.payload_bytes() as u64,
+                Op::Txn(t) => t.payload_bytes(),
+            })
+            .sum();
+        compares as u64 + ops
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
     Range(RangeResult),
@@ -285,6 +323,9 @@ pub enum Event {
     /// `kv` is the key and the deletion's revision (value empty); `prev` what was deleted.
     Delete { kv: KeyValue, prev: KeyValue },
 }
+
+/// What a version costs besides its key and value (revisions, version, lease, vector slot).
+const VERSION_OVERHEAD: u64 = 40;
 
 /// The largest number of operations etcd takes in one transaction (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
@@ -333,6 +374,12 @@ impl MvccStore {
         self.total_bytes
     }
 
+    /// Bytes of the versions that are not current: what compacting to now would free.
+    pub fn history_bytes(&self) -> u64 {
+        self.total_bytes
+            .saturating_sub(self.live_bytes + self.live_keys * VERSION_OVERHEAD)
+    }
+
     /// The revision a read at `revision` (0: `current`) sees, or why it cannot be read.
     fn read_revision(&self, revision: u64, current: u64) -> Result<u64, MvccError> {
         if revision == 0 {
@@ -360,6 +407,34 @@ impl MvccStore {
     pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
         let versions = self.keys.get(key)?;
         Self::visible(versions, self.revision)?.as_kv(key, false)
+    }
+
+    /// The seed API's listing: keys that exist now, start with `prefix` and sort after
+    /// `start_after`, at most `limit`, and whether more follow.
+    pub fn list_keys(
+        &self,
+        prefix: &[u8],
+        start_after: &[u8],
+        limit: usize,
+    ) -> (Vec<Vec<u8>>, bool) {
+        let lower = if start_after.is_empty() || start_after < prefix {
+            Bound::Included(prefix)
+        } else {
+            Bound::Excluded(start_after)
+        };
+        let mut keys = Vec::new();
+        let live = self
+            .keys
+            .range::<[u8], _>((lower, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, vs)| Self::visible(vs, self.revision).is_some());
+        for (k, _) in live {
+            if keys.len() == limit {
+                return (keys, true);
+            }
+            keys.push(k.clone());
+        }
+        (keys, false)
     }
 
     /// Keys in `keys` as of `at`, in key order, each with its visible version.

@@ -52,6 +52,9 @@ pub struct Metrics {
     pub http_connections_closed: IntCounterVec,
     pub keys: IntGauge,
     pub key_bytes: IntGauge,
+    pub store_history_bytes: IntGauge,
+    pub store_revision: IntGauge,
+    pub store_compacted_revision: IntGauge,
     pub build_info: IntGaugeVec,
 }
 
@@ -246,6 +249,15 @@ fn build() -> Result<Metrics, prometheus::Error> {
         key_bytes: reg!(IntGauge::new(
             "store_bytes",
             "Bytes of keys and values held"
+        )?),
+        store_history_bytes: reg!(IntGauge::new(
+            "store_history_bytes",
+            "Bytes of the versions kept besides the current ones (freed by compaction)"
+        )?),
+        store_revision: reg!(IntGauge::new("store_revision", "The store's revision")?),
+        store_compacted_revision: reg!(IntGauge::new(
+            "store_compacted_revision",
+            "Revisions before this one have been compacted away"
         )?),
         build_info: reg!(IntGaugeVec::new(
             Opts::new("build_info", "Build information"),
