@@ -1,9 +1,27 @@
-//! Generates the gRPC code. protoc comes from the vendored crate so a fresh machine without a
-//! system protoc still builds.
+//! Generates the gRPC code: ConcordKV's own peer protocol, and etcd's v3 API from the vendored
+//! etcd .proto files (`vendor/`, see its README). protoc and its well-known types come from the
+//! vendored crate so a fresh machine without a system protoc still builds.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
     println!("cargo:rerun-if-changed=concord.proto");
+    println!("cargo:rerun-if-changed=vendor");
     tonic_prost_build::configure().compile_protos(&["concord.proto"], &["."])?;
+    let includes = protoc_bin_vendored::include_path()?;
+    let includes = includes
+        .to_str()
+        .ok_or("protoc's include path is not UTF-8")?;
+    // Only the server side: ConcordKV serves etcd's API; the tests use a client nobody here
+    // wrote (the etcd-client crate, Debian's etcdctl).
+    tonic_prost_build::configure()
+        .build_client(false)
+        .compile_protos(
+            &[
+                "vendor/etcd/api/etcdserverpb/rpc.proto",
+                "vendor/etcd/api/mvccpb/kv.proto",
+                "vendor/etcd/api/authpb/auth.proto",
+            ],
+            &["vendor", includes],
+        )?;
     Ok(())
 }

@@ -50,6 +50,7 @@ peers="c1:127.0.0.1:19080,c2:127.0.0.1:19082,c3:127.0.0.1:19084"
 for i in 1 2 3; do
   p=$((19078 + 2 * i)); a=$((p + 1))
   "$NODE" --node-id "c$i" --listen "127.0.0.1:$p" --api "127.0.0.1:$a" --peers "$peers" \
+    --etcd-listen "127.0.0.1:$((p + 100))" \
     --data-dir "$WORK/concord/c$i" >"$WORK/c$i.log" 2>&1 &
   PIDS+=($!)
 done

@@ -62,6 +62,7 @@ class Concord(Cluster):
             subprocess.Popen(
                 [self.binary, "--node-id", f"c{i}", "--listen", f"127.0.0.1:{self.peer[i]}",
                  "--api", f"127.0.0.1:{self.api[i]}", "--peers", peers,
+                 "--etcd-listen", "127.0.0.1:0",
                  "--data-dir", os.path.join(self.work, f"c{i}")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for i in range(3)

@@ -13,6 +13,17 @@ if [ "$(id -u)" = 0 ] && ! command -v iptables >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iproute2 >/dev/null
 fi
 
+# The etcd API is checked with clients nobody here wrote: Debian's etcdctl (etcd-client).
+if ! command -v etcdctl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing etcdctl (Debian etcd-client, for the etcd API compatibility tests)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-client >/dev/null
+  else
+    echo "etcdctl is missing: install Debian's etcd-client (the etcd API tests need it)" >&2
+    exit 1
+  fi
+fi
+
 echo "== deployment files (charts, manifests, CRDs)"
 tools="$(bash scripts/deploy-tools.sh)"
 HELM="$tools/bin/helm" "$tools/venv/bin/python" scripts/deploy_check.py check

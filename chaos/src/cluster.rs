@@ -16,6 +16,8 @@ pub struct Proc {
     pub netns: Option<String>,
     pub peer_port: u16,
     pub api_port: u16,
+    /// etcd's v3 API (gRPC).
+    pub etcd_port: u16,
     pub data_dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
@@ -67,7 +69,7 @@ impl ChaosCluster {
         let dir = tempfile::tempdir()?;
         let mut ports = Vec::new();
         for _ in 0..n {
-            ports.push((free_port()?, free_port()?));
+            ports.push((free_port()?, free_port()?, free_port()?));
         }
         let ip = |i: usize| match &hosts {
             Some(h) => h.ips[i].clone(),
@@ -76,10 +78,10 @@ impl ChaosCluster {
         let peers: Vec<String> = ports
             .iter()
             .enumerate()
-            .map(|(i, (p, _))| format!("    - \"n{}:{}:{p}\"", i + 1, ip(i)))
+            .map(|(i, (p, _, _))| format!("    - \"n{}:{}:{p}\"", i + 1, ip(i)))
             .collect();
         let mut nodes = Vec::new();
-        for (i, (peer_port, api_port)) in ports.into_iter().enumerate() {
+        for (i, (peer_port, api_port, etcd_port)) in ports.into_iter().enumerate() {
             let name = format!("n{}", i + 1);
             let data_dir = dir.path().join(&name);
             let config = dir.path().join(format!("{name}.yaml"));
@@ -89,7 +91,7 @@ impl ChaosCluster {
             fs::write(
                 &config,
                 format!(
-                    "server:\n  nodeId: {name}\n  listenAddr: \"{host}:{peer_port}\"\n  apiAddr: \"{host}:{api_port}\"\n  dataDir: \"{}\"\n  peers:\n{}\nraft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 300\n  electionTimeoutMaxMs: 600\n  snapshotThreshold: 300\n  logsToKeepAfterSnapshot: 50\n  maxPromoteLag: 100\nlimits:\n  requestTimeoutMs: 2000\n",
+                    "server:\n  nodeId: {name}\n  listenAddr: \"{host}:{peer_port}\"\n  apiAddr: \"{host}:{api_port}\"\n  etcdAddr: \"{host}:{etcd_port}\"\n  dataDir: \"{}\"\n  peers:\n{}\nraft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 300\n  electionTimeoutMaxMs: 600\n  snapshotThreshold: 300\n  logsToKeepAfterSnapshot: 50\n  maxPromoteLag: 100\nlimits:\n  requestTimeoutMs: 2000\n",
                     data_dir.display(),
                     peers.join("\n")
                 ),
@@ -101,6 +103,7 @@ impl ChaosCluster {
                 name,
                 peer_port,
                 api_port,
+                etcd_port,
                 data_dir,
                 config,
                 child: None,

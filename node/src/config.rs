@@ -40,6 +40,9 @@ pub struct Flags {
     /// HTTP API listen address (seed: -api). Default: :8081.
     #[arg(long, env = "CONCORD_API")]
     pub api: Option<String>,
+    /// etcd v3 API (gRPC) listen address. Default: :2379, as etcd's client port.
+    #[arg(long = "etcd-listen", env = "CONCORD_ETCD_LISTEN")]
+    pub etcd_listen: Option<String>,
     /// YAML config file (seed: -config).
     #[arg(long, env = "CONCORD_CONFIG")]
     pub config: Option<PathBuf>,
@@ -112,6 +115,7 @@ pub struct ServerSection {
     pub node_id: Option<String>,
     pub listen_addr: Option<String>,
     pub api_addr: Option<String>,
+    pub etcd_addr: Option<String>,
     pub advertise_addr: Option<String>,
     pub peers: Option<Vec<String>>,
     pub data_dir: Option<PathBuf>,
@@ -232,6 +236,8 @@ pub struct Config {
     pub listen_addr: String,
     /// Where the HTTP API binds.
     pub api_addr: String,
+    /// Where etcd's v3 API (gRPC) binds.
+    pub etcd_addr: String,
     /// How peers reach this node.
     pub advertise_addr: String,
     /// The static cluster; empty means "single node".
@@ -404,6 +410,10 @@ impl Config {
             .or(s.listen_addr)
             .unwrap_or_else(|| ":8080".into());
         let api_addr = flags.api.or(s.api_addr).unwrap_or_else(|| ":8081".into());
+        let etcd_addr = flags
+            .etcd_listen
+            .or(s.etcd_addr)
+            .unwrap_or_else(|| ":2379".into());
         let peer_specs = flags.peers.or(s.peers).unwrap_or_default();
         let mut peers = Vec::new();
         let mut ids = HashSet::new();
@@ -548,6 +558,7 @@ impl Config {
             name,
             listen_addr,
             api_addr,
+            etcd_addr,
             advertise_addr,
             peers,
             data_dir,

@@ -325,6 +325,64 @@ impl App {
         }
     }
 
+    /// As leader: confirms leadership with a quorum and returns the log index a linearizable
+    /// read must see applied (it does not wait for this node's own apply).
+    pub async fn read_index(&self, deadline: Instant) -> Result<u64, ServiceError> {
+        match timeout_at(deadline, self.raft.get_read_log_id(ReadPolicy::ReadIndex)).await {
+            Err(_) => Err(ServiceError::Unavailable(
+                "timed out confirming leadership with a quorum".into(),
+            )),
+            Ok(Ok((read, _))) => Ok(read.log_id().index),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
+                Err(ServiceError::NotLeader)
+            }
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)))) => {
+                Err(ServiceError::Unavailable(format!("no quorum: {q}")))
+            }
+            Ok(Err(RaftError::Fatal(f))) => {
+                Err(ServiceError::Unavailable(format!("raft stopped: {f}")))
+            }
+        }
+    }
+
+    /// Makes this node's state fit for a linearizable read, wherever it runs: the leader
+    /// confirms its leadership; a follower asks the leader for its read index and waits until
+    /// it has applied that far, then reads its own state (so followers serve reads with every
+    /// option the store has, and the leader only confirms).
+    pub async fn linearize(&self) -> Result<(), ServiceError> {
+        self.on_leader(
+            "read_index",
+            |deadline| self.read_barrier(deadline),
+            |addr, deadline| async move {
+                let (mut client, req) = self.to_leader(
+                    &addr,
+                    concord_proto::ReadIndexRequest {
+                        cluster_id: self.cluster_id.wire(),
+                    },
+                    deadline,
+                )?;
+                let index = client
+                    .read_index(req)
+                    .await
+                    .map_err(|s| classify(s, false))?
+                    .into_inner()
+                    .index;
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.raft
+                    .wait(Some(left))
+                    .applied_index_at_least(Some(index), "linearizable read")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        ForwardFailure::Fail(ServiceError::Unavailable(format!(
+                            "this member did not catch up with the leader's read index {index} in time: {e}"
+                        )))
+                    })
+            },
+        )
+        .await
+    }
+
     /// Runs `local` on the leader after a read barrier, forwarding with `remote` when this node
     /// is a follower.
     async fn linearizable<T, L, R, Fut>(

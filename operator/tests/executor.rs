@@ -74,7 +74,7 @@ impl ProcessPods {
         std::fs::write(
             &config,
             format!(
-                "server:\n  nodeId: \"{name}\"\n  listenAddr: \"127.0.0.1:{peer}\"\n  apiAddr: \"127.0.0.1:{api}\"\n  dataDir: \"{}\"\n  join: true\nraft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 500\n  electionTimeoutMaxMs: 1000\n  maxPromoteLag: 100\n",
+                "server:\n  nodeId: \"{name}\"\n  listenAddr: \"127.0.0.1:{peer}\"\n  apiAddr: \"127.0.0.1:{api}\"\n  etcdAddr: \"127.0.0.1:0\"\n  dataDir: \"{}\"\n  join: true\nraft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 500\n  electionTimeoutMaxMs: 1000\n  maxPromoteLag: 100\n",
                 self.dir.path().join(&name).display()
             ),
         )

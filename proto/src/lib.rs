@@ -7,6 +7,20 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// etcd's v3 API, generated from etcd's own .proto files (`vendor/`): the packages keep their
+/// names, so generated references between them (`super::mvccpb::KeyValue`) resolve.
+pub mod etcd {
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod authpb {
+        tonic::include_proto!("authpb");
+    }
+}
+
 /// Statuses that say why, in a form a program can match on: a `google.rpc.ErrorInfo` in the
 /// status details naming an [`ErrorReason`].
 pub mod errors {

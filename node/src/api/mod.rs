@@ -1,3 +1,5 @@
-//! What clients talk to. Today one listener: the seed's HTTP/JSON API with probes and metrics.
+//! What clients talk to: the seed's HTTP/JSON API with probes and metrics (`http`), and etcd's
+//! v3 API (`etcd`).
 
+pub mod etcd;
 pub mod http;

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use concord_proto::raft_peer_server::RaftPeer;
 use concord_proto::{
-    ListRequest, ListResponse, RaftMessage, ReadRequest, ReadResponse, SnapshotChunk, WriteRequest,
-    WriteResponse,
+    ListRequest, ListResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse, ReadRequest,
+    ReadResponse, SnapshotChunk, WriteRequest, WriteResponse,
 };
 use std::io::Write;
 
@@ -339,6 +339,16 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<ListResponse>, Status> {
         let span = self.server_span("peer.forward_list", req.metadata());
         self.forward_list_inner(req).instrument(span).await
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        let deadline = tokio::time::Instant::now() + self.app.config.limits.request_timeout;
+        self.check_cluster(&req.into_inner().cluster_id)?;
+        let index = self.app.read_index(deadline).await.map_err(to_status)?;
+        Ok(Response::new(ReadIndexResponse { index }))
     }
 }
 

@@ -148,6 +148,9 @@ impl Node {
         let http_listener = TcpListener::bind(bind_addr(&config.api_addr))
             .await
             .with_context(|| format!("binding API address {}", config.api_addr))?;
+        let etcd_listener = TcpListener::bind(bind_addr(&config.etcd_addr))
+            .await
+            .with_context(|| format!("binding etcd API address {}", config.etcd_addr))?;
 
         let app = Arc::new(App::new(
             config,
@@ -218,7 +221,7 @@ impl Node {
 
         let router = crate::api::http::router(app.clone());
         let http_stop = stop_rx.clone();
-        let http_failed = failed_tx;
+        let http_failed = failed_tx.clone();
         let connection_limits = ConnectionLimits::from_limits(&app.config.limits);
         tasks.push(tokio::spawn(async move {
             let res = serve_http(http_listener, router, connection_limits, http_stop).await;
@@ -226,6 +229,14 @@ impl Node {
                 let _ = http_failed
                     .send(format!("HTTP API server failed: {e}"))
                     .await;
+            }
+        }));
+
+        let etcd_stop = stop_rx.clone();
+        let etcd_app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::api::etcd::serve(etcd_app, etcd_listener, etcd_stop).await {
+                let _ = failed_tx.send(format!("etcd API server failed: {e}")).await;
             }
         }));
 
@@ -250,6 +261,7 @@ impl Node {
             join_mode = app.config.join,
             peer_addr = %app.config.listen_addr,
             api_addr = %app.config.api_addr,
+            etcd_addr = %app.config.etcd_addr,
             data_dir = %app.config.data_dir.display(),
             "concord-node started"
         );

@@ -110,7 +110,11 @@ pub enum CommandResult {
         /// the etcd API stored bytes that are not UTF-8; the seed API refuses to show those).
         current: Option<Versioned>,
     },
-    Txn(Result<TxnResult, MvccError>),
+    /// `revision`: the store's revision once the transaction is applied.
+    Txn {
+        result: Result<TxnResult, MvccError>,
+        revision: u64,
+    },
     Compact(Result<(), MvccError>),
 }
 
@@ -205,7 +209,8 @@ pub fn apply(
         }
         Command::Txn(t) => {
             let (result, events) = store.apply_txn(index, t);
-            (CommandResult::Txn(result), events)
+            let revision = store.revision();
+            (CommandResult::Txn { result, revision }, events)
         }
         Command::Compact { revision } => {
             (CommandResult::Compact(store.compact(*revision)), Vec::new())

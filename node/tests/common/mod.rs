@@ -23,6 +23,8 @@ pub struct NodeProc {
     pub name: String,
     pub peer_port: u16,
     pub api_port: u16,
+    /// etcd's v3 API (gRPC).
+    pub etcd_port: u16,
     pub config: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
@@ -32,6 +34,10 @@ pub struct NodeProc {
 impl NodeProc {
     pub fn api(&self) -> String {
         format!("http://127.0.0.1:{}", self.api_port)
+    }
+    /// The etcd API endpoint, as etcd clients are given it.
+    pub fn etcd(&self) -> String {
+        format!("127.0.0.1:{}", self.etcd_port)
     }
     /// The process id while it runs.
     pub fn pid(&self) -> Option<u32> {
@@ -72,14 +78,16 @@ impl Cluster {
     /// out data dirs first.
     pub fn configure(n: usize, extra: &str, env: Vec<(String, String)>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
         let peers: Vec<String> = ports
             .iter()
             .enumerate()
-            .map(|(i, (p, _))| format!("    - \"node{}:127.0.0.1:{p}\"", i + 1))
+            .map(|(i, (p, _, _))| format!("    - \"node{}:127.0.0.1:{p}\"", i + 1))
             .collect();
         let mut nodes = Vec::new();
-        for (i, (peer_port, api_port)) in ports.iter().enumerate() {
+        for (i, (peer_port, api_port, etcd_port)) in ports.iter().enumerate() {
             let name = format!("node{}", i + 1);
             let data_dir = dir.path().join(&name);
             let config = dir.path().join(format!("{name}.yaml"));
@@ -91,7 +99,7 @@ impl Cluster {
             fs::write(
                 &config,
                 format!(
-                    "server:\n  nodeId: \"{name}\"\n  listenAddr: \"127.0.0.1:{peer_port}\"\n  apiAddr: \"127.0.0.1:{api_port}\"\n  dataDir: \"{}\"\n{peers_yaml}{FAST_RAFT}{extra}",
+                    "server:\n  nodeId: \"{name}\"\n  listenAddr: \"127.0.0.1:{peer_port}\"\n  apiAddr: \"127.0.0.1:{api_port}\"\n  etcdAddr: \"127.0.0.1:{etcd_port}\"\n  dataDir: \"{}\"\n{peers_yaml}{FAST_RAFT}{extra}",
                     data_dir.display()
                 ),
             )
@@ -101,6 +109,7 @@ impl Cluster {
                 name,
                 peer_port: *peer_port,
                 api_port: *api_port,
+                etcd_port: *etcd_port,
                 config,
                 data_dir,
                 child: None,
@@ -141,13 +150,13 @@ impl Cluster {
     pub fn add_join_node(&mut self) -> usize {
         let i = self.nodes.len();
         let name = format!("node{}", i + 1);
-        let (peer_port, api_port) = (free_port(), free_port());
+        let (peer_port, api_port, etcd_port) = (free_port(), free_port(), free_port());
         let data_dir = self.dir.path().join(&name);
         let config = self.dir.path().join(format!("{name}.yaml"));
         fs::write(
             &config,
             format!(
-                "server:\n  nodeId: \"{name}\"\n  listenAddr: \"127.0.0.1:{peer_port}\"\n  apiAddr: \"127.0.0.1:{api_port}\"\n  dataDir: \"{}\"\n  join: true\n{FAST_RAFT}  maxPromoteLag: 50\n",
+                "server:\n  nodeId: \"{name}\"\n  listenAddr: \"127.0.0.1:{peer_port}\"\n  apiAddr: \"127.0.0.1:{api_port}\"\n  etcdAddr: \"127.0.0.1:{etcd_port}\"\n  dataDir: \"{}\"\n  join: true\n{FAST_RAFT}  maxPromoteLag: 50\n",
                 data_dir.display()
             ),
         )
@@ -157,6 +166,7 @@ impl Cluster {
             name,
             peer_port,
             api_port,
+            etcd_port,
             config,
             data_dir,
             child: None,

@@ -1,0 +1,339 @@
+//! etcd's v3 API (gRPC), on a port of its own (`--etcd-listen`, default `:2379`), so etcd's
+//! clients — etcdctl, the Go, Python and Rust clients — work against ConcordKV unchanged: KV
+//! (`kv.rs`), Cluster and Maintenance (here), and the standard gRPC health service.
+//!
+//! Messages are etcd's own, generated from its .proto files (`proto/vendor`). Every member
+//! serves every request: writes are forwarded to the leader, reads are linearizable (through
+//! the leader's read index) unless `serializable`.
+
+pub mod convert;
+pub mod kv;
+
+use std::sync::Arc;
+
+use concord_proto::etcd::etcdserverpb as pb;
+use concord_proto::etcd::etcdserverpb::cluster_server::{Cluster, ClusterServer};
+use concord_proto::etcd::etcdserverpb::kv_server::KvServer;
+use concord_proto::etcd::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::app::App;
+use crate::membership::Hop;
+use crate::requests::ServiceError;
+
+/// The etcd version whose API this serves, as `Status.version` reports it: clients gate
+/// features on it, and what they get is etcd 3.5's API.
+pub const ETCD_API_VERSION: &str = "3.5.0";
+
+/// etcd's cluster id is a number; ours is a string. Its FNV-1a hash, stable for the cluster.
+fn cluster_id_number(app: &App) -> u64 {
+    app.cluster_id
+        .wire()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+/// The header every etcd response carries.
+pub fn header(app: &App, revision: u64) -> pb::ResponseHeader {
+    pb::ResponseHeader {
+        cluster_id: cluster_id_number(app),
+        member_id: app.id(),
+        revision: revision as i64,
+        raft_term: app.metrics().current_term,
+    }
+}
+
+/// etcd's status for a request that could not be served (`api/v3rpc/rpctypes`): clients
+/// retry `Unavailable` on another member.
+pub fn service_status(e: &ServiceError) -> Status {
+    match e {
+        ServiceError::NoLeader(_) | ServiceError::NotLeader => {
+            Status::unavailable("etcdserver: no leader")
+        }
+        ServiceError::Unavailable(m) => Status::unavailable(format!("etcdserver: {m}")),
+        ServiceError::Unknown(m) => {
+            Status::unavailable(format!("etcdserver: request timed out ({m})"))
+        }
+        ServiceError::Overloaded(m) => {
+            Status::resource_exhausted(format!("etcdserver: too many requests ({m})"))
+        }
+        ServiceError::Internal(m) => Status::internal(m.clone()),
+    }
+}
+
+fn admin_status(e: crate::membership::AdminError) -> Status {
+    Status::from(e)
+}
+
+/// The member's client URL as etcd clients expect it: the etcd port on the host its peers
+/// reach it at (members are assumed to listen for etcd clients on the same port, as the
+/// operator sets them up).
+fn client_url(peer_addr: &str, etcd_port: u16) -> String {
+    let host = peer_addr
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(peer_addr);
+    format!("http://{host}:{etcd_port}")
+}
+
+pub struct ClusterService {
+    pub app: Arc<App>,
+}
+
+impl ClusterService {
+    fn etcd_port(&self) -> u16 {
+        self.app
+            .config
+            .etcd_addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(2379)
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        _: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        Err(Status::unimplemented(
+            "ConcordKV adds members by name and id: use concordctl member add or POST /admin/learners",
+        ))
+    }
+
+    async fn member_remove(
+        &self,
+        req: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        let id = req.into_inner().id;
+        self.app
+            .admin_remove(
+                concord_proto::RemoveMemberRequest { id, force: false },
+                Hop::Client,
+            )
+            .await
+            .map_err(admin_status)?;
+        let members = self
+            .member_list(Request::new(pb::MemberListRequest::default()))
+            .await?;
+        let list = members.into_inner();
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: list.header,
+            members: list.members,
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        _: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        Err(Status::unimplemented(
+            "a member's address changes by removing it and adding it again",
+        ))
+    }
+
+    async fn member_list(
+        &self,
+        req: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        let linearizable = req.into_inner().linearizable;
+        if linearizable {
+            self.app.linearize().await.map_err(|e| service_status(&e))?;
+        }
+        let m = self.app.metrics();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let port = self.etcd_port();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| pb::Member {
+                id: *id,
+                name: node.name.clone(),
+                peer_ur_ls: vec![format!("http://{}", node.addr)],
+                client_ur_ls: vec![client_url(&node.addr, port)],
+                is_learner: !voters.contains(id),
+            })
+            .collect();
+        let revision = self.app.state.read().kv.revision();
+        Ok(Response::new(pb::MemberListResponse {
+            header: Some(header(&self.app, revision)),
+            members,
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        let id = req.into_inner().id;
+        self.app
+            .admin_promote(concord_proto::PromoteRequest { id }, Hop::Client)
+            .await
+            .map_err(admin_status)?;
+        let list = self
+            .member_list(Request::new(pb::MemberListRequest::default()))
+            .await?
+            .into_inner();
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: list.header,
+            members: list.members,
+        }))
+    }
+}
+
+pub struct MaintenanceService {
+    pub app: Arc<App>,
+}
+
+type SnapshotStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send + 'static>,
+>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        _: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        // No quota alarm is raised yet: the list is empty, as etcd's is when all is well.
+        let revision = self.app.state.read().kv.revision();
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(header(&self.app, revision)),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let m = self.app.metrics();
+        let (revision, total, live) = {
+            let s = self.app.state.read();
+            (s.kv.revision(), s.kv.total_bytes(), s.kv.live_bytes())
+        };
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(header(&self.app, revision)),
+            version: ETCD_API_VERSION.into(),
+            db_size: total as i64,
+            leader: m.current_leader.unwrap_or(0),
+            raft_index: m.last_log_index.unwrap_or(0),
+            raft_term: m.current_term,
+            raft_applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+            errors: Vec::new(),
+            db_size_in_use: live as i64,
+            is_learner: !voters.contains(&self.app.id()),
+            ..Default::default()
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // Nothing to defragment: the store is in memory and snapshots are rewritten whole.
+        let revision = self.app.state.read().kv.revision();
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(header(&self.app, revision)),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        Err(Status::unimplemented(
+            "etcdserver: Hash is not served by ConcordKV",
+        ))
+    }
+
+    async fn hash_kv(
+        &self,
+        _: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        Err(Status::unimplemented(
+            "etcdserver: HashKV is not served by ConcordKV yet",
+        ))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Status::unimplemented(
+            "etcdserver: Snapshot is not served yet (backup and restore come in a later release)",
+        ))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let to = req.into_inner().target_id;
+        self.app
+            .admin_transfer_leader(concord_proto::TransferLeaderRequest { to }, Hop::Client)
+            .await
+            .map_err(admin_status)?;
+        let revision = self.app.state.read().kv.revision();
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(header(&self.app, revision)),
+        }))
+    }
+
+    async fn downgrade(
+        &self,
+        _: Request<pb::DowngradeRequest>,
+    ) -> Result<Response<pb::DowngradeResponse>, Status> {
+        Err(Status::unimplemented(
+            "etcdserver: Downgrade does not apply to ConcordKV",
+        ))
+    }
+}
+
+/// Serves the etcd API on `listener` until `stop`.
+pub async fn serve(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let limit = app.config.limits.max_request_bytes;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<KvServer<kv::KvService>>()
+        .await;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(
+            KvServer::new(kv::KvService { app: app.clone() })
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(ClusterServer::new(ClusterService { app: app.clone() }))
+        .add_service(MaintenanceServer::new(MaintenanceService { app }))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_members_client_url_is_its_peer_host_with_the_etcd_port() {
+        assert_eq!(client_url("10.0.0.7:8080", 2379), "http://10.0.0.7:2379");
+        assert_eq!(
+            client_url("n1.peers.ns.svc:8080", 2379),
+            "http://n1.peers.ns.svc:2379"
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! etcd's v3 API, checked with clients nobody here wrote: Debian's `etcdctl` (package
+//! etcd-client, which the test command installs) and the `etcd-client` crate, against a real
+//! three-node cluster — through followers as well as the leader. Assertions are on the JSON
+//! etcdctl prints, as a script would read it.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::Cluster;
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+};
+use serde_json::Value;
+
+const LEADER_WAIT: Duration = Duration::from_secs(15);
+
+/// Runs etcdctl against `endpoint`; returns stdout, or panics with stderr.
+fn etcdctl(endpoint: &str, args: &[&str]) -> String {
+    etcdctl_stdin(endpoint, args, None).expect("etcdctl succeeds")
+}
+
+fn etcdctl_stdin(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("etcdctl is installed (Debian package etcd-client; scripts/test.sh installs it)");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().expect("etcdctl runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_works_against_every_member() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let follower = c.nodes[(leader + 1) % 3].etcd();
+    let other = c.nodes[(leader + 2) % 3].etcd();
+    let lead = c.nodes[leader].etcd();
+
+    // put / get through a follower (writes forwarded to the leader), read back everywhere.
+    for (i, k) in ["app/a", "app/b", "app/c", "other/x"].iter().enumerate() {
+        assert_eq!(
+            etcdctl(&follower, &["put", k, &format!("v{i}")]).trim(),
+            "OK"
+        );
+    }
+    let got = json(&etcdctl(&other, &["get", "app/", "--prefix", "-w", "json"]));
+    let kvs = got["kvs"].as_array().expect("kvs");
+    assert_eq!(kvs.len(), 3, "{got}");
+    assert_eq!(kvs[0]["key"], b64("app/a"));
+    assert_eq!(kvs[2]["value"], b64("v2"));
+    assert_eq!(got["count"], 3);
+    let rev_after_c = kvs[2]["mod_revision"].as_i64().expect("revision");
+
+    // Overwrite, then read the past.
+    etcdctl(&lead, &["put", "app/a", "new"]);
+    let now = json(&etcdctl(&follower, &["get", "app/a", "-w", "json"]));
+    assert_eq!(now["kvs"][0]["value"], b64("new"));
+    assert_eq!(now["kvs"][0]["version"], 2);
+    let then = json(&etcdctl(
+        &follower,
+        &[
+            "get",
+            "app/a",
+            "-w",
+            "json",
+            &format!("--rev={rev_after_c}"),
+        ],
+    ));
+    assert_eq!(then["kvs"][0]["value"], b64("v0"), "{then}");
+
+    // --limit, --keys-only, --sort-by.
+    let limited = json(&etcdctl(
+        &other,
+        &["get", "app/", "--prefix", "--limit=2", "-w", "json"],
+    ));
+    assert_eq!(limited["kvs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(limited["more"], true);
+    assert_eq!(limited["count"], 3);
+    let keys = etcdctl(&other, &["get", "app/", "--prefix", "--keys-only"]);
+    assert_eq!(
+        keys.split_whitespace().collect::<Vec<_>>(),
+        ["app/a", "app/b", "app/c"]
+    );
+    // (--count-only came with etcdctl 3.5; Debian's is 3.4: the crate test covers it.)
+    let by_mod = json(&etcdctl(
+        &other,
+        &[
+            "get",
+            "app/",
+            "--prefix",
+            "--sort-by=MODIFY",
+            "--order=DESCEND",
+            "-w",
+            "json",
+        ],
+    ));
+    assert_eq!(by_mod["kvs"][0]["key"], b64("app/a"), "{by_mod}");
+
+    // del --prefix --prev-kv.
+    let deleted = json(&etcdctl(
+        &follower,
+        &["del", "app/", "--prefix", "--prev-kv", "-w", "json"],
+    ));
+    assert_eq!(deleted["deleted"], 3, "{deleted}");
+    assert_eq!(deleted["prev_kvs"].as_array().map(Vec::len), Some(3));
+    let gone = json(&etcdctl(&other, &["get", "app/", "--prefix", "-w", "json"]));
+    assert!(gone["kvs"].is_null(), "{gone}");
+
+    // txn: compares on value, version, create and mod revision; both branches.
+    etcdctl(&lead, &["put", "lock", "free"]);
+    let script = "value(\"lock\") = \"free\"\nversion(\"lock\") = \"1\"\n\nput lock taken\n\nput lock failed\n\n";
+    let txn = json(&etcdctl_stdin(&follower, &["txn", "-w", "json"], Some(script)).expect("txn"));
+    assert_eq!(txn["succeeded"], true, "{txn}");
+    let txn = json(&etcdctl_stdin(&follower, &["txn", "-w", "json"], Some(script)).expect("txn"));
+    assert!(
+        txn["succeeded"].is_null() || txn["succeeded"] == false,
+        "{txn}"
+    );
+    let lock = json(&etcdctl(&other, &["get", "lock", "-w", "json"]));
+    assert_eq!(lock["kvs"][0]["value"], b64("failed"));
+    let created = lock["kvs"][0]["create_revision"].as_i64().expect("create");
+    let modified = lock["kvs"][0]["mod_revision"].as_i64().expect("mod");
+    let script = format!(
+        "create(\"lock\") = \"{created}\"\nmod(\"lock\") = \"{modified}\"\n\nput lock checked\n\n\n"
+    );
+    let txn = json(&etcdctl_stdin(&lead, &["txn", "-w", "json"], Some(&script)).expect("txn"));
+    assert_eq!(txn["succeeded"], true, "{txn}");
+
+    // compaction, then the compacted revision is refused with etcd's message.
+    let status = json(&etcdctl(&lead, &["endpoint", "status", "-w", "json"]));
+    let revision = status[0]["Status"]["header"]["revision"]
+        .as_i64()
+        .expect("revision");
+    etcdctl(&follower, &["compaction", &revision.to_string()]);
+    let err = etcdctl_stdin(
+        &other,
+        &["get", "lock", &format!("--rev={rev_after_c}")],
+        None,
+    )
+    .expect_err("a compacted revision is refused");
+    assert!(
+        err.contains("required revision has been compacted"),
+        "{err}"
+    );
+
+    // member list, endpoint status and health, move-leader.
+    let members = json(&etcdctl(&other, &["member", "list", "-w", "json"]));
+    let members = members["members"].as_array().expect("members").clone();
+    assert_eq!(members.len(), 3);
+    for m in &members {
+        assert!(m["peerURLs"][0]
+            .as_str()
+            .is_some_and(|u| u.starts_with("http://127.0.0.1:")));
+        assert!(m["clientURLs"][0].as_str().is_some());
+        assert!(m["name"].as_str().is_some_and(|n| n.starts_with("node")));
+    }
+    let endpoints = [lead.as_str(), follower.as_str(), other.as_str()].join(",");
+    let statuses = json(&etcdctl(&endpoints, &["endpoint", "status", "-w", "json"]));
+    let leaders: Vec<&Value> = statuses
+        .as_array()
+        .expect("statuses")
+        .iter()
+        .map(|s| &s["Status"]["leader"])
+        .collect();
+    assert!(leaders.windows(2).all(|w| w[0] == w[1]), "{statuses}");
+    let health = json(&etcdctl(&endpoints, &["endpoint", "health", "-w", "json"]));
+    let healthy = health
+        .as_array()
+        .expect("health")
+        .iter()
+        .filter(|h| h["health"] == true)
+        .count();
+    assert_eq!(healthy, 3, "{health}");
+    let leader_id = statuses[0]["Status"]["leader"].as_u64().expect("leader id");
+    let target = members
+        .iter()
+        .map(|m| m["ID"].as_u64().expect("id"))
+        .find(|id| *id != leader_id)
+        .expect("a follower");
+    let moved = etcdctl(&lead, &["move-leader", &format!("{target:x}")]);
+    assert!(moved.contains("Leadership transferred"), "{moved}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_client_crate_works_through_a_follower_and_the_leader() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    for target in [(leader + 1) % 3, leader] {
+        let mut client = Client::connect([c.nodes[target].etcd()], None)
+            .await
+            .expect("connect");
+        let p = format!("crate/{target}/");
+        for i in 0..5 {
+            client
+                .put(format!("{p}{i}"), format!("v{i}"), None)
+                .await
+                .expect("put");
+        }
+        let r = client
+            .get(
+                p.as_str(),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_sort(SortTarget::Key, SortOrder::Descend)
+                        .with_limit(2),
+                ),
+            )
+            .await
+            .expect("get");
+        assert_eq!(r.count(), 5);
+        assert!(r.more());
+        let keys: Vec<&str> = r
+            .kvs()
+            .iter()
+            .map(|kv| kv.key_str().expect("utf8"))
+            .collect();
+        assert_eq!(keys, [format!("{p}4"), format!("{p}3")]);
+        let counted = client
+            .get(
+                p.as_str(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .expect("count");
+        assert_eq!((counted.count(), counted.kvs().len()), (5, 0));
+
+        // prev_kv on put, a compare-and-swap transaction, and its failure.
+        let put = client
+            .put(
+                format!("{p}0"),
+                "w",
+                Some(PutOptions::new().with_prev_key()),
+            )
+            .await
+            .expect("put");
+        assert_eq!(put.prev_key().map(|kv| kv.value()), Some(&b"v0"[..]));
+        let cas = |expect: &str, new: &str| {
+            Txn::new()
+                .when([Compare::value(format!("{p}0"), CompareOp::Equal, expect)])
+                .and_then([TxnOp::put(format!("{p}0"), new, None)])
+                .or_else([TxnOp::get(format!("{p}0"), None)])
+        };
+        assert!(client.txn(cas("w", "x")).await.expect("txn").succeeded());
+        let lost = client.txn(cas("w", "y")).await.expect("txn");
+        assert!(!lost.succeeded());
+        let r = client.get(format!("{p}0"), None).await.expect("get");
+        assert_eq!(r.kvs()[0].value(), b"x");
+
+        // A future revision is refused with etcd's code and message.
+        let future = client
+            .get(
+                format!("{p}0"),
+                Some(GetOptions::new().with_revision(1 << 40)),
+            )
+            .await
+            .expect_err("future revision");
+        assert!(
+            future
+                .to_string()
+                .contains("required revision is a future revision"),
+            "{future}"
+        );
+        let status = client.status().await.expect("status");
+        assert!(status.raft_index() > 0);
+        let deleted = client
+            .delete(
+                p.as_str(),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .expect("delete");
+        assert_eq!(deleted.deleted(), 5);
+    }
+}
