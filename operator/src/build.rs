@@ -21,7 +21,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use crate::crd::ConcordCluster;
-use crate::naming::{self, API_PORT, PEER_PORT};
+use crate::naming::{self, API_PORT, ETCD_PORT, PEER_PORT};
 use crate::validate::ValidatedCluster;
 
 /// Non-root user of the node image (distroless "nonroot").
@@ -170,7 +170,7 @@ fn client_service(cluster: &ConcordCluster) -> Service {
         spec: Some(ServiceSpec {
             type_: Some(cluster.spec.service.type_.as_str().into()),
             selector: Some(naming::selector_labels(&name)),
-            ports: Some(vec![port("http", API_PORT)]),
+            ports: Some(vec![port("http", API_PORT), port("etcd", ETCD_PORT)]),
             ..Default::default()
         }),
         ..Default::default()
@@ -284,6 +284,12 @@ fn stateful_set(cluster: &ConcordCluster, replicas: i32, config_hash: &str) -> S
             ContainerPort {
                 name: Some("http".into()),
                 container_port: API_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("etcd".into()),
+                container_port: ETCD_PORT,
                 protocol: Some("TCP".into()),
                 ..Default::default()
             },

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 pub const PEER_PORT: i32 = 8080;
 /// Port of the HTTP client API, /metrics and probes (the node's default).
 pub const API_PORT: i32 = 8081;
+/// Port of etcd's v3 API (the node's default, etcd's client port). The config leaves it
+/// unset: a node from before the etcd API would refuse the unknown setting.
+pub const ETCD_PORT: i32 = 2379;
 /// Where the node's config file is mounted.
 pub const CONFIG_DIR: &str = "/etc/concord";
 pub const CONFIG_FILE: &str = "concord.yaml";
