@@ -13,8 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("protoc's include path is not UTF-8")?;
     // Only the server side: ConcordKV serves etcd's API; the tests use a client nobody here
     // wrote (the etcd-client crate, Debian's etcdctl).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = out.join("etcd_descriptors.bin");
     tonic_prost_build::configure()
         .build_client(false)
+        .file_descriptor_set_path(&descriptors)
         .compile_protos(
             &[
                 "vendor/etcd/api/etcdserverpb/rpc.proto",
@@ -23,5 +26,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["vendor", includes],
         )?;
+    // serde for the JSON gateway, in protobuf's JSON mapping with the .proto field names, as
+    // etcd's grpc-gateway (OrigName) writes them: int64 as strings, bytes as base64.
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptors)?)?
+        .preserve_proto_field_names()
+        .build(&[".etcdserverpb", ".mvccpb", ".authpb"])?;
     Ok(())
 }

@@ -305,3 +305,132 @@ async fn the_etcd_client_crate_works_through_a_follower_and_the_leader() {
         assert_eq!(deleted.deleted(), 5);
     }
 }
+
+/// POSTs JSON to the etcd port as etcd's gateway documentation shows it.
+async fn gateway(c: &Cluster, i: usize, path: &str, body: &str) -> (u16, Value) {
+    let r = c
+        .http
+        .post(format!("http://{}{path}", c.nodes[i].etcd()))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("gateway request");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    (status, json(&text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_gateway_answers_as_etcds_does_on_the_same_port() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let f = (leader + 1) % 3;
+    // From etcd's "gRPC gateway" guide: keys and values base64, int64 as strings.
+    let (s, put) = gateway(&c, f, "/v3/kv/put", r#"{"key": "Zm9v", "value": "YmFy"}"#).await;
+    assert_eq!(s, 200, "{put}");
+    assert!(
+        put["header"]["revision"].is_string(),
+        "int64 as a string: {put}"
+    );
+    let (s, got) = gateway(&c, leader, "/v3/kv/range", r#"{"key": "Zm9v"}"#).await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(got["kvs"][0]["key"], "Zm9v");
+    assert_eq!(got["kvs"][0]["value"], "YmFy");
+    assert_eq!(got["count"], "1");
+    let created = got["kvs"][0]["create_revision"]
+        .as_str()
+        .expect("create")
+        .to_string();
+    // The guide's transaction, in its camelCase spelling (both spellings are read).
+    let txn = format!(
+        r#"{{"compare":[{{"target":"CREATE","key":"Zm9v","createRevision":"{created}"}}],"success":[{{"requestPut":{{"key":"Zm9v","value":"YmF6"}}}}]}}"#
+    );
+    let (s, t) = gateway(&c, f, "/v3/kv/txn", &txn).await;
+    assert_eq!((s, &t["succeeded"]), (200, &Value::Bool(true)), "{t}");
+    // A prefix range with range_end, and the JSON everyone else on the same port gets.
+    gateway(
+        &c,
+        f,
+        "/v3/kv/put",
+        r#"{"key": "Zm9vMg==", "value": "eA=="}"#,
+    )
+    .await;
+    let (_, r) = gateway(
+        &c,
+        f,
+        "/v3/kv/range",
+        r#"{"key": "Zm9v", "range_end": "Zm9w", "keys_only": true}"#,
+    )
+    .await;
+    assert_eq!(r["count"], "2", "{r}");
+    assert!(r["kvs"][0]["value"].is_null(), "keys only: {r}");
+    let (s, d) = gateway(
+        &c,
+        f,
+        "/v3/kv/deleterange",
+        r#"{"key": "Zm9v", "range_end": "Zm9w"}"#,
+    )
+    .await;
+    assert_eq!((s, &d["deleted"]), (200, &Value::String("2".into())), "{d}");
+    let (s, m) = gateway(&c, f, "/v3/cluster/member/list", "{}").await;
+    assert_eq!(s, 200);
+    assert_eq!(m["members"].as_array().map(Vec::len), Some(3), "{m}");
+    let (s, st) = gateway(&c, f, "/v3/maintenance/status", "{}").await;
+    assert_eq!(
+        (s, &st["version"]),
+        (200, &Value::String("3.5.0".into())),
+        "{st}"
+    );
+    let v: Value = c
+        .http
+        .get(format!("http://{}/version", c.nodes[f].etcd()))
+        .send()
+        .await
+        .expect("version")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["etcdserver"], "3.5.0");
+
+    // Refusals: grpc-gateway's error JSON with its HTTP status.
+    let (s, e) = gateway(
+        &c,
+        f,
+        "/v3/kv/range",
+        r#"{"key": "Zm9v", "revision": "999999999"}"#,
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert_eq!(e["code"], 11, "OutOfRange: {e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("future revision")),
+        "{e}"
+    );
+    let (s, e) = gateway(&c, f, "/v3/kv/put", "{not json").await;
+    assert_eq!((s, &e["code"]), (400, &Value::from(3)), "{e}");
+    let (s, e) = gateway(&c, f, "/v3/kv/nothing", "{}").await;
+    assert_eq!((s, &e["code"]), (404, &Value::from(5)), "{e}");
+    let r = c
+        .http
+        .get(format!("http://{}/v3/kv/range", c.nodes[f].etcd()))
+        .send()
+        .await
+        .expect("wrong method");
+    assert_eq!(r.status().as_u16(), 405);
+    assert!(r.headers().get("allow").is_some());
+    let e: Value = r.json().await.expect("json error");
+    assert!(e["message"].is_string(), "{e}");
+
+    // And gRPC still answers on that port beside it.
+    let mut client = Client::connect([c.nodes[f].etcd()], None)
+        .await
+        .expect("connect");
+    assert!(client
+        .get("Zm9v", None)
+        .await
+        .expect("get")
+        .kvs()
+        .is_empty());
+}

@@ -7,6 +7,7 @@
 //! the leader's read index) unless `serializable`.
 
 pub mod convert;
+pub mod gateway;
 pub mod kv;
 
 use std::sync::Arc;
@@ -297,31 +298,55 @@ impl Maintenance for MaintenanceService {
     }
 }
 
-/// Serves the etcd API on `listener` until `stop`.
+/// Serves the etcd API on `listener` until `stop`: gRPC and the JSON gateway on one port, told
+/// apart by content type, as etcd serves them; through the same accept loop as the HTTP API,
+/// with its connection limits and timeouts.
 pub async fn serve(
     app: Arc<App>,
     listener: tokio::net::TcpListener,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use tower::ServiceExt;
     let limit = app.config.limits.max_request_bytes;
+    let kv = Arc::new(kv::KvService { app: app.clone() });
+    let cluster = Arc::new(ClusterService { app: app.clone() });
+    let maintenance = Arc::new(MaintenanceService { app: app.clone() });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<KvServer<kv::KvService>>()
         .await;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .add_service(health)
+    let grpc = tonic::service::Routes::new(health)
         .add_service(
-            KvServer::new(kv::KvService { app: app.clone() })
+            KvServer::from_arc(kv.clone())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
         )
-        .add_service(ClusterServer::new(ClusterService { app: app.clone() }))
-        .add_service(MaintenanceServer::new(MaintenanceService { app }))
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
+        .add_service(ClusterServer::from_arc(cluster.clone()))
+        .add_service(MaintenanceServer::from_arc(maintenance.clone()))
+        .into_axum_router();
+    let gateway = gateway::router(gateway::Services {
+        kv,
+        cluster,
+        maintenance,
+        app: app.clone(),
+    });
+    let both = axum::Router::new().fallback_service(tower::service_fn(
+        move |req: axum::extract::Request| {
+            let grpc_request = req
+                .headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc"));
+            let target = if grpc_request {
+                grpc.clone()
+            } else {
+                gateway.clone()
+            };
+            async move { target.oneshot(req).await }
+        },
+    ));
+    let limits = crate::api::http::listener::ConnectionLimits::from_limits(&app.config.limits);
+    crate::api::http::listener::serve(listener, both, limits, stop).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,244 @@
+//! etcd's JSON gateway (what grpc-gateway gives etcd), on the same port as the gRPC services:
+//! `POST /v3/kv/range` and the rest, with etcd's messages in protobuf's JSON mapping and the
+//! .proto field names (int64 as strings, bytes as base64), plus `GET /version` and
+//! `GET /health` as etcd answers them. Clients such as Patroni use only this. Each route calls
+//! the gRPC service itself, so both forms of a request get the same answer.
+//!
+//! Errors are grpc-gateway's JSON `{"error", "code", "message"}` with the HTTP status it maps
+//! the gRPC code to — for every refusal, unknown routes, wrong methods and bad bodies included.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use concord_proto::etcd::etcdserverpb::cluster_server::Cluster;
+use concord_proto::etcd::etcdserverpb::kv_server::Kv;
+use concord_proto::etcd::etcdserverpb::maintenance_server::Maintenance;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+use tonic::{Code, Status};
+
+use super::kv::KvService;
+use super::{ClusterService, MaintenanceService, ETCD_API_VERSION};
+use crate::app::App;
+
+#[derive(Clone)]
+pub struct Services {
+    pub kv: Arc<KvService>,
+    pub cluster: Arc<ClusterService>,
+    pub maintenance: Arc<MaintenanceService>,
+    pub app: Arc<App>,
+}
+
+/// grpc-gateway's HTTP status for a gRPC code (`runtime.HTTPStatusFromCode`).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The gateway's error body for a status.
+pub fn error(status: &Status) -> Response {
+    let body = json!({
+        "error": status.message(),
+        "code": status.code() as i32,
+        "message": status.message(),
+    });
+    (http_status(status.code()), Json(body)).into_response()
+}
+
+/// Decodes the body (empty: the message's defaults), runs the call, encodes the answer.
+async fn call<Req, Resp, F, Fut>(body: Result<Bytes, BytesRejection>, f: F) -> Response
+where
+    Req: DeserializeOwned + Default,
+    Resp: Serialize,
+    F: FnOnce(tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(&Status::invalid_argument(
+                "etcdserver: request is too large",
+            ))
+        }
+        Err(e) => {
+            return error(&Status::invalid_argument(format!(
+                "cannot read the request body: {}",
+                e.body_text()
+            )))
+        }
+    };
+    let req: Req = if body.iter().all(u8::is_ascii_whitespace) {
+        Req::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(&Status::invalid_argument(format!(
+                    "the body is not this request in JSON: {e}"
+                )))
+            }
+        }
+    };
+    match f(tonic::Request::new(req)).await {
+        Ok(r) => Json(r.into_inner()).into_response(),
+        Err(s) => error(&s),
+    }
+}
+
+pub fn router(services: Services) -> Router {
+    let limit = services.app.config.limits.max_request_bytes;
+    Router::new()
+        .route(
+            "/v3/kv/range",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.kv.range(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/kv/put",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.kv.put(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/kv/deleterange",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.kv.delete_range(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/kv/txn",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.kv.txn(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/kv/compaction",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.kv.compact(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/cluster/member/list",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.cluster.member_list(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/cluster/member/remove",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.cluster.member_remove(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/cluster/member/promote",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.cluster.member_promote(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/maintenance/status",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.maintenance.status(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/maintenance/alarm",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.maintenance.alarm(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/maintenance/transfer-leadership",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.maintenance.move_leader(r).await }).await
+            }),
+        )
+        .route("/version", get(version))
+        .route("/health", get(health))
+        .fallback(|| async { error(&Status::not_found("no such endpoint")) })
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(method_not_allowed))
+        .with_state(services)
+}
+
+/// axum's bare 405 as the gateway's JSON error.
+async fn method_not_allowed(req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let allow = response.headers().get(axum::http::header::ALLOW).cloned();
+    let mut e = error(&Status::unimplemented(format!(
+        "method {method} is not allowed on {path}"
+    )));
+    *e.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    if let Some(allow) = allow {
+        e.headers_mut().insert(axum::http::header::ALLOW, allow);
+    }
+    e
+}
+
+/// As etcd's `/version`.
+async fn version() -> Json<serde_json::Value> {
+    Json(json!({ "etcdserver": ETCD_API_VERSION, "etcdcluster": ETCD_API_VERSION }))
+}
+
+/// As etcd's `/health`: healthy when this member has a leader and is ready to serve.
+async fn health(State(s): State<Services>) -> Response {
+    match crate::api::http::probes::readiness(&s.app) {
+        Ok(()) => Json(json!({ "health": "true", "reason": "" })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "health": "false", "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_grpc_gateways_statuses() {
+        assert_eq!(http_status(Code::OutOfRange), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            http_status(Code::Unavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            http_status(Code::Unimplemented),
+            StatusCode::NOT_IMPLEMENTED
+        );
+        assert_eq!(
+            http_status(Code::ResourceExhausted),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+}
