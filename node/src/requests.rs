@@ -5,12 +5,13 @@
 use std::time::Duration;
 
 use concord_proto::errors::{self, ErrorReason};
-use concord_proto::{ListRequest, ReadRequest, WriteRequest};
+use concord_proto::WriteRequest;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::raft::ReadPolicy;
 use tokio::time::{sleep, timeout_at, Instant};
 
 use crate::app::App;
+use crate::store::mvcc::{KeyRange, KeyValue, MvccError, RangeRequest};
 use crate::store::{Command, CommandResult, Versioned};
 use crate::telemetry::metrics::{metrics, GaugeGuard};
 
@@ -383,101 +384,67 @@ impl App {
         .await
     }
 
-    /// Runs `local` on the leader after a read barrier, forwarding with `remote` when this node
-    /// is a follower.
-    async fn linearizable<T, L, R, Fut>(
-        &self,
-        kind: &'static str,
-        local: L,
-        remote: R,
-    ) -> Result<T, ServiceError>
-    where
-        L: Fn(&App) -> T,
-        R: Fn(String, Instant) -> Fut,
-        Fut: std::future::Future<Output = Result<T, ForwardFailure>>,
-    {
-        let local = &local;
-        self.on_leader(
-            kind,
-            |deadline| async move {
-                self.read_barrier(deadline).await?;
-                Ok(local(self))
-            },
-            remote,
-        )
-        .await
-    }
-
+    /// A key as of `revision` (0: now), read from this member's state — made linearizable
+    /// first (the leader's read index) unless `consistency` is stale. The inner error is the
+    /// store's refusal of the revision (compacted, or in the future).
     pub async fn get(
         &self,
         key: &str,
         consistency: Consistency,
-    ) -> Result<Option<Versioned>, ServiceError> {
-        if consistency == Consistency::Stale {
-            return Ok(self.local_get(key));
+        revision: u64,
+    ) -> Result<Result<Option<KeyValue>, MvccError>, ServiceError> {
+        if consistency == Consistency::Linearizable {
+            self.linearize().await?;
         }
-        self.linearizable(
-            "read",
-            |app| app.local_get(key),
-            |addr, deadline| self.forward_read(addr, key, deadline),
-        )
-        .await
+        let req = RangeRequest {
+            keys: Some(KeyRange::One(key.as_bytes().to_vec())),
+            revision,
+            ..RangeRequest::default()
+        };
+        Ok(self
+            .state
+            .read()
+            .kv
+            .range(&req)
+            .map(|r| r.kvs.into_iter().next()))
     }
 
-    pub fn local_get(&self, key: &str) -> Option<Versioned> {
-        let kv = self.state.read().kv.get(key.as_bytes())?;
-        // Every value is UTF-8 while the seed API is the only writer; the etcd API, which
-        // stores bytes, brings the seed API's refusal of values that are not.
-        Some(Versioned {
-            value: String::from_utf8_lossy(&kv.value).into_owned(),
-            revision: kv.mod_revision,
-        })
-    }
-
-    async fn forward_read(
-        &self,
-        addr: String,
-        key: &str,
-        deadline: Instant,
-    ) -> Result<Option<Versioned>, ForwardFailure> {
-        let (mut client, req) = self.to_leader(
-            &addr,
-            ReadRequest {
-                cluster_id: self.cluster_id.wire(),
-                key: key.to_string(),
-            },
-            deadline,
-        )?;
-        let resp = client
-            .forward_read(req)
-            .await
-            .map_err(|s| classify(s, false))?
-            .into_inner();
-        Ok(resp.found.then_some(Versioned {
-            value: resp.value,
-            revision: resp.revision,
-        }))
-    }
-
+    /// A page of keys, as [`App::get`] reads.
     pub async fn list(
         &self,
         prefix: &str,
         start_after: &str,
         limit: usize,
         consistency: Consistency,
-    ) -> Result<(Vec<String>, bool), ServiceError> {
-        if consistency == Consistency::Stale {
-            return Ok(self.local_list(prefix, start_after, limit));
+    ) -> Result<(Vec<Vec<u8>>, bool), ServiceError> {
+        if consistency == Consistency::Linearizable {
+            self.linearize().await?;
         }
-        self.linearizable(
-            "list",
-            |app| app.local_list(prefix, start_after, limit),
-            |addr, deadline| self.forward_list(addr, prefix, start_after, limit, deadline),
-        )
-        .await
+        Ok(self
+            .state
+            .read()
+            .kv
+            .list_keys(prefix.as_bytes(), start_after.as_bytes(), limit))
     }
 
-    pub fn local_list(&self, prefix: &str, start_after: &str, limit: usize) -> (Vec<String>, bool) {
+    /// A key for a follower of an older release, which forwards its reads here: its answer has
+    /// room only for text, so a value that is not UTF-8 (written through the etcd API) reaches
+    /// it with replacement characters.
+    pub fn legacy_local_get(&self, key: &str) -> Option<Versioned> {
+        let kv = self.state.read().kv.get(key.as_bytes())?;
+        Some(Versioned {
+            value: String::from_utf8_lossy(&kv.value).into_owned(),
+            revision: kv.mod_revision,
+        })
+    }
+
+    /// A page of keys for a follower of an older release (see [`App::legacy_local_get`]).
+    pub fn legacy_local_list(
+        &self,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> (Vec<String>, bool) {
         let (keys, more) =
             self.state
                 .read()
@@ -488,32 +455,6 @@ impl App {
             .map(|k| String::from_utf8_lossy(&k).into_owned())
             .collect();
         (keys, more)
-    }
-
-    async fn forward_list(
-        &self,
-        addr: String,
-        prefix: &str,
-        start_after: &str,
-        limit: usize,
-        deadline: Instant,
-    ) -> Result<(Vec<String>, bool), ForwardFailure> {
-        let (mut client, req) = self.to_leader(
-            &addr,
-            ListRequest {
-                cluster_id: self.cluster_id.wire(),
-                prefix: prefix.to_string(),
-                start_after: start_after.to_string(),
-                limit: u32::try_from(limit).unwrap_or(u32::MAX),
-            },
-            deadline,
-        )?;
-        let resp = client
-            .forward_list(req)
-            .await
-            .map_err(|s| classify(s, false))?
-            .into_inner();
-        Ok((resp.keys, resp.more))
     }
 }
 

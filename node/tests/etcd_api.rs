@@ -434,3 +434,60 @@ async fn the_json_gateway_answers_as_etcds_does_on_the_same_port() {
         .kvs()
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_api_reads_the_same_store_at_past_revisions_and_refuses_bytes_it_cannot_show() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let f = (leader + 1) % 3;
+    let (_, first) = c.set(f, "cfg", "one").await;
+    let first = first["revision"].as_u64().expect("revision");
+    c.set(f, "cfg", "two").await;
+    let (s, now) = c.get(f, "/api/get?key=cfg").await;
+    assert_eq!((s, now["value"].as_str()), (200, Some("two")));
+    let (s, then) = c
+        .get(f, &format!("/api/get?key=cfg&revision={first}"))
+        .await;
+    assert_eq!((s, then["value"].as_str()), (200, Some("one")), "{then}");
+    assert_eq!(then["revision"].as_u64(), Some(first));
+    // The seed API's revision is the etcd API's mod_revision.
+    let mut etcd = Client::connect([c.nodes[f].etcd()], None)
+        .await
+        .expect("connect");
+    let kv = etcd.get("cfg", None).await.expect("get").kvs()[0].clone();
+    assert_eq!(
+        kv.mod_revision() as u64,
+        now["revision"].as_u64().expect("rev")
+    );
+    let (s, e) = c.get(f, "/api/get?key=cfg&revision=99999999").await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("future revision")),
+        "{e}"
+    );
+    etcd.compact(kv.mod_revision(), None)
+        .await
+        .expect("compact");
+    let (s, e) = c
+        .get(f, &format!("/api/get?key=cfg&revision={first}"))
+        .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"].as_str().is_some_and(|m| m.contains("compacted")),
+        "{e}"
+    );
+
+    // Bytes that are not text: refused with 422, never shown mangled.
+    etcd.put("bin", vec![0xff, 0xfe, 0x00], None)
+        .await
+        .expect("put");
+    let (s, e) = c.get(f, "/api/get?key=bin").await;
+    assert_eq!(s, 422, "{e}");
+    etcd.put(vec![b'k', 0xff], "v", None).await.expect("put");
+    let (s, e) = c.get(leader, "/api/keys?prefix=k").await;
+    assert_eq!(s, 422, "{e}");
+    let (s, _) = c.get(leader, "/api/keys?prefix=cfg").await;
+    assert_eq!(s, 200);
+}

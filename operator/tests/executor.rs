@@ -30,6 +30,9 @@ fn free_port() -> u16 {
 struct ProcPod {
     peer: u16,
     api: u16,
+    /// Picked like the others: a port the OS picks at bind time (`:0`) can be one just handed
+    /// out to another pod that has not bound it yet.
+    etcd: u16,
     child: Option<Child>,
     started: Instant,
     revision: u64,
@@ -66,15 +69,15 @@ impl ProcessPods {
 
     fn spawn(&self, ordinal: u32, pods: &mut BTreeMap<u32, ProcPod>) {
         let name = format!("kv-{ordinal}");
-        let (peer, api) = match pods.get(&ordinal) {
-            Some(p) => (p.peer, p.api),
-            None => (free_port(), free_port()),
+        let (peer, api, etcd) = match pods.get(&ordinal) {
+            Some(p) => (p.peer, p.api, p.etcd),
+            None => (free_port(), free_port(), free_port()),
         };
         let config = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(
             &config,
             format!(
-                "server:\n  nodeId: \"{name}\"\n  listenAddr: \"127.0.0.1:{peer}\"\n  apiAddr: \"127.0.0.1:{api}\"\n  etcdAddr: \"127.0.0.1:0\"\n  dataDir: \"{}\"\n  join: true\nraft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 500\n  electionTimeoutMaxMs: 1000\n  maxPromoteLag: 100\n",
+                "server:\n  nodeId: \"{name}\"\n  listenAddr: \"127.0.0.1:{peer}\"\n  apiAddr: \"127.0.0.1:{api}\"\n  etcdAddr: \"127.0.0.1:{etcd}\"\n  dataDir: \"{}\"\n  join: true\nraft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 500\n  electionTimeoutMaxMs: 1000\n  maxPromoteLag: 100\n",
                 self.dir.path().join(&name).display()
             ),
         )
@@ -97,6 +100,7 @@ impl ProcessPods {
             ProcPod {
                 peer,
                 api,
+                etcd,
                 child: Some(child),
                 started: Instant::now(),
                 revision: self.revision.load(Ordering::SeqCst),

@@ -382,7 +382,7 @@ impl PeerService {
         let msg = req.into_inner();
         self.check_cluster(&msg.cluster_id)?;
         self.app.read_barrier(deadline).await.map_err(to_status)?;
-        let found = self.app.local_get(&msg.key);
+        let found = self.app.legacy_local_get(&msg.key);
         Ok(Response::new(match found {
             Some(v) => ReadResponse {
                 found: true,
@@ -402,7 +402,9 @@ impl PeerService {
         self.check_cluster(&msg.cluster_id)?;
         let limit = (msg.limit as usize).clamp(1, self.app.config.limits.max_list_limit);
         self.app.read_barrier(deadline).await.map_err(to_status)?;
-        let (keys, more) = self.app.local_list(&msg.prefix, &msg.start_after, limit);
+        let (keys, more) = self
+            .app
+            .legacy_local_list(&msg.prefix, &msg.start_after, limit);
         Ok(Response::new(ListResponse { keys, more }))
     }
 }

@@ -54,6 +54,17 @@ fn check_value(limits: &Limits, value: &str) -> Result<(), ApiError> {
 pub struct KeyQuery {
     key: Option<String>,
     consistency: Option<String>,
+    revision: Option<String>,
+}
+
+/// The seed API speaks text: bytes the etcd API stored that are not UTF-8 are refused, never
+/// shown mangled.
+fn not_text(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("{what} is not UTF-8 text (it was written through the etcd API, which stores bytes); read it through the etcd API"),
+        false,
+    )
 }
 
 fn consistency(param: Option<&str>) -> Result<Consistency, ApiError> {
@@ -106,11 +117,13 @@ pub async fn set(
     params(
         ("key" = String, Query, description = "The key (at most limits.maxKeyBytes)"),
         ("consistency" = Option<String>, Query, description = "`linearizable` (default: confirmed with a quorum) or `stale` (this node's state)"),
+        ("revision" = Option<u64>, Query, description = "Read the key as it was at this store revision (default: now); refused once compacted"),
     ),
     responses(
         (status = 200, description = "The key's value", body = GetResponse),
-        (status = 400, description = "Missing or repeated `key`, an empty key, or a bad `consistency`", body = ErrorBody),
-        (status = 404, description = "The key is absent", body = ErrorBody),
+        (status = 400, description = "Missing or repeated `key`, an empty key, a bad `consistency` or `revision`, a revision compacted away or in the future", body = ErrorBody),
+        (status = 404, description = "The key is absent (at that revision)", body = ErrorBody),
+        (status = 422, description = "The value is not UTF-8 text (written through the etcd API, which stores bytes): read it there", body = ErrorBody),
         (status = 413, description = "Key over limits.maxKeyBytes", body = ErrorBody),
         (status = 503, description = "No leader to confirm a linearizable read", body = ErrorBody),
     ))]
@@ -121,13 +134,21 @@ pub async fn get(
     let key = query_key(&q)?;
     check_key(&app.config.limits, key)?;
     let c = consistency(q.consistency.as_deref())?;
-    match app.get(key, c).await? {
-        Some(v) => Ok(Json(GetResponse {
+    let revision = match q.revision.as_deref() {
+        None | Some("") => 0,
+        Some(r) => r.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("revision {r:?} must be a non-negative integer"))
+        })?,
+    };
+    match app.get(key, c, revision).await? {
+        Ok(Some(kv)) => Ok(Json(GetResponse {
             key: key.to_string(),
-            value: v.value,
-            revision: v.revision,
+            value: String::from_utf8(kv.value)
+                .map_err(|_| not_text(&format!("the value of key {key:?}")))?,
+            revision: kv.mod_revision,
         })),
-        None => Err(ApiError::not_found(format!("key {key:?} not found"))),
+        Ok(None) => Err(ApiError::not_found(format!("key {key:?} not found"))),
+        Err(e) => Err(ApiError::bad_request(e.to_string())),
     }
 }
 
@@ -248,6 +269,7 @@ pub struct KeysQuery {
     responses(
         (status = 200, description = "One page of keys, in order", body = KeysResponse),
         (status = 400, description = "A bad or repeated parameter", body = ErrorBody),
+        (status = 422, description = "A key in the page is not UTF-8 text (written through the etcd API)", body = ErrorBody),
         (status = 503, description = "No leader to confirm a linearizable read", body = ErrorBody),
     ))]
 pub async fn keys(
@@ -270,6 +292,10 @@ pub async fn keys(
     let prefix = q.prefix.unwrap_or_default();
     let start_after = q.continue_token.unwrap_or_default();
     let (keys, more) = app.list(&prefix, &start_after, limit, c).await?;
+    let keys = keys
+        .into_iter()
+        .map(|k| String::from_utf8(k).map_err(|_| not_text("a key in this page")))
+        .collect::<Result<Vec<_>, _>>()?;
     let next = if more { keys.last().cloned() } else { None };
     Ok(Json(KeysResponse { keys, next }))
 }
