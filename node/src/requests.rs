@@ -73,6 +73,33 @@ pub fn to_status(err: ServiceError) -> tonic::Status {
     errors::status(code, err.to_string(), reason)
 }
 
+/// What confirming leadership for a read (within the deadline) means for the caller.
+fn read_confirmation<T>(
+    confirmed: Result<
+        Result<
+            T,
+            RaftError<crate::raft::TypeConfig, LinearizableReadError<crate::raft::TypeConfig>>,
+        >,
+        tokio::time::error::Elapsed,
+    >,
+) -> Result<T, ServiceError> {
+    match confirmed {
+        Err(_) => Err(ServiceError::Unavailable(
+            "timed out confirming leadership with a quorum".into(),
+        )),
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
+            Err(ServiceError::NotLeader)
+        }
+        Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)))) => {
+            Err(ServiceError::Unavailable(format!("no quorum: {q}")))
+        }
+        Ok(Err(RaftError::Fatal(f))) => {
+            Err(ServiceError::Unavailable(format!("raft stopped: {f}")))
+        }
+    }
+}
+
 /// What a failed forward means for the caller.
 enum ForwardFailure {
     /// Nothing happened on the leader; safe to retry.
@@ -304,46 +331,20 @@ impl App {
     /// Waits until this node, as leader, may serve a linearizable read from its state.
     #[tracing::instrument(name = "raft.read_index", skip_all, fields(node = %self.identity.name))]
     pub async fn read_barrier(&self, deadline: Instant) -> Result<(), ServiceError> {
-        match timeout_at(
+        let confirmed = timeout_at(
             deadline,
             self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
         )
-        .await
-        {
-            Err(_) => Err(ServiceError::Unavailable(
-                "timed out confirming leadership with a quorum".into(),
-            )),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
-                Err(ServiceError::NotLeader)
-            }
-            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)))) => {
-                Err(ServiceError::Unavailable(format!("no quorum: {q}")))
-            }
-            Ok(Err(RaftError::Fatal(f))) => {
-                Err(ServiceError::Unavailable(format!("raft stopped: {f}")))
-            }
-        }
+        .await;
+        read_confirmation(confirmed).map(|_| ())
     }
 
     /// As leader: confirms leadership with a quorum and returns the log index a linearizable
     /// read must see applied (it does not wait for this node's own apply).
     pub async fn read_index(&self, deadline: Instant) -> Result<u64, ServiceError> {
-        match timeout_at(deadline, self.raft.get_read_log_id(ReadPolicy::ReadIndex)).await {
-            Err(_) => Err(ServiceError::Unavailable(
-                "timed out confirming leadership with a quorum".into(),
-            )),
-            Ok(Ok((read, _))) => Ok(read.log_id().index),
-            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
-                Err(ServiceError::NotLeader)
-            }
-            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q)))) => {
-                Err(ServiceError::Unavailable(format!("no quorum: {q}")))
-            }
-            Ok(Err(RaftError::Fatal(f))) => {
-                Err(ServiceError::Unavailable(format!("raft stopped: {f}")))
-            }
-        }
+        let confirmed =
+            timeout_at(deadline, self.raft.get_read_log_id(ReadPolicy::ReadIndex)).await;
+        read_confirmation(confirmed).map(|(read, _)| read.log_id().index)
     }
 
     /// Makes this node's state fit for a linearizable read, wherever it runs: the leader

@@ -136,6 +136,15 @@ fn body_too_large(declared: Option<u64>, limit: usize) -> ApiError {
     ))
 }
 
+/// What axum's 405 says a path takes (its `Allow` header).
+fn allowed_methods(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// Probes and `/metrics` answer in text, their wrong methods too: axum's bare 405 gets a text
 /// body saying what is allowed (and keeps `Allow`).
 fn probe_method_not_allowed(
@@ -147,12 +156,7 @@ fn probe_method_not_allowed(
         return response;
     }
     let (mut parts, _) = response.into_parts();
-    let allowed = parts
-        .headers
-        .get(header::ALLOW)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let allowed = allowed_methods(&parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,
@@ -208,12 +212,7 @@ pub async fn json_errors(limit: usize, req: Request, next: Next) -> Response {
         .unwrap_or_default();
     let message = match status {
         StatusCode::METHOD_NOT_ALLOWED => {
-            let allowed = parts
-                .headers
-                .get(header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
+            let allowed = allowed_methods(&parts.headers);
             format!("method {method} is not allowed on {path}; allowed: {allowed}")
         }
         _ if !text.is_empty() => text,
