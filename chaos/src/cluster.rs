@@ -47,8 +47,18 @@ pub struct ChaosCluster {
     pub tmpfs: bool,
 }
 
+/// A free port this process has not handed out before: a port is free again once its probe
+/// closes, and the three each node takes are bound only when it starts.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 fn signal(pid: u32, sig: &str) {

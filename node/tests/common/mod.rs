@@ -12,11 +12,22 @@ use serde_json::{json, Value};
 pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_concord-node");
 pub const CTL_BIN: &str = env!("CARGO_BIN_EXE_concordctl");
 
+/// A port nothing listens on now and that this process has not handed out before: a port is
+/// free again once its probe closes, and three per node (peer, HTTP, etcd) handed out before
+/// the nodes bind them would otherwise collide now and then.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub struct NodeProc {
