@@ -130,6 +130,7 @@ pub struct RaftSection {
     pub election_timeout_min_ms: Option<u64>,
     pub election_timeout_max_ms: Option<u64>,
     pub snapshot_threshold: Option<u64>,
+    pub snapshot_log_ratio: Option<f64>,
     pub logs_to_keep_after_snapshot: Option<u64>,
     pub segment_bytes: Option<u64>,
     pub max_promote_lag: Option<u64>,
@@ -165,7 +166,11 @@ pub struct RaftTuning {
     pub heartbeat: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
+    /// Snapshot after at least this many entries...
     pub snapshot_threshold: u64,
+    /// ...and once the log since the last snapshot is this fraction of its size, so snapshot
+    /// I/O stays proportional to writes however large the store (`raft::snapshot_policy`).
+    pub snapshot_log_ratio: f64,
     pub logs_to_keep_after_snapshot: u64,
     pub segment_bytes: u64,
     /// A learner more than this many entries behind the leader is not promoted.
@@ -493,6 +498,16 @@ impl Config {
                 .or(r.snapshot_threshold)
                 .unwrap_or(10_000)
                 .max(1),
+            snapshot_log_ratio: match r.snapshot_log_ratio {
+                None => 1.0,
+                Some(x) if x.is_finite() && (0.0..=100.0).contains(&x) => x,
+                Some(x) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "raft.snapshotLogRatio {x}: must be between 0 (snapshot every \
+                         snapshotThreshold entries) and 100"
+                    )))
+                }
+            },
             logs_to_keep_after_snapshot: r.logs_to_keep_after_snapshot.unwrap_or(1000),
             segment_bytes: r.segment_bytes.unwrap_or(64 * 1024 * 1024).max(4096),
             max_promote_lag: r.max_promote_lag.unwrap_or(1000),

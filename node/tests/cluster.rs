@@ -136,7 +136,8 @@ async fn crash_of_every_node_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn far_behind_follower_catches_up_through_a_snapshot() {
-    let extra = "  snapshotThreshold: 20\n  logsToKeepAfterSnapshot: 0\n";
+    // Count-based snapshots (ratio 0), so the leader purges past what the lagging node has.
+    let extra = "  snapshotThreshold: 20\n  snapshotLogRatio: 0\n  logsToKeepAfterSnapshot: 0\n";
     let mut c = Cluster::start(3, extra);
     let leader = c.wait_leader(LEADER_WAIT).await;
     let lagger = (leader + 1) % 3;

@@ -19,12 +19,12 @@ const IN_FLIGHT_BYTES: u64 = 32 * 1024 * 1024;
 const LOG_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
 const HISTORY_BYTES: u64 = 16 * 1024 * 1024;
 /// The ceiling docs/operations.md gives: 150 MiB + 4 x maxInFlightBytes + maxLogMemoryBytes +
-/// 2 x compaction.maxHistoryBytes + 2 x the data (here at most 16 keys of 1 MiB).
+/// 2 x compaction.maxHistoryBytes + 1.5 x the data (here at most 16 keys of 1 MiB).
 const CEILING_BYTES: u64 = 150 * 1024 * 1024
     + 4 * IN_FLIGHT_BYTES
     + LOG_MEMORY_BYTES
     + 2 * HISTORY_BYTES
-    + 32 * 1024 * 1024;
+    + 24 * 1024 * 1024;
 
 fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -5,6 +5,7 @@
 pub mod channels;
 pub mod network;
 pub mod peer_service;
+pub mod snapshot_policy;
 pub mod startup;
 
 use std::fmt;

@@ -77,7 +77,8 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
         election_timeout_min: r.election_timeout_min.as_millis() as u64,
         election_timeout_max: r.election_timeout_max.as_millis() as u64,
         install_snapshot_timeout: 30_000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_threshold),
+        // Snapshots are taken by `snapshot_and_purge`, by entries and bytes (`snapshot_policy`).
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: r.logs_to_keep_after_snapshot,
         enable_pre_vote: Some(true),
         // A follower whose log lost its tail to a disk fault (a torn or corrupt tail cut off at
@@ -244,7 +245,10 @@ impl Node {
             app.clone(),
             stop_rx.clone(),
         )));
-        tasks.push(tokio::spawn(bound_log_memory(app.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(snapshot_and_purge(
+            app.clone(),
+            stop_rx.clone(),
+        )));
         tasks.push(tokio::spawn(auto_compact(app.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(measure_data_dir(
             app.config.data_dir.clone(),
@@ -354,32 +358,63 @@ async fn transfer_leadership_away(app: &App) {
     }
 }
 
-/// Keeps the in-memory log mirror within `raft.maxLogMemoryBytes`: openraft snapshots and
-/// purges by entry count, which with large entries could hold gigabytes. Over the budget, this
-/// asks for a snapshot (if the applied state is ahead of the last one) and then purges the log
-/// up to it, keeping at most half the budget after the purge point. A follower that lags past
-/// the purge point catches up from the snapshot, as it would after a count-based purge.
-async fn bound_log_memory(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+/// Takes snapshots as `raft::snapshot_policy` decides (entries and log bytes since the last
+/// one against its size; the in-memory log mirror over `raft.maxLogMemoryBytes`), and keeps the
+/// mirror within its budget: over it, the log is purged up to the last snapshot, keeping at
+/// most half the budget after the purge point. A follower that lags past the purge point
+/// catches up from the snapshot, as it would after a count-based purge.
+async fn snapshot_and_purge(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    use super::snapshot_policy::{LogView, SnapshotPolicy};
     const EVERY: Duration = Duration::from_millis(200);
-    let budget = app.config.raft.max_log_memory_bytes;
-    let mut last_snapshot_request: Option<std::time::Instant> = None;
+    let r = &app.config.raft;
+    let policy = SnapshotPolicy {
+        min_entries: r.snapshot_threshold,
+        size_ratio: r.snapshot_log_ratio,
+        mirror_budget: r.max_log_memory_bytes,
+    };
+    let mut requested: Option<(u64, std::time::Instant)> = None;
+    let mut last_size: Option<(u64, u64)> = None;
     loop {
         let bytes = app.log.memory_bytes();
         metrics().log_memory_bytes.set(bytes as i64);
-        if bytes > budget {
-            let m = app.metrics();
-            let applied = m.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
-            let snapshot = m.snapshot.as_ref().map(|l| l.index).unwrap_or(0);
-            let building =
-                last_snapshot_request.is_some_and(|t| t.elapsed() < Duration::from_secs(2));
-            if applied > snapshot && !building {
-                tracing::info!(bytes, budget, "log mirror over budget: taking a snapshot");
-                last_snapshot_request = Some(std::time::Instant::now());
+        let m = app.metrics();
+        let applied = m.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
+        let snapshot = m.snapshot.as_ref().map(|l| l.index).unwrap_or(0);
+        // The snapshot's size is looked up once per snapshot, not every round.
+        let snapshot_bytes = match last_size {
+            Some((index, size)) if index == snapshot => size,
+            _ => {
+                let snapshots = app.snapshots.clone();
+                let size = tokio::task::spawn_blocking(move || snapshots.latest_len())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .unwrap_or(0);
+                last_size = Some((snapshot, size));
+                size
+            }
+        };
+        let view = LogView {
+            entries_since: applied.saturating_sub(snapshot),
+            log_bytes_since: app.log.bytes_after(snapshot),
+            last_snapshot_bytes: snapshot_bytes,
+            mirror_bytes: bytes,
+        };
+        // One request at a time: a new one once the last is done (the snapshot index passed
+        // it) or has had a minute.
+        let pending =
+            requested.is_some_and(|(at, t)| snapshot < at && t.elapsed() < Duration::from_secs(60));
+        if !pending {
+            if let Some(due) = policy.decide(&view) {
+                tracing::debug!(?due, ?view, "taking a snapshot");
+                requested = Some((applied, std::time::Instant::now()));
                 if app.raft.trigger().snapshot().await.is_err() {
                     return;
                 }
             }
-            if let Some(upto) = app.log.purge_point_for(budget / 2, snapshot) {
+        }
+        if bytes > policy.mirror_budget {
+            if let Some(upto) = app.log.purge_point_for(policy.mirror_budget / 2, snapshot) {
                 if app.raft.trigger().purge_log(upto).await.is_err() {
                     return;
                 }

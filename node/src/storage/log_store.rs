@@ -30,9 +30,10 @@ const META_FILE: &str = "log.meta";
 #[derive(Debug, Default)]
 struct MemLog {
     entries: VecDeque<Entry>,
-    /// Encoded size of each entry in `entries`, and their sum: what the mirror costs.
-    sizes: VecDeque<u64>,
-    bytes: u64,
+    /// Where each entry in `entries` ends in a running total of encoded sizes, and where the
+    /// first one starts: sizes, and the bytes after any index, without a pass.
+    ends: VecDeque<u64>,
+    start: u64,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
 }
@@ -42,20 +43,45 @@ impl MemLog {
         self.entries.front().map(|e| e.log_id.index)
     }
 
+    fn end(&self) -> u64 {
+        self.ends.back().copied().unwrap_or(self.start)
+    }
+
+    /// Encoded bytes of the entries held: what the mirror costs.
+    fn bytes(&self) -> u64 {
+        self.end() - self.start
+    }
+
+    /// Encoded bytes of the entries after `index`.
+    fn bytes_after(&self, index: u64) -> u64 {
+        let Some(first) = self.first_index() else {
+            return 0;
+        };
+        match index.checked_sub(first) {
+            None => self.bytes(),
+            Some(pos) => self
+                .ends
+                .get(usize::try_from(pos).unwrap_or(usize::MAX))
+                .map_or(0, |e| self.end() - e),
+        }
+    }
+
     fn push_back(&mut self, entry: Entry, size: u64) {
         self.entries.push_back(entry);
-        self.sizes.push_back(size);
-        self.bytes += size;
+        let end = self.end() + size;
+        self.ends.push_back(end);
     }
 
     fn pop_back(&mut self) {
         self.entries.pop_back();
-        self.bytes -= self.sizes.pop_back().unwrap_or(0);
+        self.ends.pop_back();
     }
 
     fn pop_front(&mut self) {
         self.entries.pop_front();
-        self.bytes -= self.sizes.pop_front().unwrap_or(0);
+        if let Some(end) = self.ends.pop_front() {
+            self.start = end;
+        }
     }
 }
 
@@ -124,8 +150,11 @@ impl LogStore {
             tracing::warn!(segment = %path.display(), offset, bytes, "raft log: dropped torn tail on recovery");
         }
         let purged_index = last_purged.as_ref().map(|l| l.index);
-        let mut entries = VecDeque::new();
-        let mut sizes = VecDeque::new();
+        let mut mem = MemLog {
+            last_purged,
+            vote,
+            ..MemLog::default()
+        };
         for (index, payload) in recovery.records {
             if purged_index.is_some_and(|p| index <= p) {
                 continue;
@@ -140,9 +169,9 @@ impl LogStore {
                     entry.log_id
                 )));
             }
-            sizes.push_back(payload.len() as u64);
-            entries.push_back(entry);
+            mem.push_back(entry, payload.len() as u64);
         }
+        let entries = &mem.entries;
         if let (Some(p), Some(first)) = (purged_index, entries.front()) {
             if first.log_id.index != p + 1 {
                 return Err(invalid_data(format!(
@@ -164,13 +193,7 @@ impl LogStore {
             "raft log recovered"
         );
         let shared = Arc::new(Shared {
-            mem: Mutex::new(MemLog {
-                entries,
-                bytes: sizes.iter().sum(),
-                sizes,
-                last_purged,
-                vote,
-            }),
+            mem: Mutex::new(mem),
             dir: dir.to_path_buf(),
         });
         let (tx, rx) = mpsc::channel();
@@ -329,7 +352,12 @@ impl LogReader {
 
     /// Bytes the in-memory mirror of the log holds (encoded entry sizes).
     pub fn memory_bytes(&self) -> u64 {
-        self.shared.mem.lock().bytes
+        self.shared.mem.lock().bytes()
+    }
+
+    /// Encoded bytes of the entries after `index` (all of them if `index` is before the first).
+    pub fn bytes_after(&self, index: u64) -> u64 {
+        self.shared.mem.lock().bytes_after(index)
     }
 
     /// The lowest purge point, at most `upto`, that leaves at most `budget` bytes of entries
@@ -338,14 +366,15 @@ impl LogReader {
     pub fn purge_point_for(&self, budget: u64, upto: u64) -> Option<u64> {
         let mem = self.shared.mem.lock();
         let first = mem.first_index()?;
-        let mut kept = mem.bytes;
+        let end = mem.end();
+        let mut kept = mem.bytes();
         let mut point = None;
-        for (i, size) in mem.sizes.iter().enumerate() {
+        for (i, e) in mem.ends.iter().enumerate() {
             let index = first + i as u64;
             if kept <= budget || index > upto {
                 break;
             }
-            kept -= size;
+            kept = end - e;
             point = Some(index);
         }
         point

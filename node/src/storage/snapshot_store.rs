@@ -280,6 +280,14 @@ impl SnapshotStore {
         Ok(found)
     }
 
+    /// Size of the newest snapshot's file (0: none), unverified: for the snapshot policy.
+    pub fn latest_len(&self) -> io::Result<u64> {
+        match self.list()?.pop() {
+            Some((_, path)) => Ok(fs::metadata(path)?.len()),
+            None => Ok(0),
+        }
+    }
+
     /// The newest snapshot, verified. A corrupt newest snapshot is an error, not a fallback:
     /// the log before it may already be purged.
     pub fn load_latest(&self) -> io::Result<Option<(SnapshotMeta, SnapshotFile)>> {

@@ -1,5 +1,6 @@
 //! openraft's `RaftStateMachine`: applies committed commands to the in-memory MVCC store and
 //! persists it as snapshots. The store is shared with the API layer for reads.
+//! A snapshot is written from an O(1) copy of the store, so it never holds writes up.
 
 use std::io;
 use std::sync::Arc;
@@ -83,23 +84,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let started = Instant::now();
-        // Serialized straight into the file, under the read lock and on a blocking thread:
-        // writers wait for the copy (until the MVCC store makes snapshots incremental), but the
-        // async runtime, which carries heartbeats and client requests, never does, and no
-        // second copy of the state is held in memory.
-        let state = self.state.clone();
+        // The state is cloned under the read lock, which is O(1) (the store is a persistent
+        // map, see `MvccStore`), and serialized from the clone on a blocking thread: writes go
+        // on meanwhile, each copying only the tree path it changes, and the async runtime,
+        // which carries heartbeats and client requests, never waits for the serialization.
+        let copy = self.state.read().clone();
         let snapshots = self.snapshots.clone();
         let (meta, file) = tokio::task::spawn_blocking(move || {
-            let (meta, writer) = {
-                let state = state.read();
-                let meta = SnapshotMeta {
-                    last_log_id: state.last_applied,
-                    last_membership: state.membership.clone(),
-                };
-                let mut writer = snapshots.create(&meta)?;
-                crate::codec::to_writer(&mut writer, &state.kv)?;
-                (meta, writer)
+            let meta = SnapshotMeta {
+                last_log_id: copy.last_applied,
+                last_membership: copy.membership.clone(),
             };
+            let mut writer = snapshots.create(&meta)?;
+            crate::codec::to_writer(&mut writer, &copy.kv)?;
+            drop(copy);
             let file = snapshots.install(&meta, writer.finish()?)?;
             Ok::<_, io::Error>((meta, file))
         })
@@ -184,7 +182,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .await
         .map_err(|e| io::Error::other(format!("snapshot task: {e}")))??;
         tracing::info!(last_log_id = ?meta.last_log_id, keys = data.kv.len(), "installed snapshot");
-        *self.state.write() = data;
+        let old = std::mem::replace(&mut *self.state.write(), data);
+        // Freeing a large store takes a while: not under the lock, not on the runtime.
+        tokio::task::spawn_blocking(move || drop(old));
         Ok(())
     }
 

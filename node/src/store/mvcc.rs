@@ -13,8 +13,11 @@
 //! Pure data: no I/O, no locking, deterministic. The state machine applies each committed
 //! entry here; the API layers read from here.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use smallvec::SmallVec;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +27,13 @@ pub struct Rev {
     pub main: u64,
     pub sub: u32,
 }
+
+/// A key's versions, oldest first. The usual one version lives inline, in the same allocation
+/// as the `Arc` that shares it.
+type History = SmallVec<[Version; 1]>;
+
+/// Every key with its versions.
+type KeyMap = OrdMap<Arc<[u8]>, Arc<History>>;
 
 /// A key as a reader sees it at some revision.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -44,8 +54,8 @@ struct Version {
     rev: Rev,
     create_revision: u64,
     version: u64,
-    /// `None`: deleted at `rev`.
-    value: Option<Vec<u8>>,
+    /// `None`: deleted at `rev`. Boxed, not a `Vec`: no capacity word, for a million of them.
+    value: Option<Box<[u8]>>,
     lease: i64,
 }
 
@@ -57,7 +67,11 @@ impl Version {
             create_revision: self.create_revision,
             mod_revision: self.rev.main,
             version: self.version,
-            value: if keys_only { Vec::new() } else { value.clone() },
+            value: if keys_only {
+                Vec::new()
+            } else {
+                value.to_vec()
+            },
             lease: self.lease,
         })
     }
@@ -65,7 +79,7 @@ impl Version {
     fn bytes(&self, key: &[u8]) -> u64 {
         // A version's cost: its key (each version holds it in events and snapshots), its value
         // and the fixed fields.
-        (key.len() + self.value.as_ref().map_or(0, Vec::len)) as u64 + VERSION_OVERHEAD
+        (key.len() + self.value.as_ref().map_or(0, |v| v.len())) as u64 + VERSION_OVERHEAD
     }
 }
 
@@ -330,11 +344,16 @@ const VERSION_OVERHEAD: u64 = 40;
 /// The largest number of operations etcd takes in one transaction (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
 
-/// The store. Cloning copies everything (a snapshot in memory); snapshots stream it instead.
+/// The store. Cloning is O(1) and the clone is a frozen point-in-time copy: the map is a
+/// persistent B-tree whose nodes are shared until either side changes them (then only the
+/// changed path is copied). That is how a snapshot is written while writes go on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MvccStore {
     /// Each key's versions, oldest first; a key whose versions are all compacted away is gone.
-    keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    /// Keys and version lists are shared (`Arc`): copying a tree node for a write during a
+    /// snapshot then costs reference counts, not copies of the keys and values it holds.
+    #[serde(deserialize_with = "deserialize_keys")]
+    keys: KeyMap,
     /// The revision of the last change.
     revision: u64,
     /// Revisions before this one may be gone; reading at one is refused.
@@ -425,14 +444,14 @@ impl MvccStore {
         let mut keys = Vec::new();
         let live = self
             .keys
-            .range::<[u8], _>((lower, Bound::Unbounded))
+            .range::<_, [u8]>((lower, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter(|(_, vs)| Self::visible(vs, self.revision).is_some());
         for (k, _) in live {
             if keys.len() == limit {
                 return (keys, true);
             }
-            keys.push(k.clone());
+            keys.push(k.to_vec());
         }
         (keys, false)
     }
@@ -442,16 +461,16 @@ impl MvccStore {
         &'a self,
         keys: &'a KeyRange,
         at: u64,
-    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Version)> + 'a {
+    ) -> impl Iterator<Item = (&'a [u8], &'a Version)> + 'a {
         let range = if keys.is_empty() {
             None
         } else {
-            Some(self.keys.range::<[u8], _>(keys.bounds()))
+            Some(self.keys.range::<_, [u8]>(keys.bounds()))
         };
         range
             .into_iter()
             .flatten()
-            .filter_map(move |(k, vs)| Self::visible(vs, at).map(|v| (k, v)))
+            .filter_map(move |(k, vs)| Self::visible(vs, at).map(|v| (&**k, v)))
     }
 
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResult, MvccError> {
@@ -576,7 +595,7 @@ impl MvccStore {
                 rev: Rev { main: 0, sub: 0 },
                 create_revision: 0,
                 version: 0,
-                value: Some(Vec::new()),
+                value: Some(Box::default()),
                 lease: 0,
             };
             return compare_one(&absent, c);
@@ -731,12 +750,12 @@ impl MvccStore {
     }
 
     fn put_version(&mut self, rev: Rev, key: &[u8], value: Vec<u8>, lease: i64) -> KeyValue {
-        let versions = self.keys.entry(key.to_vec()).or_default();
+        let versions = Arc::make_mut(self.keys.entry(Arc::from(key)).or_default());
         let (create_revision, version, old_live) = match versions.last() {
             Some(last) if last.value.is_some() => (
                 last.create_revision,
                 last.version + 1,
-                last.value.as_ref().map(Vec::len),
+                last.value.as_ref().map(|v| v.len()),
             ),
             _ => (rev.main, 1, None),
         };
@@ -744,7 +763,7 @@ impl MvccStore {
             rev,
             create_revision,
             version,
-            value: Some(value),
+            value: Some(value.into_boxed_slice()),
             lease,
         };
         let kv = v.as_kv(key, false).unwrap_or_default();
@@ -759,15 +778,18 @@ impl MvccStore {
                 self.live_bytes += (key.len() + kv.value.len()) as u64;
             }
         }
-        versions.push(v);
+        push_exact(versions, v);
         kv
     }
 
     fn tombstone(&mut self, rev: Rev, key: &[u8]) {
-        let Some(versions) = self.keys.get_mut(key) else {
+        let Some(versions) = self.keys.get_mut(key).map(Arc::make_mut) else {
             return;
         };
-        let Some(old) = versions.last().and_then(|l| l.value.as_ref().map(Vec::len)) else {
+        let Some(old) = versions
+            .last()
+            .and_then(|l| l.value.as_ref().map(|v| v.len()))
+        else {
             return;
         };
         let v = Version {
@@ -780,7 +802,7 @@ impl MvccStore {
         self.total_bytes += v.bytes(key);
         self.live_keys -= 1;
         self.live_bytes -= (key.len() + old) as u64;
-        versions.push(v);
+        push_exact(versions, v);
     }
 
     /// Checks a compaction request before it is proposed.
@@ -803,26 +825,47 @@ impl MvccStore {
     /// `revision` unless that is a deletion. Cost: one pass over the keys.
     pub fn compact(&mut self, revision: u64) -> Result<(), MvccError> {
         self.check_compact(revision)?;
+        // Keys with something to drop are found by reading first, so a key that keeps its
+        // versions is not touched (a snapshot being written keeps sharing its node).
+        let doomed: Vec<(Arc<[u8]>, usize)> = self
+            .keys
+            .iter()
+            .filter_map(|(key, versions)| {
+                let n = Self::droppable(versions, revision);
+                (n > 0).then(|| (key.clone(), n))
+            })
+            .collect();
         let mut freed = 0u64;
-        self.keys.retain(|key, versions| {
-            let visible = versions.partition_point(|v| v.rev.main <= revision);
-            // Keep the version visible at `revision` (the last one at or before it) and all
-            // later ones; a visible tombstone is not needed to answer any read.
-            let mut drop = visible.saturating_sub(1);
-            if versions
-                .get(drop)
-                .is_some_and(|v| v.value.is_none() && drop < visible)
-            {
-                drop += 1;
+        for (key, n) in doomed {
+            let Some(versions) = self.keys.get_mut(&key).map(Arc::make_mut) else {
+                continue;
+            };
+            for v in versions.drain(..n) {
+                freed += v.bytes(&key);
             }
-            for v in versions.drain(..drop) {
-                freed += v.bytes(key);
+            versions.shrink_to_fit();
+            if versions.is_empty() {
+                self.keys.remove(&*key);
             }
-            !versions.is_empty()
-        });
+        }
         self.total_bytes -= freed;
         self.compacted = revision;
         Ok(())
+    }
+
+    /// How many of a key's oldest versions a compaction at `revision` drops: all before the one
+    /// visible at `revision` (the last at or before it), and that one too if it is a deletion
+    /// (a visible tombstone answers no read).
+    fn droppable(versions: &[Version], revision: u64) -> usize {
+        let visible = versions.partition_point(|v| v.rev.main <= revision);
+        let mut drop = visible.saturating_sub(1);
+        if versions
+            .get(drop)
+            .is_some_and(|v| v.value.is_none() && drop < visible)
+        {
+            drop += 1;
+        }
+        drop
     }
 
     /// The store from a pre-MVCC map: each key written once, at the revision it had (the same
@@ -841,6 +884,42 @@ impl MvccStore {
         store.compacted = store.revision;
         store
     }
+}
+
+/// Appends without spare capacity (a `Vec` reserves four slots on a first push): most keys hold
+/// one or two versions, and a million keys would carry hundreds of MB of empty slots.
+fn push_exact(versions: &mut History, v: Version) {
+    versions.reserve_exact(1);
+    versions.push(v);
+}
+
+/// Reads the key map without trusting its length prefix: imbl's own `Deserialize` allocates
+/// for the length a snapshot claims, so a corrupt one could ask for any amount of memory (the
+/// decoder fuzz test found it); this inserts entry by entry, as `BTreeMap`'s does.
+fn deserialize_keys<'de, D>(d: D) -> Result<KeyMap, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = KeyMap;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of keys to their versions")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut keys = KeyMap::new();
+            while let Some((k, v)) = a.next_entry::<Vec<u8>, History>()? {
+                keys.insert(Arc::from(k), Arc::new(v));
+            }
+            Ok(keys)
+        }
+    }
+    d.deserialize_map(Keys)
 }
 
 /// Hands out the revisions of one Raft entry's changes, and collects their events.
