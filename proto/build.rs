@@ -11,12 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let includes = includes
         .to_str()
         .ok_or("protoc's include path is not UTF-8")?;
-    // Only the server side: ConcordKV serves etcd's API; the tests use a client nobody here
-    // wrote (the etcd-client crate, Debian's etcdctl).
+    // The client side is only for `concordctl bench`, which loads ConcordKV and etcd alike
+    // through it; compatibility tests use clients nobody here wrote (the etcd-client crate,
+    // Debian's etcdctl).
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptors = out.join("etcd_descriptors.bin");
     tonic_prost_build::configure()
-        .build_client(false)
         .file_descriptor_set_path(&descriptors)
         .compile_protos(
             &[

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks a three-node ConcordKV cluster against a three-node etcd cluster (Debian's
 # etcd-server) on this machine, one after the other, with the same load from the same tool
-# (`concordctl bench`, which speaks etcd's v3 JSON gateway too): 64-byte values, unique keys,
-# 1/16/64 connections, writes and linearizable reads. Prints a side-by-side table with ratios.
+# (`concordctl bench`): 64-byte values, unique keys, 1/16/64 connections, writes and
+# linearizable reads, twice: over HTTP (ConcordKV's seed API, etcd's v3 JSON gateway) and over
+# etcd's own gRPC protocol on both sides. Prints side-by-side tables with ratios.
 #
 #   scripts/bench.sh            # full run (a few minutes)
 #   QUICK=1 scripts/bench.sh    # fewer requests, for a smoke run
@@ -29,11 +30,11 @@ trap cleanup EXIT
 scale=1; [ -n "${QUICK:-}" ] && scale=10
 requests_for() { case "$1" in 1) echo $((3000 / scale));; 16) echo $((30000 / scale));; *) echo $((60000 / scale));; esac; }
 
-run_matrix() { # target endpoints
-  local target=$1 endpoints=$2
+run_matrix() { # label protocol endpoints
+  local label=$1 target=$2 endpoints=$3
   for op in write read; do
     for conns in 1 16 64; do
-      "$CTL" -o json bench --target "$target" --op "$op" --connections "$conns" \
+      "$CTL" -o json bench --target "$target" --label "$label" --op "$op" --connections "$conns" \
         --requests "$(requests_for "$conns")" --value-size 64 --bench-endpoints "$endpoints" \
         | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' >>"$RESULTS"
     done
@@ -55,7 +56,8 @@ for i in 1 2 3; do
   PIDS+=($!)
 done
 for a in 19081 19083 19085; do wait_http "http://127.0.0.1:$a/readyz"; done
-run_matrix concord "127.0.0.1:19081,127.0.0.1:19083,127.0.0.1:19085"
+run_matrix concord concord "127.0.0.1:19081,127.0.0.1:19083,127.0.0.1:19085"
+run_matrix concord-grpc etcd-grpc "127.0.0.1:19180,127.0.0.1:19182,127.0.0.1:19184"
 for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 wait 2>/dev/null || true
 PIDS=()
@@ -72,26 +74,31 @@ for i in 1 2 3; do
   disown $! 2>/dev/null || true
 done
 for i in 1 2 3; do wait_http "http://127.0.0.1:2379$i/health"; done
-run_matrix etcd "127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793"
+run_matrix etcd etcd "127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793"
+run_matrix etcd-grpc etcd-grpc "127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793"
 
 python3 - "$RESULTS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 by = {(r["target"], r["op"], r["connections"]): r for r in rows}
-print()
-print(f'{"op":6} {"conns":>5} | {"concord ops/s":>13} {"p50":>7} {"p99":>7} | {"etcd ops/s":>10} {"p50":>7} {"p99":>7} | {"thru x":>6} {"p99 x":>6}')
-print("-" * 96)
-for op in ("write", "read"):
-    for c in (1, 16, 64):
-        a, b = by.get(("concord", op, c)), by.get(("etcd", op, c))
-        if not a or not b:
-            continue
-        tr = a["throughput"] / max(b["throughput"], 1e-9)
-        pr = b["p99_ms"] / max(a["p99_ms"], 1e-9)
-        print(f'{op:6} {c:>5} | {a["throughput"]:>13.0f} {a["p50_ms"]:>6.2f}m {a["p99_ms"]:>6.2f}m | '
-              f'{b["throughput"]:>10.0f} {b["p50_ms"]:>6.2f}m {b["p99_ms"]:>6.2f}m | {tr:>5.2f}x {pr:>5.2f}x')
-        if a["errors"] or b["errors"]:
-            print(f'        errors: concord {a["errors"]}, etcd {b["errors"]}')
+for title, ours, theirs in (
+    ("HTTP: ConcordKV seed API vs etcd v3 JSON gateway", "concord", "etcd"),
+    ("etcd v3 gRPC on both", "concord-grpc", "etcd-grpc"),
+):
+    print(f"\n{title}")
+    print(f'{"op":6} {"conns":>5} | {"concord ops/s":>13} {"p50":>7} {"p99":>7} | {"etcd ops/s":>10} {"p50":>7} {"p99":>7} | {"thru x":>6} {"p99 x":>6}')
+    print("-" * 96)
+    for op in ("write", "read"):
+        for c in (1, 16, 64):
+            a, b = by.get((ours, op, c)), by.get((theirs, op, c))
+            if not a or not b:
+                continue
+            tr = a["throughput"] / max(b["throughput"], 1e-9)
+            pr = b["p99_ms"] / max(a["p99_ms"], 1e-9)
+            print(f'{op:6} {c:>5} | {a["throughput"]:>13.0f} {a["p50_ms"]:>6.2f}m {a["p99_ms"]:>6.2f}m | '
+                  f'{b["throughput"]:>10.0f} {b["p50_ms"]:>6.2f}m {b["p99_ms"]:>6.2f}m | {tr:>5.2f}x {pr:>5.2f}x')
+            if a["errors"] or b["errors"]:
+                print(f'        errors: concord {a["errors"]}, etcd {b["errors"]}')
 print("\nthru x = ConcordKV throughput / etcd throughput; p99 x = etcd p99 / ConcordKV p99 (higher is better for ConcordKV)")
 PY
 

@@ -1,6 +1,7 @@
 //! `concordctl bench`: a closed-loop load generator. Each connection is one worker issuing one
 //! request at a time; it reports throughput and latency percentiles. The same load can be aimed
-//! at etcd (through its JSON gateway) so the two are measured with one tool.
+//! at etcd (through its JSON gateway or its gRPC API) so the two are measured with one tool:
+//! `--target etcd-grpc` speaks etcd's own protocol to ConcordKV's etcd port and to etcd alike.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,9 +21,12 @@ pub enum BenchOp {
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
 pub enum Target {
+    /// ConcordKV's seed HTTP API (`/api/set`, `/api/get`).
     Concord,
     /// etcd v3 JSON gateway (`/v3/kv/put`, `/v3/kv/range`).
     Etcd,
+    /// etcd v3 gRPC (`KV.Put`, `KV.Range`), one HTTP/2 connection per worker.
+    EtcdGrpc,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -43,12 +47,20 @@ pub struct BenchArgs {
     /// Endpoints to spread connections over (default: the global --endpoints).
     #[arg(long = "bench-endpoints", value_delimiter = ',')]
     pub endpoints: Vec<String>,
+    /// Name of the system measured, for the report (default: the target).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Key prefix (default: `bench-<random>-`); a fixed one lets a later run read what an
+    /// earlier one wrote.
+    #[arg(long)]
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug)]
 pub struct Report {
     pub op: BenchOp,
     pub target: Target,
+    pub label: String,
     pub connections: usize,
     pub ok: usize,
     pub errors: usize,
@@ -72,7 +84,8 @@ impl Report {
 
     pub fn to_json(&self) -> Value {
         json!({
-            "target": format!("{:?}", self.target).to_lowercase(),
+            "target": self.label,
+            "protocol": target_name(self.target),
             "op": format!("{:?}", self.op).to_lowercase(),
             "connections": self.connections,
             "ok": self.ok,
@@ -88,8 +101,9 @@ impl Report {
 
     pub fn to_text(&self) -> String {
         format!(
-            "{:?} {:?} conns={} ok={} errors={} in {:.2}s: {:.0} ops/s, p50 {:.2}ms p90 {:.2}ms p99 {:.2}ms max {:.2}ms",
-            self.target,
+            "{} ({}) {:?} conns={} ok={} errors={} in {:.2}s: {:.0} ops/s, p50 {:.2}ms p90 {:.2}ms p99 {:.2}ms max {:.2}ms",
+            self.label,
+            target_name(self.target),
             self.op,
             self.connections,
             self.ok,
@@ -104,26 +118,78 @@ impl Report {
     }
 }
 
+fn target_name(t: Target) -> &'static str {
+    match t {
+        Target::Concord => "concord",
+        Target::Etcd => "etcd",
+        Target::EtcdGrpc => "etcd-grpc",
+    }
+}
+
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-struct Op {
-    target: Target,
-    http: reqwest::Client,
-    endpoint: String,
+type EtcdKv = concord_proto::etcd::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>;
+
+enum Op {
+    Http {
+        target: Target,
+        http: reqwest::Client,
+        endpoint: String,
+    },
+    Grpc(EtcdKv),
 }
 
 impl Op {
+    async fn connect(target: Target, endpoint: &str) -> anyhow::Result<Op> {
+        let endpoint = normalize(endpoint);
+        if target == Target::EtcdGrpc {
+            let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+                .with_context(|| format!("endpoint {endpoint}"))?
+                .tcp_nodelay(true)
+                .timeout(Duration::from_secs(30))
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {endpoint}"))?;
+            return Ok(Op::Grpc(EtcdKv::new(channel)));
+        }
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Op::Http {
+            target,
+            http,
+            endpoint,
+        })
+    }
+
     async fn write(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        let req = match self.target {
-            Target::Concord => self
-                .http
-                .post(format!("{}/api/set", self.endpoint))
+        use concord_proto::etcd::etcdserverpb::PutRequest;
+        let (target, http, endpoint) = match self {
+            Op::Grpc(kv) => {
+                let req = PutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                };
+                kv.clone().put(req).await?;
+                return Ok(());
+            }
+            Op::Http {
+                target,
+                http,
+                endpoint,
+            } => (*target, http, endpoint),
+        };
+        let req = match target {
+            Target::Concord => http
+                .post(format!("{endpoint}/api/set"))
                 .json(&json!({ "key": key, "value": value })),
-            Target::Etcd => self
-                .http
-                .post(format!("{}/v3/kv/put", self.endpoint))
+            _ => http
+                .post(format!("{endpoint}/v3/kv/put"))
                 .json(&json!({ "key": b64(key), "value": b64(value) })),
         };
         let resp = req.send().await?;
@@ -135,15 +201,29 @@ impl Op {
     }
 
     async fn read(&self, key: &str) -> anyhow::Result<()> {
-        let req = match self.target {
-            Target::Concord => self.http.get(format!(
-                "{}/api/get?key={}",
-                self.endpoint,
+        use concord_proto::etcd::etcdserverpb::RangeRequest;
+        let (target, http, endpoint) = match self {
+            Op::Grpc(kv) => {
+                let req = RangeRequest {
+                    key: key.as_bytes().to_vec(),
+                    ..Default::default()
+                };
+                kv.clone().range(req).await?;
+                return Ok(());
+            }
+            Op::Http {
+                target,
+                http,
+                endpoint,
+            } => (*target, http, endpoint),
+        };
+        let req = match target {
+            Target::Concord => http.get(format!(
+                "{endpoint}/api/get?key={}",
                 crate::client::encode(key)
             )),
-            Target::Etcd => self
-                .http
-                .post(format!("{}/v3/kv/range", self.endpoint))
+            _ => http
+                .post(format!("{endpoint}/v3/kv/range"))
                 .json(&json!({ "key": b64(key) })),
         };
         let resp = req.send().await?;
@@ -175,26 +255,21 @@ pub async fn run_against(args: &BenchArgs, endpoints: &[String]) -> anyhow::Resu
     if args.connections == 0 || args.requests == 0 {
         bail!("connections and requests must be positive");
     }
-    let run_id = format!("{:08x}", rand::random::<u32>());
+    let prefix = match &args.key_prefix {
+        Some(p) => p.clone(),
+        None => format!("bench-{:08x}-", rand::random::<u32>()),
+    };
     let value = "x".repeat(args.value_size);
     let mut ops = Vec::new();
     for i in 0..args.connections {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(1)
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(30))
-            .build()?;
-        ops.push(Arc::new(Op {
-            target: args.target,
-            http,
-            endpoint: normalize(&endpoints[i % endpoints.len()]),
-        }));
+        let op = Op::connect(args.target, &endpoints[i % endpoints.len()]).await?;
+        ops.push(Arc::new(op));
     }
     let read_keys = args.requests.min(1000);
     if args.op == BenchOp::Read {
         for i in 0..read_keys {
             ops[0]
-                .write(&format!("bench-{run_id}-{i}"), &value)
+                .write(&format!("{prefix}{i}"), &value)
                 .await
                 .context("preloading keys for the read benchmark")?;
         }
@@ -204,7 +279,7 @@ pub async fn run_against(args: &BenchArgs, endpoints: &[String]) -> anyhow::Resu
     let mut workers = Vec::new();
     for op in ops {
         let next = next.clone();
-        let run_id = run_id.clone();
+        let prefix = prefix.clone();
         let value = value.clone();
         let kind = args.op;
         let total = args.requests;
@@ -218,8 +293,8 @@ pub async fn run_against(args: &BenchArgs, endpoints: &[String]) -> anyhow::Resu
                 }
                 let t = Instant::now();
                 let res = match kind {
-                    BenchOp::Write => op.write(&format!("bench-{run_id}-w{n}"), &value).await,
-                    BenchOp::Read => op.read(&format!("bench-{run_id}-{}", n % read_keys)).await,
+                    BenchOp::Write => op.write(&format!("{prefix}w{n}"), &value).await,
+                    BenchOp::Read => op.read(&format!("{prefix}{}", n % read_keys)).await,
                 };
                 match res {
                     Ok(()) => lat.push(t.elapsed().as_micros() as u64),
@@ -241,6 +316,10 @@ pub async fn run_against(args: &BenchArgs, endpoints: &[String]) -> anyhow::Resu
     Ok(Report {
         op: args.op,
         target: args.target,
+        label: args
+            .label
+            .clone()
+            .unwrap_or_else(|| target_name(args.target).to_string()),
         connections: args.connections,
         ok: latencies_us.len(),
         errors,
