@@ -249,6 +249,7 @@ mod tests {
             complete_us: complete,
             outcome,
             node: 0,
+            api: crate::history::Api::Seed,
         }
     }
     fn w(v: &str) -> Op {

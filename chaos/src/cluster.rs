@@ -29,6 +29,10 @@ impl Proc {
     pub fn api(&self) -> String {
         format!("http://{}:{}", self.ip, self.api_port)
     }
+    /// `host:port` of etcd's v3 API.
+    pub fn etcd_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.etcd_port)
+    }
     pub fn peer_addr(&self) -> String {
         format!("{}:{}", self.ip, self.peer_port)
     }

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use crate::checker;
 use crate::cluster::ChaosCluster;
-use crate::history::{Event, Op, Outcome};
+use crate::etcd_ops;
+use crate::history::{Api, Event, Op, Outcome};
 use crate::nemesis::{NemesisEvent, NemesisKind};
 
 #[derive(Debug, Clone)]
@@ -105,7 +106,16 @@ fn classify(op: &Op, res: &Result<(u16, Value), reqwest::Error>) -> Result<Outco
     }
 }
 
-async fn client_loop(id: usize, seed: u64, apis: Vec<String>, keys: usize, shared: Arc<Shared>) {
+/// Each client's operations go to a random member through a random API: seed HTTP or etcd
+/// gRPC, on the same keys, so the check covers both and their agreement.
+async fn client_loop(
+    id: usize,
+    seed: u64,
+    apis: Vec<String>,
+    etcd: Vec<etcd_ops::Client>,
+    keys: usize,
+    shared: Arc<Shared>,
+) {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
@@ -126,10 +136,18 @@ async fn client_loop(id: usize, seed: u64, apis: Vec<String>, keys: usize, share
                 new: format!("c{id}-{seq}"),
             },
         };
+        let api = if rng.random_bool(0.5) {
+            Api::Seed
+        } else {
+            Api::Etcd
+        };
         let invoke_us = shared.now_us();
-        let res = request(&http, &apis[node], &op, &key).await;
+        let outcome = match api {
+            Api::Seed => classify(&op, &request(&http, &apis[node], &op, &key).await),
+            Api::Etcd => etcd_ops::request(&etcd[node], &op, &key).await,
+        };
         let complete = shared.now_us();
-        match classify(&op, &res) {
+        match outcome {
             Ok(outcome) => {
                 match (&op, &outcome) {
                     (Op::Read, Outcome::Read(v)) => last_seen[k] = v.clone(),
@@ -146,6 +164,7 @@ async fn client_loop(id: usize, seed: u64, apis: Vec<String>, keys: usize, share
                     complete_us,
                     outcome,
                     node,
+                    api,
                 });
             }
             Err(anomaly) => shared.anomalies.lock().push(anomaly),
@@ -430,10 +449,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let apis: Vec<String> = cluster.nodes.iter().map(|n| n.api()).collect();
     let mut clients = Vec::new();
     for id in 0..cfg.clients {
+        let etcd = cluster
+            .nodes
+            .iter()
+            .map(|n| etcd_ops::client(&n.etcd_addr(), Duration::from_secs(3)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         clients.push(tokio::spawn(client_loop(
             id,
             cfg.seed,
             apis.clone(),
+            etcd,
             cfg.keys,
             shared.clone(),
         )));
@@ -494,6 +519,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
                     complete_us: Some(shared.now_us()),
                     outcome: Outcome::Read(v),
                     node,
+                    api: Api::Seed,
                 });
                 break;
             }
@@ -512,7 +538,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             Outcome::Failed => "failed",
             Outcome::Unknown => "unknown",
         };
-        *by_outcome.entry(label.to_string()).or_insert(0) += 1;
+        let api = match e.api {
+            Api::Seed => "seed",
+            Api::Etcd => "etcd",
+        };
+        *by_outcome.entry(format!("{api}:{label}")).or_insert(0) += 1;
     }
     let (violations, inconclusive) =
         tokio::task::spawn_blocking(move || checker::check(&history, Duration::from_secs(60)))

@@ -30,6 +30,15 @@ pub enum Outcome {
     Unknown,
 }
 
+/// Which API a client used: both reach the same store, so one history mixes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Api {
+    /// The seed HTTP API: `/api/get`, `/api/set`, `/api/cas`.
+    Seed,
+    /// etcd's v3 gRPC API: `Range`, `Put`, and `Txn` as compare-and-swap.
+    Etcd,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub client: usize,
@@ -40,8 +49,9 @@ pub struct Event {
     /// `None` when the outcome is unknown: the op may take effect at any later time.
     pub complete_us: Option<u64>,
     pub outcome: Outcome,
-    /// Which node served it (for the report).
+    /// Which node served it, and through which API (for the report).
     pub node: usize,
+    pub api: Api,
 }
 
 impl Event {

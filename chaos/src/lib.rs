@@ -4,6 +4,7 @@
 pub mod checker;
 pub mod cluster;
 pub mod driver;
+pub mod etcd_ops;
 pub mod history;
 pub mod nemesis;
 pub mod netns;

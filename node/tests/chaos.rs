@@ -1,5 +1,6 @@
 //! The short run of the fault-injection suite that every test run includes: three real nodes,
-//! concurrent clients on a few keys, every nemesis, and a linearizability check of the history.
+//! concurrent clients on a few keys through the seed API and etcd's gRPC API (Range, Put, Txn
+//! compare-and-swap), every nemesis, and a linearizability check of the history.
 //! `CONCORD_CHAOS_SEED` replays a schedule; `concord-chaos --duration N` runs longer.
 
 use std::time::Duration;
@@ -41,6 +42,17 @@ async fn short_chaos_run_is_linearizable() {
         "too few operations: {}",
         report.operations
     );
+    // Both APIs carried real traffic, so the check covers each and their agreement.
+    for api in ["seed", "etcd"] {
+        for what in ["read-ok", "write-ok"] {
+            let n = report
+                .by_outcome
+                .get(&format!("{api}:{what}"))
+                .copied()
+                .unwrap_or(0);
+            assert!(n > 100, "only {n} {api}:{what}: {:?}", report.by_outcome);
+        }
+    }
     assert!(
         report.passed(),
         "seed {seed} failed:\n{}",
