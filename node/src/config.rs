@@ -175,8 +175,8 @@ pub struct RaftTuning {
     pub segment_bytes: u64,
     /// A learner more than this many entries behind the leader is not promoted.
     pub max_promote_lag: u64,
-    /// Bytes of log entries kept in memory for replication before a snapshot and a purge are
-    /// forced (the entry-count threshold alone would allow up to 1 MiB per entry).
+    /// Bytes of log entries kept in memory for replication and apply; older applied ones are
+    /// read back from disk when needed, so the log's length costs disk, not memory.
     pub max_log_memory_bytes: u64,
     /// Largest snapshot accepted from a leader. It is written to disk as it arrives, so this
     /// bounds disk, not memory.
@@ -513,7 +513,7 @@ impl Config {
             max_promote_lag: r.max_promote_lag.unwrap_or(1000),
             max_log_memory_bytes: r
                 .max_log_memory_bytes
-                .unwrap_or(256 * 1024 * 1024)
+                .unwrap_or(32 * 1024 * 1024)
                 .max(1024 * 1024),
             max_snapshot_bytes: r.max_snapshot_bytes.unwrap_or(8 * 1024 * 1024 * 1024),
         };

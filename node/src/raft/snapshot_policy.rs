@@ -15,42 +15,28 @@ pub struct LogView {
     pub log_bytes_since: u64,
     /// Size of the last snapshot's file (0: none yet).
     pub last_snapshot_bytes: u64,
-    /// Bytes of log held in memory (the mirror), snapshot or not.
-    pub mirror_bytes: u64,
 }
 
-/// The settings (`raft.snapshotThreshold`, `raft.snapshotLogRatio`, `raft.maxLogMemoryBytes`).
+/// The settings (`raft.snapshotThreshold`, `raft.snapshotLogRatio`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SnapshotPolicy {
     pub min_entries: u64,
     pub size_ratio: f64,
-    pub mirror_budget: u64,
-}
-
-/// Why a snapshot is due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
-    /// Rule 2: the in-memory log is over its byte budget; only a snapshot lets it be purged.
-    MirrorFull,
-    /// Rule 3: enough entries, and enough log bytes for the snapshot to pay for itself.
-    LogGrown,
 }
 
 impl SnapshotPolicy {
-    pub fn decide(&self, v: &LogView) -> Option<Due> {
+    /// Whether a snapshot is due. The log's memory is not a reason: entries over
+    /// `raft.maxLogMemoryBytes` are evicted to disk, so a large log costs disk, not memory.
+    pub fn due(&self, v: &LogView) -> bool {
         // Rule 1: a snapshot of what the last one holds gains nothing.
         if v.entries_since == 0 {
-            return None;
+            return false;
         }
-        // Rule 2: memory is bounded by bytes before anything else.
-        if v.mirror_bytes > self.mirror_budget {
-            return Some(Due::MirrorFull);
-        }
-        // Rule 3: enough entries (so small stores snapshot at the familiar pace), and a log at
+        // Rule 2: enough entries (so small stores snapshot at the familiar pace), and a log at
         // least `size_ratio` of the last snapshot (so big stores do not rewrite themselves
         // every few thousand writes).
         let sized = v.log_bytes_since as f64 >= v.last_snapshot_bytes as f64 * self.size_ratio;
-        (v.entries_since >= self.min_entries && sized).then_some(Due::LogGrown)
+        v.entries_since >= self.min_entries && sized
     }
 }
 
@@ -62,7 +48,6 @@ mod tests {
     const POLICY: SnapshotPolicy = SnapshotPolicy {
         min_entries: 10_000,
         size_ratio: 1.0,
-        mirror_budget: 256 << 20,
     };
 
     fn view(entries_since: u64, log_bytes_since: u64, last_snapshot_bytes: u64) -> LogView {
@@ -70,44 +55,31 @@ mod tests {
             entries_since,
             log_bytes_since,
             last_snapshot_bytes,
-            mirror_bytes: log_bytes_since,
         }
     }
 
     #[test]
     fn a_small_store_snapshots_every_threshold_entries() {
-        assert_eq!(POLICY.decide(&view(9_999, 2_000_000, 1_000)), None);
-        assert_eq!(
-            POLICY.decide(&view(10_000, 2_000_000, 1_000)),
-            Some(Due::LogGrown)
-        );
-        assert_eq!(POLICY.decide(&view(10_000, 1_000, 0)), Some(Due::LogGrown));
+        assert!(!POLICY.due(&view(9_999, 2_000_000, 1_000)));
+        assert!(POLICY.due(&view(10_000, 2_000_000, 1_000)));
+        assert!(POLICY.due(&view(10_000, 1_000, 0)));
     }
 
     #[test]
     fn a_big_store_waits_until_the_log_is_as_big_as_its_snapshot() {
         let snapshot = 150 << 20;
-        assert_eq!(POLICY.decide(&view(100_000, 20 << 20, snapshot)), None);
-        assert_eq!(
-            POLICY.decide(&view(1_000_000, snapshot, snapshot)),
-            Some(Due::LogGrown)
-        );
+        assert!(!POLICY.due(&view(100_000, 20 << 20, snapshot)));
+        assert!(POLICY.due(&view(1_000_000, snapshot, snapshot)));
     }
 
     #[test]
-    fn a_full_mirror_forces_a_snapshot_and_nothing_applied_forces_none() {
-        let full = LogView {
-            mirror_bytes: (256 << 20) + 1,
-            ..view(5, 10, 1 << 30)
+    fn nothing_applied_since_the_last_snapshot_takes_none() {
+        assert!(!POLICY.due(&view(0, 0, 0)));
+        let count_only = SnapshotPolicy {
+            size_ratio: 0.0,
+            ..POLICY
         };
-        assert_eq!(POLICY.decide(&full), Some(Due::MirrorFull));
-        assert_eq!(
-            POLICY.decide(&LogView {
-                entries_since: 0,
-                ..full
-            }),
-            None
-        );
+        assert!(count_only.due(&view(10_000, 1, 1 << 30)));
     }
 
     proptest! {
@@ -118,7 +90,7 @@ mod tests {
             writes in prop::collection::vec((1u64..4096, prop::bool::ANY), 1..20_000),
             ratio in 0.25f64..4.0,
         ) {
-            let policy = SnapshotPolicy { min_entries: 100, size_ratio: ratio, mirror_budget: u64::MAX };
+            let policy = SnapshotPolicy { min_entries: 100, size_ratio: ratio };
             let (mut store, mut log_total, mut snap_total) = (0u64, 0u64, 0u64);
             let (mut since, mut since_bytes, mut last) = (0u64, 0u64, 0u64);
             for (size, grows) in writes {
@@ -126,8 +98,8 @@ mod tests {
                 log_total += size;
                 since += 1;
                 since_bytes += size;
-                let v = LogView { entries_since: since, log_bytes_since: since_bytes, last_snapshot_bytes: last, mirror_bytes: since_bytes };
-                if policy.decide(&v).is_some() {
+                let v = LogView { entries_since: since, log_bytes_since: since_bytes, last_snapshot_bytes: last };
+                if policy.due(&v) {
                     snap_total += store;
                     last = store;
                     since = 0;

@@ -359,10 +359,9 @@ async fn transfer_leadership_away(app: &App) {
 }
 
 /// Takes snapshots as `raft::snapshot_policy` decides (entries and log bytes since the last
-/// one against its size; the in-memory log mirror over `raft.maxLogMemoryBytes`), and keeps the
-/// mirror within its budget: over it, the log is purged up to the last snapshot, keeping at
-/// most half the budget after the purge point. A follower that lags past the purge point
-/// catches up from the snapshot, as it would after a count-based purge.
+/// one against its size), and keeps the log entries held in memory within
+/// `raft.maxLogMemoryBytes` by evicting applied ones to disk (read back if a follower needs
+/// them).
 async fn snapshot_and_purge(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     use super::snapshot_policy::{LogView, SnapshotPolicy};
     const EVERY: Duration = Duration::from_millis(200);
@@ -370,16 +369,18 @@ async fn snapshot_and_purge(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let policy = SnapshotPolicy {
         min_entries: r.snapshot_threshold,
         size_ratio: r.snapshot_log_ratio,
-        mirror_budget: r.max_log_memory_bytes,
     };
+    let budget = r.max_log_memory_bytes;
     let mut requested: Option<(u64, std::time::Instant)> = None;
     let mut last_size: Option<(u64, u64)> = None;
     loop {
-        let bytes = app.log.memory_bytes();
-        metrics().log_memory_bytes.set(bytes as i64);
         let m = app.metrics();
         let applied = m.last_applied.as_ref().map(|l| l.index).unwrap_or(0);
         let snapshot = m.snapshot.as_ref().map(|l| l.index).unwrap_or(0);
+        app.log.evict(applied, budget);
+        metrics()
+            .log_memory_bytes
+            .set(app.log.memory_bytes() as i64);
         // The snapshot's size is looked up once per snapshot, not every round.
         let snapshot_bytes = match last_size {
             Some((index, size)) if index == snapshot => size,
@@ -398,26 +399,16 @@ async fn snapshot_and_purge(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             entries_since: applied.saturating_sub(snapshot),
             log_bytes_since: app.log.bytes_after(snapshot),
             last_snapshot_bytes: snapshot_bytes,
-            mirror_bytes: bytes,
         };
         // One request at a time: a new one once the last is done (the snapshot index passed
         // it) or has had a minute.
         let pending =
             requested.is_some_and(|(at, t)| snapshot < at && t.elapsed() < Duration::from_secs(60));
-        if !pending {
-            if let Some(due) = policy.decide(&view) {
-                tracing::debug!(?due, ?view, "taking a snapshot");
-                requested = Some((applied, std::time::Instant::now()));
-                if app.raft.trigger().snapshot().await.is_err() {
-                    return;
-                }
-            }
-        }
-        if bytes > policy.mirror_budget {
-            if let Some(upto) = app.log.purge_point_for(policy.mirror_budget / 2, snapshot) {
-                if app.raft.trigger().purge_log(upto).await.is_err() {
-                    return;
-                }
+        if !pending && policy.due(&view) {
+            tracing::debug!(?view, "taking a snapshot");
+            requested = Some((applied, std::time::Instant::now()));
+            if app.raft.trigger().snapshot().await.is_err() {
+                return;
             }
         }
         tokio::select! {

@@ -27,11 +27,18 @@ use crate::telemetry::metrics::metrics;
 const VOTE_FILE: &str = "vote";
 const META_FILE: &str = "log.meta";
 
+/// The log since the purge point: every entry's size, and the newest entries themselves.
+/// Older entries that are applied and durable are evicted from memory to keep it within
+/// `raft.maxLogMemoryBytes`, and read back from the segments when asked for (a follower
+/// catching up, the debug endpoint).
 #[derive(Debug, Default)]
 struct MemLog {
+    /// The newest entries: the last `entries.len()` of the log.
     entries: VecDeque<Entry>,
-    /// Where each entry in `entries` ends in a running total of encoded sizes, and where the
-    /// first one starts: sizes, and the bytes after any index, without a pass.
+    /// Index of the first entry after the purge point (meaningful while `ends` is not empty).
+    first: u64,
+    /// Where each entry since the purge point ends in a running total of encoded sizes, and
+    /// where the first one starts: sizes, and the bytes after any index, without a pass.
     ends: VecDeque<u64>,
     start: u64,
     last_purged: Option<LogId>,
@@ -40,16 +47,34 @@ struct MemLog {
 
 impl MemLog {
     fn first_index(&self) -> Option<u64> {
-        self.entries.front().map(|e| e.log_id.index)
+        (!self.ends.is_empty()).then_some(self.first)
+    }
+
+    /// How many of the oldest entries are on disk only.
+    fn evicted(&self) -> usize {
+        self.ends.len() - self.entries.len()
+    }
+
+    /// Index of the first entry held in memory.
+    fn mem_first(&self) -> u64 {
+        self.first + self.evicted() as u64
     }
 
     fn end(&self) -> u64 {
         self.ends.back().copied().unwrap_or(self.start)
     }
 
-    /// Encoded bytes of the entries held: what the mirror costs.
+    /// Encoded bytes of the log since the purge point.
     fn bytes(&self) -> u64 {
         self.end() - self.start
+    }
+
+    /// Encoded bytes of the entries held in memory.
+    fn mem_bytes(&self) -> u64 {
+        match self.evicted() {
+            0 => self.bytes(),
+            n => self.end() - self.ends[n - 1],
+        }
     }
 
     /// Encoded bytes of the entries after `index`.
@@ -67,21 +92,67 @@ impl MemLog {
     }
 
     fn push_back(&mut self, entry: Entry, size: u64) {
+        if self.ends.is_empty() {
+            self.first = entry.log_id.index;
+        }
         self.entries.push_back(entry);
         let end = self.end() + size;
         self.ends.push_back(end);
     }
 
+    /// Drops the newest entry (a truncation; never reaches evicted entries, which are applied).
     fn pop_back(&mut self) {
         self.entries.pop_back();
         self.ends.pop_back();
     }
 
-    fn pop_front(&mut self) {
-        self.entries.pop_front();
-        if let Some(end) = self.ends.pop_front() {
-            self.start = end;
+    /// Removes the entries up to `index` (a purge) and returns those that were in memory,
+    /// moving only what is kept.
+    fn split_front(&mut self, index: u64) -> VecDeque<Entry> {
+        let Some(first) = self.first_index() else {
+            return VecDeque::new();
+        };
+        let n = usize::try_from((index + 1).saturating_sub(first))
+            .unwrap_or(usize::MAX)
+            .min(self.ends.len());
+        if n == 0 {
+            return VecDeque::new();
         }
+        let in_memory = n.saturating_sub(self.evicted());
+        let purged = self.split_entries(in_memory);
+        let kept_ends = self.ends.split_off(n);
+        self.start = self.ends[n - 1];
+        self.ends = kept_ends;
+        self.first = first + n as u64;
+        purged
+    }
+
+    /// Evicts the oldest entries held in memory while they are over `budget` bytes, are at or
+    /// below `upto` (applied and durable), and are not the newest entry; returns them.
+    fn evict(&mut self, upto: u64, budget: u64) -> VecDeque<Entry> {
+        let mut n = 0;
+        let mut kept = self.mem_bytes();
+        let base = self.evicted();
+        let mem_first = self.mem_first();
+        while kept > budget && n + 1 < self.entries.len() && mem_first + (n as u64) <= upto {
+            let before = if base + n == 0 {
+                self.start
+            } else {
+                self.ends[base + n - 1]
+            };
+            kept -= self.ends[base + n] - before;
+            n += 1;
+        }
+        self.split_entries(n)
+    }
+
+    /// Takes the `n` oldest entries out of memory.
+    fn split_entries(&mut self, n: usize) -> VecDeque<Entry> {
+        if n == 0 {
+            return VecDeque::new();
+        }
+        let kept = self.entries.split_off(n.min(self.entries.len()));
+        std::mem::replace(&mut self.entries, kept)
     }
 }
 
@@ -89,12 +160,21 @@ impl MemLog {
 struct Shared {
     mem: Mutex<MemLog>,
     dir: PathBuf,
+    /// The writer, for reads of evicted entries; taken when the store is dropped so the
+    /// writer thread can end.
+    reads: Mutex<Option<mpsc::Sender<WriterCmd>>>,
+    /// The newest index the writer has made durable.
+    synced: std::sync::atomic::AtomicU64,
 }
+
+/// Records read back from the segments: `(index, payload)` in index order.
+type Records = Vec<(u64, Vec<u8>)>;
 
 enum WriterCmd {
     Append(Vec<(u64, Vec<u8>)>, IOFlushed<TypeConfig>),
     TruncateFrom(u64, tokio::sync::oneshot::Sender<io::Result<()>>),
     PurgeUpto(u64),
+    Read(u64, u64, tokio::sync::oneshot::Sender<io::Result<Records>>),
 }
 
 /// The Raft log store handed to openraft.
@@ -111,6 +191,7 @@ impl Drop for LogStore {
     fn drop(&mut self) {
         let (closed, _) = mpsc::channel();
         drop(std::mem::replace(&mut self.writer, closed));
+        self.shared.reads.lock().take();
         if let Some(t) = self.writer_thread.take() {
             let _ = t.join();
         }
@@ -192,14 +273,18 @@ impl LogStore {
             purged = ?purged_index,
             "raft log recovered"
         );
+        let (tx, rx) = mpsc::channel();
+        let synced = seglog.next_index().map_or(0, |n| n.saturating_sub(1));
         let shared = Arc::new(Shared {
             mem: Mutex::new(mem),
             dir: dir.to_path_buf(),
+            reads: Mutex::new(Some(tx.clone())),
+            synced: std::sync::atomic::AtomicU64::new(synced),
         });
-        let (tx, rx) = mpsc::channel();
+        let writer_shared = shared.clone();
         let writer_thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(seglog, rx))?;
+            .spawn(move || writer_loop(seglog, rx, &writer_shared))?;
         Ok(LogStore {
             repaired_tail_bytes: recovery
                 .dropped_tail
@@ -220,7 +305,8 @@ impl LogStore {
 }
 
 /// Owns the segment files. Batches every queued append into one fsync.
-fn writer_loop(mut log: SegmentedLog, rx: mpsc::Receiver<WriterCmd>) {
+fn writer_loop(mut log: SegmentedLog, rx: mpsc::Receiver<WriterCmd>, shared: &Shared) {
+    use std::sync::atomic::Ordering;
     let mut failed: Option<String> = None;
     let mut pending_other: Option<WriterCmd> = None;
     loop {
@@ -255,8 +341,15 @@ fn writer_loop(mut log: SegmentedLog, rx: mpsc::Receiver<WriterCmd>) {
         if !callbacks.is_empty() {
             if failed.is_none() {
                 let started = Instant::now();
-                if let Err(e) = log.sync() {
-                    failed = Some(format!("fsync failed: {e}"));
+                match log.sync() {
+                    Err(e) => failed = Some(format!("fsync failed: {e}")),
+                    Ok(()) => {
+                        if let Some(next) = log.next_index() {
+                            shared
+                                .synced
+                                .store(next.saturating_sub(1), Ordering::Release);
+                        }
+                    }
                 }
                 metrics()
                     .log_fsync_seconds
@@ -282,6 +375,16 @@ fn writer_loop(mut log: SegmentedLog, rx: mpsc::Receiver<WriterCmd>) {
                 let res = match &failed {
                     Some(msg) => Err(io::Error::other(msg.clone())),
                     None => log.truncate_from(index),
+                };
+                shared
+                    .synced
+                    .fetch_min(index.saturating_sub(1), Ordering::AcqRel);
+                let _ = done.send(res);
+            }
+            Some(WriterCmd::Read(start, end, done)) => {
+                let res = match &failed {
+                    Some(msg) => Err(io::Error::other(msg.clone())),
+                    None => log.read(start, end),
                 };
                 let _ = done.send(res);
             }
@@ -321,22 +424,59 @@ fn range_indexes<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
 }
 
 impl Shared {
-    fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> Vec<Entry> {
-        let mem = self.mem.lock();
-        let Some(first) = mem.first_index() else {
-            return Vec::new();
-        };
+    /// Entries in `range` that the log holds: the evicted ones read back from the segments
+    /// (through the writer, which owns them), the rest cloned from memory.
+    async fn read_range<RB: RangeBounds<u64>>(&self, range: RB) -> io::Result<Vec<Entry>> {
         let (start, end) = range_indexes(&range);
-        let start = start.max(first);
-        if end <= start {
-            return Vec::new();
+        let (start, disk_end, from_memory) = {
+            let mem = self.mem.lock();
+            let Some(first) = mem.first_index() else {
+                return Ok(Vec::new());
+            };
+            let start = start.max(first);
+            let end = end.min(first + mem.ends.len() as u64);
+            if end <= start {
+                return Ok(Vec::new());
+            }
+            let mem_first = mem.mem_first();
+            let from = (start.max(mem_first) - mem_first) as usize;
+            let to = (end.saturating_sub(mem_first) as usize).min(mem.entries.len());
+            let from_memory: Vec<Entry> = if from < to {
+                mem.entries.range(from..to).cloned().collect()
+            } else {
+                Vec::new()
+            };
+            (start, end.min(mem_first), from_memory)
+        };
+        if start >= disk_end {
+            return Ok(from_memory);
         }
-        let from = (start - first) as usize;
-        let to = ((end - first) as usize).min(mem.entries.len());
-        if from >= to {
-            return Vec::new();
+        let Some(writer) = self.reads.lock().clone() else {
+            return Err(io::Error::other("raft log is closed"));
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        writer
+            .send(WriterCmd::Read(start, disk_end, tx))
+            .map_err(|_| io::Error::other("raft log writer has stopped after an I/O error"))?;
+        let records = rx
+            .await
+            .map_err(|_| io::Error::other("raft log writer stopped"))??;
+        let mut out = Vec::with_capacity(records.len() + from_memory.len());
+        for (index, payload) in records {
+            let entry: Entry = codec::from_bytes(
+                &payload,
+                format_args!("log entry {index} in {}", self.dir.display()),
+            )?;
+            out.push(entry);
         }
-        mem.entries.range(from..to).cloned().collect()
+        if out.len() as u64 != disk_end - start {
+            return Err(invalid_data(format!(
+                "raft log: read {} entries from disk for [{start}, {disk_end})",
+                out.len()
+            )));
+        }
+        out.extend(from_memory);
+        Ok(out)
     }
 }
 
@@ -344,15 +484,28 @@ impl LogReader {
     /// First and last index held in the log (after the purge point).
     pub fn bounds(&self) -> Option<(u64, u64)> {
         let mem = self.shared.mem.lock();
-        Some((
-            mem.entries.front()?.log_id.index,
-            mem.entries.back()?.log_id.index,
-        ))
+        let first = mem.first_index()?;
+        Some((first, first + mem.ends.len() as u64 - 1))
     }
 
-    /// Bytes the in-memory mirror of the log holds (encoded entry sizes).
+    /// Bytes of log entries held in memory (encoded entry sizes).
     pub fn memory_bytes(&self) -> u64 {
-        self.shared.mem.lock().bytes()
+        self.shared.mem.lock().mem_bytes()
+    }
+
+    /// Keeps the entries held in memory within `budget` bytes by evicting the oldest that are
+    /// applied (at or below `applied`) and durable; they are read back from disk if needed.
+    /// The newest entry always stays.
+    pub fn evict(&self, applied: u64, budget: u64) {
+        let synced = self
+            .shared
+            .synced
+            .load(std::sync::atomic::Ordering::Acquire);
+        let evicted = self.shared.mem.lock().evict(applied.min(synced), budget);
+        if !evicted.is_empty() {
+            // Freeing many entries takes a while: not under the lock, not on the runtime.
+            tokio::task::spawn_blocking(move || drop(evicted));
+        }
     }
 
     /// Encoded bytes of the entries after `index` (all of them if `index` is before the first).
@@ -360,29 +513,9 @@ impl LogReader {
         self.shared.mem.lock().bytes_after(index)
     }
 
-    /// The lowest purge point, at most `upto`, that leaves at most `budget` bytes of entries
-    /// after it (or the nearest to that which `upto` allows); `None` when the mirror is within
-    /// `budget` already.
-    pub fn purge_point_for(&self, budget: u64, upto: u64) -> Option<u64> {
-        let mem = self.shared.mem.lock();
-        let first = mem.first_index()?;
-        let end = mem.end();
-        let mut kept = mem.bytes();
-        let mut point = None;
-        for (i, e) in mem.ends.iter().enumerate() {
-            let index = first + i as u64;
-            if kept <= budget || index > upto {
-                break;
-            }
-            kept = end - e;
-            point = Some(index);
-        }
-        point
-    }
-
     /// Entries in `[start, end)`, for debugging endpoints.
-    pub fn entries(&self, start: u64, end: u64) -> Vec<Entry> {
-        self.shared.read_range(start..end)
+    pub async fn entries(&self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        self.shared.read_range(start..end).await
     }
 }
 
@@ -391,7 +524,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        Ok(self.shared.read_range(range))
+        self.shared.read_range(range).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -404,7 +537,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        Ok(self.shared.read_range(range))
+        self.shared.read_range(range).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -494,17 +627,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             codec::to_bytes(&Some(log_id))?,
         )
         .await?;
-        {
+        let purged = {
             let mut mem = self.shared.mem.lock();
-            while mem
-                .entries
-                .front()
-                .is_some_and(|e| e.log_id.index <= log_id.index)
-            {
-                mem.pop_front();
-            }
+            let purged = mem.split_front(log_id.index);
             mem.last_purged = Some(log_id);
-        }
+            purged
+        };
+        // A purge after a snapshot can drop a million entries: freeing them takes tens of
+        // milliseconds, which must hold up neither appends (the lock) nor the runtime.
+        tokio::task::spawn_blocking(move || drop(purged));
         self.send(WriterCmd::PurgeUpto(log_id.index))
     }
 }
@@ -592,26 +723,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_mirror_counts_its_bytes_and_finds_a_purge_point_within_a_budget() {
+    async fn entries_over_the_memory_budget_are_evicted_and_read_back_from_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = LogStore::open(dir.path(), 1 << 20).unwrap();
+        // Small segments, so reads back cross segment files.
+        let mut store = LogStore::open(dir.path(), 300).unwrap();
         append(&mut store, (1..=9).map(|i| entry(1, i)).collect()).await;
-        let reader = store.get_log_reader().await;
+        let mut reader = store.get_log_reader().await;
         let total = reader.memory_bytes();
         let each = total / 9;
         assert!(total > 0 && total % 9 == 0, "equal entries: {total}");
-        assert_eq!(reader.purge_point_for(total, 9), None, "within budget");
-        // Keep at most 3 entries' worth: purge up to 6.
-        assert_eq!(reader.purge_point_for(3 * each, 9), Some(6));
-        // Never past what `upto` allows.
-        assert_eq!(reader.purge_point_for(3 * each, 4), Some(4));
-        store.truncate_after(Some(log_id(1, 7))).await.unwrap();
-        assert_eq!(reader.memory_bytes(), 7 * each);
+        // Within budget, or nothing applied: nothing leaves memory.
+        reader.evict(9, total);
+        reader.evict(0, 0);
+        assert_eq!(reader.memory_bytes(), total);
+        // Keep 3 entries' worth, but only applied ones go: up to 4, then up to 6.
+        reader.evict(4, 3 * each);
+        assert_eq!(reader.memory_bytes(), 5 * each);
+        reader.evict(9, 3 * each);
+        assert_eq!(reader.memory_bytes(), 3 * each);
+        // The newest entry always stays, whatever the budget.
+        reader.evict(9, 0);
+        assert_eq!(reader.memory_bytes(), each);
+        // Every entry still reads, from disk and from memory, in order.
+        let all = reader.try_get_log_entries(1..10).await.unwrap();
+        let indexes: Vec<u64> = all.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, (1..=9).collect::<Vec<_>>());
+        assert_eq!(all, (1..=9).map(|i| entry(1, i)).collect::<Vec<_>>());
+        assert_eq!(reader.try_get_log_entries(3..5).await.unwrap().len(), 2);
+        assert_eq!(reader.bytes_after(6), 3 * each);
+        // Truncating the unapplied tail and purging the head keep the accounting.
+        store.truncate_after(Some(log_id(1, 8))).await.unwrap();
         store.purge(log_id(1, 5)).await.unwrap();
-        assert_eq!(reader.memory_bytes(), 2 * each);
+        assert_eq!(reader.bounds(), Some((6, 8)));
+        assert_eq!(reader.bytes_after(5), 3 * each);
+        let rest = reader.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(rest, (6..=8).map(|i| entry(1, i)).collect::<Vec<_>>());
         drop(store);
-        // Reopened, the mirror is measured from the records on disk.
-        let mut store = LogStore::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(store.get_log_reader().await.memory_bytes(), 2 * each);
+        // Reopened, the log is in memory again, measured from the records on disk.
+        let mut store = LogStore::open(dir.path(), 300).unwrap();
+        assert_eq!(store.get_log_reader().await.memory_bytes(), 3 * each);
     }
 }

@@ -343,6 +343,8 @@ pub async fn logs(State(app): State<Arc<App>>, Query(q): Query<LogsQuery>) -> Ap
     let entries: Vec<Value> = app
         .log
         .entries(start, end)
+        .await
+        .map_err(|e| crate::requests::ServiceError::Internal(format!("reading the raft log: {e}")))?
         .into_iter()
         .map(|e| {
             let (kind, detail) = match &e.payload {
