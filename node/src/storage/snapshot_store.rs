@@ -125,13 +125,27 @@ pub struct SnapshotWriter {
     data_start: u64,
     data_len: u64,
     format: u8,
+    /// Data bytes written since the file was last synced.
+    unsynced: u64,
 }
+
+/// A snapshot is synced every this many bytes as it is written. Left to one fsync at the end,
+/// a large snapshot's dirty pages reach the disk in one burst that the Raft log's own fsyncs
+/// queue behind (measured: write max 76-88 ms at 1M keys while a member snapshotted, 7-27 ms
+/// otherwise).
+const SYNC_EVERY: u64 = 8 << 20;
 
 impl Write for SnapshotWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.out.write(buf)?;
         self.crc.update(&buf[..n]);
         self.data_len += n as u64;
+        self.unsynced += n as u64;
+        if self.unsynced >= SYNC_EVERY {
+            self.out.flush()?;
+            self.out.get_ref().as_file().sync_data()?;
+            self.unsynced = 0;
+        }
         Ok(n)
     }
 
@@ -154,6 +168,7 @@ impl SnapshotWriter {
             data_start,
             data_len,
             format,
+            unsynced: _,
         } = self;
         let mut tmp = out.into_inner().map_err(|e| e.into_error())?;
         let file = tmp.as_file_mut();
@@ -219,6 +234,7 @@ impl SnapshotStore {
             data_start: HEADER_LEN + meta_bytes.len() as u64,
             data_len: 0,
             format,
+            unsynced: 0,
         })
     }
 

@@ -90,19 +90,31 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // which carries heartbeats and client requests, never waits for the serialization.
         let copy = self.state.read().clone();
         let snapshots = self.snapshots.clone();
-        let (meta, file) = tokio::task::spawn_blocking(move || {
-            let meta = SnapshotMeta {
-                last_log_id: copy.last_applied,
-                last_membership: copy.membership.clone(),
-            };
-            let mut writer = snapshots.create(&meta)?;
-            crate::codec::to_writer(&mut writer, &copy.kv)?;
-            drop(copy);
-            let file = snapshots.install(&meta, writer.finish()?)?;
-            Ok::<_, io::Error>((meta, file))
-        })
-        .await
-        .map_err(|e| io::Error::other(format!("snapshot task: {e}")))??;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // A thread of its own rather than the blocking pool, so it can run at a lower CPU
+        // priority (nice 10; niceness cannot be raised back without privileges, and pool
+        // threads are reused): on a busy machine serializing a large store otherwise takes
+        // CPU from the threads that answer clients and replicate.
+        std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(move || {
+                lower_priority();
+                let res = (|| {
+                    let meta = SnapshotMeta {
+                        last_log_id: copy.last_applied,
+                        last_membership: copy.membership.clone(),
+                    };
+                    let mut writer = snapshots.create(&meta)?;
+                    crate::codec::to_writer(&mut writer, &copy.kv)?;
+                    drop(copy);
+                    let file = snapshots.install(&meta, writer.finish()?)?;
+                    Ok::<_, io::Error>((meta, file))
+                })();
+                let _ = tx.send(res);
+            })?;
+        let (meta, file) = rx
+            .await
+            .map_err(|_| io::Error::other("snapshot thread ended without an answer"))??;
         let m = metrics();
         m.snapshot_save_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -112,6 +124,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: file,
         })
+    }
+}
+
+/// Lowers the calling thread's CPU priority (Linux: niceness is per thread).
+fn lower_priority() {
+    // SAFETY: setpriority on the calling thread (who = 0) only changes its scheduling.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "could not lower the snapshot thread's priority");
     }
 }
 
