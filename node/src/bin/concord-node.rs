@@ -7,6 +7,22 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc commits its arenas eagerly on Linux and keeps their pages resident: an idle member
+/// held 27 MB more for it (measured with `MIMALLOC_ARENA_EAGER_COMMIT=0`). The option must be
+/// set before the first allocation reserves an arena, so it is set by a static initializer,
+/// which runs before the Rust runtime allocates anything.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_ALLOCATOR: extern "C" fn() = {
+    extern "C" fn tune_allocator() {
+        // `mi_option_arena_eager_commit` in mimalloc v3's `mi_option_e`.
+        const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+        // SAFETY: sets one process-wide option; it allocates nothing.
+        unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0) };
+    }
+    tune_allocator
+};
+
 use clap::Parser;
 use concord_node::config::{normalize_args, Config, Flags};
 use concord_node::raft::startup::Node;
