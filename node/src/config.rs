@@ -59,6 +59,11 @@ pub struct Flags {
     /// Log format: text or json.
     #[arg(long = "log-format", env = "CONCORD_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Bytes the store may hold (every version kept, history included) before writes that add
+    /// data are refused with etcd's "database space exceeded" and a NOSPACE alarm; deletes and
+    /// compaction still work. 0: no quota. Default 2 GiB, as etcd's.
+    #[arg(long = "quota-backend-bytes", env = "CONCORD_QUOTA_BACKEND_BYTES")]
+    pub quota_backend_bytes: Option<u64>,
     /// Take a snapshot every N applied entries.
     #[arg(long = "snapshot-threshold", env = "CONCORD_SNAPSHOT_THRESHOLD")]
     pub snapshot_threshold: Option<u64>,
@@ -153,6 +158,7 @@ pub struct LimitsSection {
     pub max_in_flight_bytes: Option<u64>,
     pub max_pending_proposals: Option<usize>,
     pub max_pending_proposal_bytes: Option<u64>,
+    pub quota_backend_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +212,8 @@ pub struct Limits {
     /// Bytes of keys and values in those writes; past it, 503. Bounds the leader's memory
     /// whatever arrives by forwarding from followers.
     pub max_pending_proposal_bytes: u64,
+    /// Store bytes past which writes that add data are refused (0: none).
+    pub quota_backend_bytes: u64,
 }
 
 impl Default for Limits {
@@ -223,6 +231,7 @@ impl Default for Limits {
             max_in_flight_bytes: 256 * 1024 * 1024,
             max_pending_proposals: 8192,
             max_pending_proposal_bytes: 128 * 1024 * 1024,
+            quota_backend_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -563,6 +572,10 @@ impl Config {
                 .max_pending_proposal_bytes
                 .unwrap_or(d.max_pending_proposal_bytes)
                 .max(l.max_request_bytes.unwrap_or(d.max_request_bytes) as u64),
+            quota_backend_bytes: flags
+                .quota_backend_bytes
+                .or(l.quota_backend_bytes)
+                .unwrap_or(d.quota_backend_bytes),
         };
         let compaction = resolve_compaction(
             flags.auto_compaction_mode,

@@ -32,6 +32,10 @@ pub enum ServiceError {
     /// applied; retry shortly.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// The store is over its quota (`--quota-backend-bytes`) and this write would add data.
+    /// Nothing was applied; compact or delete, then retry.
+    #[error("{0}")]
+    NoSpace(String),
     /// Internal error (a bug or a storage failure).
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,6 +72,7 @@ pub fn to_status(err: ServiceError) -> tonic::Status {
         ServiceError::Unknown(_) => (Code::Aborted, ErrorReason::OutcomeUnknown),
         ServiceError::Unavailable(_) => (Code::Unavailable, ErrorReason::Unavailable),
         ServiceError::Overloaded(_) => (Code::ResourceExhausted, ErrorReason::ResourceExhausted),
+        ServiceError::NoSpace(_) => (Code::ResourceExhausted, ErrorReason::NoSpace),
         ServiceError::Internal(_) => (Code::Internal, ErrorReason::Internal),
     };
     errors::status(code, err.to_string(), reason)
@@ -118,6 +123,7 @@ fn classify(status: tonic::Status, write: bool) -> ForwardFailure {
         Some(ErrorReason::OutcomeUnknown) => ForwardFailure::Fail(ServiceError::Unknown(msg)),
         Some(ErrorReason::Unavailable) => ForwardFailure::Fail(ServiceError::Unavailable(msg)),
         Some(ErrorReason::ResourceExhausted) => ForwardFailure::Fail(ServiceError::Overloaded(msg)),
+        Some(ErrorReason::NoSpace) => ForwardFailure::Fail(ServiceError::NoSpace(msg)),
         // Any other answer from the leader itself (a refused peer, a bad payload, a bug) is
         // final: it did not propose, but a retry would meet the same answer.
         Some(_) => ForwardFailure::Fail(ServiceError::Internal(msg)),
@@ -132,6 +138,13 @@ fn classify(status: tonic::Status, write: bool) -> ForwardFailure {
 }
 
 impl App {
+    /// The store's size if it is at or over `--quota-backend-bytes` (the NOSPACE alarm).
+    pub fn over_quota(&self) -> Option<u64> {
+        let quota = self.config.limits.quota_backend_bytes;
+        let used = self.state.read().kv.total_bytes();
+        (quota > 0 && used >= quota).then_some(used)
+    }
+
     fn deadline(&self) -> Instant {
         Instant::now() + self.config.limits.request_timeout
     }
@@ -205,6 +218,16 @@ impl App {
     #[tracing::instrument(name = "raft.propose", skip_all, fields(node = %self.identity.name, otel.kind = "internal"))]
     pub async fn propose(&self, cmd: Command, deadline: Instant) -> Result<Written, ServiceError> {
         let m = metrics();
+        if let Some(used) = self.over_quota() {
+            if cmd.adds_data() {
+                m.proposals_failed.with_label_values(&["nospace"]).inc();
+                return Err(ServiceError::NoSpace(format!(
+                    "etcdserver: mvcc: database space exceeded (the store holds {used} bytes, \
+                     --quota-backend-bytes is {}); compact history or delete keys, then retry",
+                    self.config.limits.quota_backend_bytes
+                )));
+            }
+        }
         let max = self.config.limits.max_pending_proposals;
         if m.proposals_pending.get() >= max as i64 {
             m.proposals_failed.with_label_values(&["overloaded"]).inc();

@@ -491,3 +491,64 @@ async fn the_seed_api_reads_the_same_store_at_past_revisions_and_refuses_bytes_i
     let (s, _) = c.get(leader, "/api/keys?prefix=cfg").await;
     assert_eq!(s, 200);
 }
+
+/// `--quota-backend-bytes`: past it, writes that add data are refused with etcd's message (and
+/// through a follower too), every member reports NOSPACE, deletes and compaction still work,
+/// and once they bring the store under the quota writes go through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_over_its_quota_refuses_puts_raises_nospace_and_recovers_after_compaction() {
+    let mut c = Cluster::start(3, "limits:\n  quotaBackendBytes: 65536\n");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let follower = (leader + 1) % 3;
+    let mut client = Client::connect([c.nodes[follower].etcd()], None)
+        .await
+        .expect("connect");
+    let value = "x".repeat(1000);
+    let mut refused = None;
+    for i in 0..200 {
+        match client.put(format!("q/{i}"), value.as_str(), None).await {
+            Ok(_) => {}
+            Err(etcd_client::Error::GRpcStatus(s)) => {
+                refused = Some((i, s));
+                break;
+            }
+            Err(e) => panic!("put {i}: {e}"),
+        }
+    }
+    let (at, status) = refused.expect("the quota never refused a put");
+    assert!(at > 30, "refused too early, at put {at}");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        status.message(),
+        "etcdserver: mvcc: database space exceeded"
+    );
+    // The seed API refuses the same way, with a JSON body naming the quota.
+    let (code, body) = c.set(follower, "q/seed", "v").await;
+    assert_eq!(code, 507, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--quota-backend-bytes")),
+        "{body}"
+    );
+    // Every member is listed with NOSPACE, as etcdctl shows it.
+    let alarms = etcdctl(&c.nodes[leader].etcd(), &["alarm", "list"]);
+    assert_eq!(alarms.matches("alarm:NOSPACE").count(), 3, "{alarms}");
+    // Deletes and compaction free space, and are not refused.
+    let deleted = client
+        .delete("q/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .expect("delete while over quota");
+    assert_eq!(deleted.deleted(), at as i64);
+    let revision = deleted.header().expect("header").revision();
+    client
+        .compact(revision, None)
+        .await
+        .expect("compact while over quota");
+    let alarms = etcdctl(&c.nodes[follower].etcd(), &["alarm", "list"]);
+    assert_eq!(alarms.trim(), "", "alarm still raised: {alarms}");
+    client
+        .put("q/after", "v", None)
+        .await
+        .expect("a put after compaction");
+}

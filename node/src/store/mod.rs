@@ -64,6 +64,16 @@ impl std::fmt::Display for Command {
 }
 
 impl Command {
+    /// Whether it can add data to the store (a put anywhere in it): what a full store refuses,
+    /// while deletes and compactions, which free space, still go through.
+    pub fn adds_data(&self) -> bool {
+        match self {
+            Command::Set { .. } | Command::Cas { .. } => true,
+            Command::Txn(t) => t.puts(),
+            Command::Delete { .. } | Command::Compact { .. } => false,
+        }
+    }
+
     /// The user bytes it carries (keys and values), which is what its log entry, its forwarded
     /// copy and its place in the store cost.
     pub fn payload_bytes(&self) -> u64 {

@@ -269,6 +269,17 @@ pub struct TxnRequest {
     pub failure: Vec<Op>,
 }
 
+impl TxnRequest {
+    /// Whether any branch, nested ones included, puts a key.
+    pub fn puts(&self) -> bool {
+        self.success.iter().chain(&self.failure).any(|op| match op {
+            Op::Put(_) => true,
+            Op::Txn(t) => t.puts(),
+            Op::Range(_) | Op::Delete(_) => false,
+        })
+    }
+}
+
 impl KeyRange {
     fn payload_bytes(&self) -> usize {
         match self {

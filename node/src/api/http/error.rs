@@ -60,6 +60,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Unknown(_) => "outcome_unknown",
             ServiceError::Unavailable(_) => "unavailable",
             ServiceError::Overloaded(_) => "overloaded",
+            ServiceError::NoSpace(_) => "nospace",
             ServiceError::Internal(_) => "internal",
         };
         metrics().http_rejected.with_label_values(&[reason]).inc();
@@ -75,6 +76,8 @@ impl From<ServiceError> for ApiError {
                 format!("outcome unknown: the write may or may not have been applied ({m}); read before retrying a non-idempotent write"),
                 true,
             ),
+            // Not retryable as it stands: space must be freed first.
+            ServiceError::NoSpace(m) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, m, false),
             ServiceError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), false),
         }
     }

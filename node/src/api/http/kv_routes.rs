@@ -91,6 +91,7 @@ fn query_key(q: &KeyQuery) -> Result<&str, ApiError> {
         (status = 413, description = "Key, value or body over its limit (named in the message)", body = ErrorBody),
         (status = 503, description = "No leader, no quorum, or overloaded: nothing was applied", body = ErrorBody),
         (status = 504, description = "Outcome unknown: proposed, commit not confirmed in time", body = ErrorBody),
+        (status = 507, description = "The store is over --quota-backend-bytes: nothing was applied; compact or delete first", body = ErrorBody),
     ))]
 pub async fn set(
     State(app): State<Arc<App>>,
@@ -192,6 +193,7 @@ pub async fn delete(
         (status = 413, description = "Key, value or body over its limit", body = ErrorBody),
         (status = 503, description = "No leader, no quorum, or overloaded: nothing was applied", body = ErrorBody),
         (status = 504, description = "Outcome unknown", body = ErrorBody),
+        (status = 507, description = "The store is over --quota-backend-bytes: nothing was applied", body = ErrorBody),
     ))]
 pub async fn cas(
     State(app): State<Arc<App>>,
