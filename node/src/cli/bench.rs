@@ -132,13 +132,16 @@ fn b64(s: &str) -> String {
 
 type EtcdKv = concord_proto::etcd::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>;
 
+/// One worker's connection: HTTP (the seed API or etcd's JSON gateway) or etcd's gRPC.
 enum Op {
-    Http {
-        target: Target,
-        http: reqwest::Client,
-        endpoint: String,
-    },
+    Http(HttpOp),
     Grpc(EtcdKv),
+}
+
+struct HttpOp {
+    target: Target,
+    http: reqwest::Client,
+    endpoint: String,
 }
 
 impl Op {
@@ -159,80 +162,76 @@ impl Op {
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(30))
             .build()?;
-        Ok(Op::Http {
+        Ok(Op::Http(HttpOp {
             target,
             http,
             endpoint,
-        })
+        }))
     }
 
     async fn write(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        use concord_proto::etcd::etcdserverpb::PutRequest;
-        let (target, http, endpoint) = match self {
+        match self {
             Op::Grpc(kv) => {
-                let req = PutRequest {
+                let req = concord_proto::etcd::etcdserverpb::PutRequest {
                     key: key.as_bytes().to_vec(),
                     value: value.as_bytes().to_vec(),
                     ..Default::default()
                 };
                 kv.clone().put(req).await?;
-                return Ok(());
+                Ok(())
             }
-            Op::Http {
-                target,
-                http,
-                endpoint,
-            } => (*target, http, endpoint),
-        };
-        let req = match target {
-            Target::Concord => http
-                .post(format!("{endpoint}/api/set"))
-                .json(&json!({ "key": key, "value": value })),
-            _ => http
-                .post(format!("{endpoint}/v3/kv/put"))
-                .json(&json!({ "key": b64(key), "value": b64(value) })),
-        };
-        let resp = req.send().await?;
-        if !resp.status().is_success() {
-            bail!("HTTP {}", resp.status());
+            Op::Http(h) => {
+                let req = match h.target {
+                    Target::Concord => h
+                        .http
+                        .post(format!("{}/api/set", h.endpoint))
+                        .json(&json!({ "key": key, "value": value })),
+                    _ => h
+                        .http
+                        .post(format!("{}/v3/kv/put", h.endpoint))
+                        .json(&json!({ "key": b64(key), "value": b64(value) })),
+                };
+                send(req).await
+            }
         }
-        resp.bytes().await?;
-        Ok(())
     }
 
     async fn read(&self, key: &str) -> anyhow::Result<()> {
-        use concord_proto::etcd::etcdserverpb::RangeRequest;
-        let (target, http, endpoint) = match self {
+        match self {
             Op::Grpc(kv) => {
-                let req = RangeRequest {
+                let req = concord_proto::etcd::etcdserverpb::RangeRequest {
                     key: key.as_bytes().to_vec(),
                     ..Default::default()
                 };
                 kv.clone().range(req).await?;
-                return Ok(());
+                Ok(())
             }
-            Op::Http {
-                target,
-                http,
-                endpoint,
-            } => (*target, http, endpoint),
-        };
-        let req = match target {
-            Target::Concord => http.get(format!(
-                "{endpoint}/api/get?key={}",
-                crate::client::encode(key)
-            )),
-            _ => http
-                .post(format!("{endpoint}/v3/kv/range"))
-                .json(&json!({ "key": b64(key) })),
-        };
-        let resp = req.send().await?;
-        if !resp.status().is_success() {
-            bail!("HTTP {}", resp.status());
+            Op::Http(h) => {
+                let req = match h.target {
+                    Target::Concord => h.http.get(format!(
+                        "{}/api/get?key={}",
+                        h.endpoint,
+                        crate::client::encode(key)
+                    )),
+                    _ => h
+                        .http
+                        .post(format!("{}/v3/kv/range", h.endpoint))
+                        .json(&json!({ "key": b64(key) })),
+                };
+                send(req).await
+            }
         }
-        resp.bytes().await?;
-        Ok(())
     }
+}
+
+/// Sends and reads the whole answer; anything but a 2xx is an error.
+async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<()> {
+    let resp = req.send().await?;
+    if !resp.status().is_success() {
+        bail!("HTTP {}", resp.status());
+    }
+    resp.bytes().await?;
+    Ok(())
 }
 
 fn normalize(e: &str) -> String {
