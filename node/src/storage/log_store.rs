@@ -41,6 +41,9 @@ struct MemLog {
     /// where the first one starts: sizes, and the bytes after any index, without a pass.
     ends: VecDeque<u64>,
     start: u64,
+    /// The newest evicted entry's id: the log's last id if a truncation removes every entry
+    /// still in memory (those after the applied index may be truncated; evicted ones not).
+    last_evicted: Option<LogId>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
 }
@@ -122,6 +125,9 @@ impl MemLog {
         self.start = self.ends[n - 1];
         self.ends.drain(..n);
         self.first = first + n as u64;
+        if self.last_evicted.is_some_and(|l| l.index <= index) {
+            self.last_evicted = None;
+        }
         purged
     }
 
@@ -141,7 +147,20 @@ impl MemLog {
             kept -= self.ends[base + n] - before;
             n += 1;
         }
-        self.split_entries(n)
+        let evicted = self.split_entries(n);
+        if let Some(last) = evicted.last() {
+            self.last_evicted = Some(last.log_id);
+        }
+        evicted
+    }
+
+    /// The id of the log's last entry, in memory or not.
+    fn last_log_id(&self) -> Option<LogId> {
+        self.entries
+            .back()
+            .map(|e| e.log_id)
+            .or(self.last_evicted)
+            .or(self.last_purged)
     }
 
     /// Takes the `n` oldest entries out of memory. Moves only those: the window kept can be
@@ -547,11 +566,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let mem = self.shared.mem.lock();
-        let last_log_id = mem
-            .entries
-            .back()
-            .map(|e| e.log_id)
-            .or_else(|| mem.last_purged);
+        let last_log_id = mem.last_log_id();
         Ok(LogState {
             last_purged_log_id: mem.last_purged,
             last_log_id,
@@ -585,11 +600,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut mem = self.shared.mem.lock();
             for entry in entries {
-                if let Some(last) = mem.entries.back() {
-                    if entry.log_id.index != last.log_id.index + 1 {
+                if let Some(last) = mem.last_log_id().filter(|_| !mem.ends.is_empty()) {
+                    if entry.log_id.index != last.index + 1 {
                         return Err(io::Error::other(format!(
-                            "non-contiguous append: {} after {}",
-                            entry.log_id, last.log_id
+                            "non-contiguous append: {} after {last}",
+                            entry.log_id
                         )));
                     }
                 }
@@ -759,5 +774,25 @@ mod tests {
         // Reopened, the log is in memory again, measured from the records on disk.
         let mut store = LogStore::open(dir.path(), 300).unwrap();
         assert_eq!(store.get_log_reader().await.memory_bytes(), 3 * each);
+    }
+
+    #[tokio::test]
+    async fn truncating_every_entry_left_in_memory_keeps_the_last_evicted_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path(), 1 << 20).unwrap();
+        append(&mut store, (1..=6).map(|i| entry(1, i)).collect()).await;
+        let mut reader = store.get_log_reader().await;
+        // 1..=4 applied and evicted; 5 and 6 (not applied) stay, then are truncated away.
+        reader.evict(4, 0);
+        store.truncate_after(Some(log_id(1, 4))).await.unwrap();
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(1, 4)));
+        // A new leader's entries follow on, and everything reads back in order.
+        append(&mut store, vec![entry(2, 5)]).await;
+        let all = reader.try_get_log_entries(1..6).await.unwrap();
+        let ids: Vec<LogId> = all.iter().map(|e| e.log_id).collect();
+        let mut want: Vec<LogId> = (1..=4).map(|i| log_id(1, i)).collect();
+        want.push(log_id(2, 5));
+        assert_eq!(ids, want);
     }
 }
