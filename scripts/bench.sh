@@ -9,14 +9,7 @@
 #   QUICK=1 scripts/bench.sh    # fewer requests, for a smoke run
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/concordkv-target}"
-if ! command -v etcd >/dev/null; then
-  echo "installing etcd-server (Debian package)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
-fi
-cargo build --release -q -p concord-node
-NODE="$CARGO_TARGET_DIR/release/concord-node"
-CTL="$CARGO_TARGET_DIR/release/concordctl"
+. scripts/bench-prereqs.sh
 WORK=$(mktemp -d /var/tmp/concord-bench.XXXXXX)
 RESULTS="$WORK/results.jsonl"
 PIDS=()

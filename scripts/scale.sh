@@ -6,12 +6,6 @@
 #   KEYS="100000 1000000" SYSTEMS=concordkv scripts/scale.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/concordkv-target}"
-if ! command -v etcd >/dev/null; then
-  echo "installing etcd-server (Debian package)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
-fi
-cargo build --release -q -p concord-node
+. scripts/bench-prereqs.sh
 # shellcheck disable=SC2086
-exec python3 scripts/scale.py "$CARGO_TARGET_DIR/release/concord-node" \
-  "$CARGO_TARGET_DIR/release/concordctl" ${KEYS:-100000 1000000}
+exec python3 scripts/scale.py "$NODE" "$CTL" ${KEYS:-100000 1000000}
