@@ -304,6 +304,29 @@ async fn the_etcd_client_crate_works_through_a_follower_and_the_leader() {
             .expect("delete");
         assert_eq!(deleted.deleted(), 5);
     }
+
+    // A revision just written through the leader may not have applied on a follower yet;
+    // compacting to it through the follower is still accepted (the leader decides), and a
+    // revision past every member's is refused as etcd refuses it.
+    let mut at_leader = Client::connect([c.nodes[leader].etcd()], None)
+        .await
+        .expect("connect");
+    let mut at_follower = Client::connect([c.nodes[(leader + 1) % 3].etcd()], None)
+        .await
+        .expect("connect");
+    for i in 0..20 {
+        let put = at_leader.put("crate/compact", format!("{i}"), None).await;
+        let revision = put.expect("put").header().expect("header").revision();
+        at_follower
+            .compact(revision, None)
+            .await
+            .unwrap_or_else(|e| panic!("compact {i} to {revision} through a follower: {e}"));
+    }
+    let future = at_follower
+        .compact(1 << 40, None)
+        .await
+        .expect_err("a future revision is refused");
+    assert!(future.to_string().contains("future revision"), "{future}");
 }
 
 /// POSTs JSON to the etcd port as etcd's gateway documentation shows it.

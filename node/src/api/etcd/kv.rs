@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, mvcc_status};
 use super::{header, service_status};
 use crate::app::App;
-use crate::store::mvcc::{Op, OpResult, TxnRequest, TxnResult};
+use crate::store::mvcc::{MvccError, Op, OpResult, TxnRequest, TxnResult};
 use crate::store::{Command, CommandResult};
 
 pub struct KvService {
@@ -148,13 +148,13 @@ impl Kv for KvService {
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let revision = u64::try_from(req.into_inner().revision)
             .map_err(|_| Status::invalid_argument("etcdserver: revision must not be negative"))?;
-        // Refused here when this member already knows it would be; the leader decides.
-        self.app
-            .state
-            .read()
-            .kv
-            .check_compact(revision)
-            .map_err(|e| mvcc_status(&e))?;
+        // Refused here only when this member already knows it would be: a compacted revision
+        // stays compacted. A revision past this member's may be the leader's newest (this
+        // member can lag it), so that is left to the check when the entry applies.
+        let compacted = self.app.state.read().kv.compacted();
+        if revision <= compacted {
+            return Err(mvcc_status(&MvccError::Compacted { compacted }));
+        }
         let written = self
             .app
             .write(Command::Compact { revision })
