@@ -73,6 +73,11 @@ pub struct Flags {
     /// Start without bootstrapping and wait to be added through the admin API (operator mode).
     #[arg(long, env = "CONCORD_JOIN")]
     pub join: bool,
+    /// With --join: the member id the cluster assigned this node (etcd's `MemberAdd`, as
+    /// `etcdctl member add` prints it, in hex). A fresh data dir takes it; one that holds
+    /// another id is refused.
+    #[arg(long = "member-id", env = "CONCORD_MEMBER_ID")]
+    pub member_id: Option<String>,
     /// Silence from the leader, in milliseconds, after which a follower starts an election (up to
     /// 1.6 times this, randomised). Default 1000, as etcd.
     #[arg(long = "election-timeout-ms", env = "CONCORD_ELECTION_TIMEOUT_MS")]
@@ -126,6 +131,7 @@ pub struct ServerSection {
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<String>,
     pub join: Option<bool>,
+    pub member_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,6 +268,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Wait to be added by the admin API instead of bootstrapping.
     pub join: bool,
+    /// In join mode, the id the cluster assigned this member (etcd's MemberAdd).
+    pub member_id: Option<NodeId>,
     pub compaction: Compaction,
 }
 
@@ -532,6 +540,15 @@ impl Config {
                 "join mode and a static peer list exclude each other: a joining node is added through the admin API".into(),
             ));
         }
+        let member_id = match flags.member_id.or(s.member_id) {
+            None => None,
+            Some(_) if !join => {
+                return Err(ConfigError::Invalid(
+                    "--member-id (server.memberId) is for a node joining with --join".into(),
+                ))
+            }
+            Some(text) => Some(parse_member_id(&text)?),
+        };
         let d = Limits::default();
         let l = file.limits;
         let limits = Limits {
@@ -594,6 +611,7 @@ impl Config {
             limits,
             log_format,
             join,
+            member_id,
             compaction,
         })
     }
@@ -604,6 +622,22 @@ impl Config {
             addr: self.advertise_addr.clone(),
         }
     }
+}
+
+/// A member id as etcd prints it: hex, at most 16 digits (an optional `0x`), not zero. Ours
+/// stay below 2^53 so JSON clients read them exactly.
+fn parse_member_id(text: &str) -> Result<NodeId, ConfigError> {
+    let digits = text.trim().trim_start_matches("0x");
+    let bad = |why: &str| {
+        ConfigError::Invalid(format!(
+            "--member-id {text:?}: {why} (the hex id `etcdctl member add` prints)"
+        ))
+    };
+    let id = u64::from_str_radix(digits, 16).map_err(|_| bad("not a hex number"))?;
+    if id == 0 || id >= 1 << 53 {
+        return Err(bad("must be between 1 and 2^53 - 1"));
+    }
+    Ok(id)
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -672,6 +706,23 @@ mod tests {
         ] {
             let e = c(&bad).unwrap_err().to_string();
             assert!(e.contains("auto-compaction"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_member_id_is_etcds_hex_and_only_for_a_joining_node() {
+        let c = |args: &[&str]| Config::resolve(flags(args)).map(|c| c.member_id);
+        assert_eq!(c(&["--join"]).unwrap(), None);
+        assert_eq!(
+            c(&["--join", "--member-id", "170a8e0c5e4b1"]).unwrap(),
+            Some(0x170a8e0c5e4b1)
+        );
+        assert_eq!(c(&["--join", "--member-id", "0xff"]).unwrap(), Some(255));
+        let e = c(&["--member-id", "ff"]).unwrap_err().to_string();
+        assert!(e.contains("--join"), "{e}");
+        for bad in ["", "0", "zz", "ffffffffffffffff"] {
+            let e = c(&["--join", "--member-id", bad]).unwrap_err().to_string();
+            assert!(e.contains("etcdctl member add"), "{bad}: {e}");
         }
     }
 

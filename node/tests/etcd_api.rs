@@ -575,3 +575,83 @@ async fn a_store_over_its_quota_refuses_puts_raises_nospace_and_recovers_after_c
         .await
         .expect("a put after compaction");
 }
+
+/// etcd's way of growing a cluster: `etcdctl member add` (the cluster assigns the id), the new
+/// node started with that id, `etcdctl member promote` once it has caught up. The new member
+/// then serves linearizable reads of what was written before it existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_member_add_then_promote_grows_the_cluster() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let follower = c.nodes[(leader + 1) % 3].etcd();
+    for i in 0..20 {
+        etcdctl(&follower, &["put", &format!("grow/{i}"), &format!("v{i}")]);
+    }
+    let new = c.configure_join_node();
+    let url = format!("http://127.0.0.1:{}", c.nodes[new].peer_port);
+    let peer_urls = format!("--peer-urls={url}");
+    let added = json(&etcdctl(
+        &follower,
+        &[
+            "member",
+            "add",
+            "node4",
+            &peer_urls,
+            "--learner",
+            "-w",
+            "json",
+        ],
+    ));
+    let id = added["member"]["ID"].as_u64().expect("the new member's id");
+    assert_eq!(added["member"]["isLearner"], true, "{added}");
+    assert_eq!(added["member"]["peerURLs"][0], url.as_str(), "{added}");
+    assert_eq!(
+        added["members"].as_array().map(Vec::len),
+        Some(4),
+        "{added}"
+    );
+    // The same peer URL twice is refused, as etcd refuses it.
+    let twice = etcdctl_stdin(&follower, &["member", "add", "again", &peer_urls], None)
+        .expect_err("a second member with the same peer URL");
+    assert!(twice.contains("Peer URLs already exists"), "{twice}");
+    // A peer URL that is not one is refused with a reason.
+    let mut client = Client::connect([follower.clone()], None)
+        .await
+        .expect("connect");
+    let bad = client
+        .member_add(["http://127.0.0.1".to_string()], None)
+        .await
+        .expect_err("a peer URL without a port");
+    assert!(bad.to_string().contains("host:port"), "{bad}");
+
+    let hex = format!("{id:x}");
+    c.spawn_with_args(new, &["--member-id", &hex]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match etcdctl_stdin(&follower, &["member", "promote", &hex], None) {
+            Ok(out) => {
+                assert!(out.contains("promoted"), "{out}");
+                break;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "member {hex} was never promoted: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let list = json(&etcdctl(&follower, &["member", "list", "-w", "json"]));
+    let members = list["members"].as_array().expect("members");
+    assert_eq!(members.len(), 4, "{list}");
+    let grown = members
+        .iter()
+        .find(|m| m["ID"].as_u64() == Some(id))
+        .expect("the new member is listed");
+    assert_ne!(grown["isLearner"], true, "{list}");
+    let read = json(&etcdctl(
+        &c.nodes[new].etcd(),
+        &["get", "grow/7", "-w", "json"],
+    ));
+    assert_eq!(read["kvs"][0]["value"], b64("v7"), "{read}");
+    assert_eq!(c.member_id(new).await, id);
+}

@@ -156,6 +156,7 @@ impl NodeAdmin for GrpcAdmin {
         let (mut c, t) = (self.client(addr)?, self.change_timeout);
         let req = AddLearnerRequest {
             member: Some(member),
+            no_wait: false,
         };
         let r = bounded(addr, t, c.add_learner(request(req, t))).await;
         self.forget_if_unreachable(addr, r)

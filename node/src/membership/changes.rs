@@ -144,8 +144,9 @@ impl App {
         }
         let spec = req
             .member
+            .as_ref()
             .ok_or_else(|| AdminError::Invalid("missing member".into()))?;
-        let (id, member) = check_spec(&spec)?;
+        let (id, member) = check_spec(spec)?;
         let _guard = self.lock_membership()?;
         let view = self.view();
         if view.voters().contains(&id) {
@@ -162,6 +163,12 @@ impl App {
             .await
             .map_err(write_error)?;
         tracing::info!(learner = id, name = %member.name, addr = %member.addr, "learner added");
+        if req.no_wait {
+            return Ok(result(
+                format!("added learner {id} ({})", member.name),
+                resp.log_id().index,
+            ));
+        }
         // Return once replication to it has started (or say that it has not, yet).
         let started = self
             .wait_metrics(SETTLE_TIMEOUT, |m| {

@@ -111,7 +111,15 @@ impl Node {
         fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let lock = lock_data_dir(&config.data_dir)?;
-        let identity = identity::load_or_create(&config.data_dir, &config.name, config.join)?;
+        let identity = identity::load_or_create(
+            &config.data_dir,
+            &config.name,
+            match (config.join, config.member_id) {
+                (true, Some(id)) => identity::NewId::Assigned(id),
+                (true, None) => identity::NewId::Incarnation,
+                (false, _) => identity::NewId::FromName,
+            },
+        )?;
         crate::telemetry::set_log_node_id(identity.node_id);
         let cluster_id = ClusterId::load(&config.data_dir)?;
         if let Some(id) = initial_cluster_id(&config) {

@@ -4,7 +4,8 @@
 //! across restarts. In static mode (a peer list in the config) it is derived from the name alone,
 //! because every node must know every other node's id before they have talked. In join mode (the
 //! operator's mode) it is derived from the name *and* a random incarnation, so a member restarted
-//! on an empty volume is a new member and can never answer for the one it replaces.
+//! on an empty volume is a new member and can never answer for the one it replaces. A node
+//! added through etcd's `MemberAdd` is given its id by the cluster (`--member-id`) instead.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,8 +28,19 @@ pub struct Identity {
     pub incarnation: String,
 }
 
+/// How a fresh data dir's Raft id is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewId {
+    /// Static peer list: from the name, which every peer knows.
+    FromName,
+    /// Join mode: from the name and a random incarnation.
+    Incarnation,
+    /// Join mode, the id the cluster assigned (etcd's `MemberAdd`).
+    Assigned(NodeId),
+}
+
 /// Loads the identity stored in `dir`, or creates one for a fresh data dir.
-pub fn load_or_create(dir: &Path, name: &str, join_mode: bool) -> anyhow::Result<Identity> {
+pub fn load_or_create(dir: &Path, name: &str, new_id: NewId) -> anyhow::Result<Identity> {
     let path = dir.join(IDENTITY_FILE);
     if let Some(bytes) = codec::load_state_file(&path, LegacyStateFile::Checksummed)? {
         let id: Identity = serde_json::from_slice(&bytes)
@@ -40,13 +52,23 @@ pub fn load_or_create(dir: &Path, name: &str, join_mode: bool) -> anyhow::Result
                 id.name
             );
         }
+        if let NewId::Assigned(assigned) = new_id {
+            if assigned != id.node_id {
+                anyhow::bail!(
+                    "data dir {} belongs to member {:x}, not to the assigned --member-id {assigned:x}; \
+                     use an empty data dir for a newly added member",
+                    dir.display(),
+                    id.node_id
+                );
+            }
+        }
         return Ok(id);
     }
     let incarnation = format!("{:016x}", rand::random::<u64>());
-    let node_id = if join_mode {
-        node_id_for_name(&format!("{name}/{incarnation}"))
-    } else {
-        node_id_for_name(name)
+    let node_id = match new_id {
+        NewId::FromName => node_id_for_name(name),
+        NewId::Incarnation => node_id_for_name(&format!("{name}/{incarnation}")),
+        NewId::Assigned(id) => id,
     };
     let id = Identity {
         node_id,
@@ -144,17 +166,42 @@ mod tests {
     #[test]
     fn identity_is_stable_and_a_fresh_dir_gets_a_new_join_id() {
         let a = tempfile::tempdir().unwrap();
-        let first = load_or_create(a.path(), "concord-0", true).unwrap();
-        assert_eq!(load_or_create(a.path(), "concord-0", true).unwrap(), first);
+        let first = load_or_create(a.path(), "concord-0", NewId::Incarnation).unwrap();
+        assert_eq!(
+            load_or_create(a.path(), "concord-0", NewId::Incarnation).unwrap(),
+            first
+        );
         let b = tempfile::tempdir().unwrap();
-        let wiped = load_or_create(b.path(), "concord-0", true).unwrap();
+        let wiped = load_or_create(b.path(), "concord-0", NewId::Incarnation).unwrap();
         assert_ne!(wiped.node_id, first.node_id);
-        assert!(load_or_create(a.path(), "concord-1", true).is_err());
+        assert!(load_or_create(a.path(), "concord-1", NewId::Incarnation).is_err());
         let s = tempfile::tempdir().unwrap();
         assert_eq!(
-            load_or_create(s.path(), "node1", false).unwrap().node_id,
+            load_or_create(s.path(), "node1", NewId::FromName)
+                .unwrap()
+                .node_id,
             node_id_for_name("node1")
         );
+    }
+
+    #[test]
+    fn an_assigned_id_is_taken_by_a_fresh_dir_and_must_match_a_used_one() {
+        let d = tempfile::tempdir().unwrap();
+        let given = load_or_create(d.path(), "n4", NewId::Assigned(0xabc)).unwrap();
+        assert_eq!(given.node_id, 0xabc);
+        assert_eq!(
+            load_or_create(d.path(), "n4", NewId::Assigned(0xabc)).unwrap(),
+            given
+        );
+        // Without the flag the stored id stays; with another id the dir is refused by name.
+        assert_eq!(
+            load_or_create(d.path(), "n4", NewId::Incarnation)
+                .unwrap()
+                .node_id,
+            0xabc
+        );
+        let e = load_or_create(d.path(), "n4", NewId::Assigned(0xdef)).unwrap_err();
+        assert!(e.to_string().contains("member abc"), "{e}");
     }
 
     #[test]

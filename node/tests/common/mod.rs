@@ -159,6 +159,13 @@ impl Cluster {
 
     /// Configures and starts one more join-mode node; returns its index.
     pub fn add_join_node(&mut self) -> usize {
+        let i = self.configure_join_node();
+        self.spawn(i);
+        i
+    }
+
+    /// Configures one more join-mode node without starting it; returns its index.
+    pub fn configure_join_node(&mut self) -> usize {
         let i = self.nodes.len();
         let name = format!("node{}", i + 1);
         let (peer_port, api_port, etcd_port) = (free_port(), free_port(), free_port());
@@ -182,7 +189,6 @@ impl Cluster {
             data_dir,
             child: None,
         });
-        self.spawn(i);
         i
     }
 
@@ -265,6 +271,11 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_with_args(i, &[]);
+    }
+
+    /// Starts node `i` with more command-line flags after its config.
+    pub fn spawn_with_args(&mut self, i: usize, args: &[&str]) {
         let node = &mut self.nodes[i];
         let log = fs::OpenOptions::new()
             .create(true)
@@ -274,6 +285,7 @@ impl Cluster {
         let child = Command::new(NODE_BIN)
             .arg("-config")
             .arg(&node.config)
+            .args(args)
             .env("CONCORD_LOG", "info,openraft=warn")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(log.try_clone().expect("log")))

@@ -84,6 +84,23 @@ fn client_url(peer_addr: &str, etcd_port: u16) -> String {
     format!("http://{host}:{etcd_port}")
 }
 
+/// `host:port` from a peer URL as etcd takes them (`http://10.0.0.4:2380`).
+fn peer_url_addr(url: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("etcdserver: peer URL {url:?} {why}");
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| bad("must start with http:// or https://"))?;
+    let hostport = rest.strip_suffix('/').unwrap_or(rest);
+    let valid = hostport.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok_and(|p| p != 0)
+    });
+    if !valid {
+        return Err(bad("must be scheme://host:port"));
+    }
+    Ok(hostport.to_string())
+}
+
 pub struct ClusterService {
     pub app: Arc<App>,
 }
@@ -101,13 +118,66 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
+    /// etcd's request names no member and no id: the cluster assigns the id, which the new
+    /// node is started with (`--join --member-id`). The member is always added as a learner,
+    /// whatever `is_learner` says, and becomes a voter through `MemberPromote` once caught up
+    /// (refused while it is behind): a voter that has not started would count against quorum.
     async fn member_add(
         &self,
-        _: Request<pb::MemberAddRequest>,
+        req: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(Status::unimplemented(
-            "ConcordKV adds members by name and id: use concordctl member add or POST /admin/learners",
-        ))
+        let req = req.into_inner();
+        let [url] = req.peer_ur_ls.as_slice() else {
+            return Err(Status::invalid_argument(format!(
+                "etcdserver: a member is added with exactly one peer URL, got {}",
+                req.peer_ur_ls.len()
+            )));
+        };
+        let addr = peer_url_addr(url).map_err(Status::invalid_argument)?;
+        let known = self.app.metrics().membership_config.membership().clone();
+        if let Some((id, _)) = known.nodes().find(|(_, m)| m.addr == addr) {
+            return Err(Status::failed_precondition(format!(
+                "etcdserver: Peer URLs already exists (member {id:x} has {url})"
+            )));
+        }
+        let id = loop {
+            let id = rand::random::<u64>() & ((1 << 53) - 1);
+            if id != 0 && known.get_node(&id).is_none() {
+                break id;
+            }
+        };
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        let spec = concord_proto::MemberSpec {
+            id,
+            name: host.to_string(),
+            address: addr.clone(),
+        };
+        self.app
+            .admin_add_learner(
+                concord_proto::AddLearnerRequest {
+                    member: Some(spec),
+                    no_wait: true,
+                },
+                Hop::Client,
+            )
+            .await
+            .map_err(admin_status)?;
+        let list = self
+            .member_list(Request::new(pb::MemberListRequest::default()))
+            .await?
+            .into_inner();
+        let member = list.members.iter().find(|m| m.id == id).cloned();
+        Ok(Response::new(pb::MemberAddResponse {
+            header: list.header,
+            member: Some(member.unwrap_or(pb::Member {
+                id,
+                name: String::new(),
+                peer_ur_ls: vec![url.clone()],
+                client_ur_ls: Vec::new(),
+                is_learner: true,
+            })),
+            members: list.members,
+        }))
     }
 
     async fn member_remove(
@@ -381,5 +451,27 @@ mod tests {
             client_url("n1.peers.ns.svc:8080", 2379),
             "http://n1.peers.ns.svc:2379"
         );
+    }
+
+    #[test]
+    fn peer_urls_give_host_and_port_or_a_reason() {
+        assert_eq!(
+            peer_url_addr("http://10.0.0.4:2380").as_deref(),
+            Ok("10.0.0.4:2380")
+        );
+        assert_eq!(
+            peer_url_addr("https://n4.peers:2380/").as_deref(),
+            Ok("n4.peers:2380")
+        );
+        for bad in [
+            "10.0.0.4:2380",
+            "http://10.0.0.4",
+            "http://:2380",
+            "http://h:0",
+            "http://h:2380/x",
+        ] {
+            let e = peer_url_addr(bad).expect_err(bad);
+            assert!(e.contains(bad), "{e}");
+        }
     }
 }

@@ -87,8 +87,14 @@ pub async fn add_learner(
 ) -> ApiResult {
     let member = Some(spec(MemberBody::from_body(body(&app, b)?)?));
     Ok(done(
-        app.admin_add_learner(AddLearnerRequest { member }, Hop::Client)
-            .await?,
+        app.admin_add_learner(
+            AddLearnerRequest {
+                member,
+                no_wait: false,
+            },
+            Hop::Client,
+        )
+        .await?,
     ))
 }
 
