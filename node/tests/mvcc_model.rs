@@ -460,6 +460,8 @@ proptest! {
         let mut model = Model::default();
         // Raft indexes with gaps, as entries that change nothing leave.
         let mut index = 0u64;
+        // Every event apply returned: what a watcher from the start would have been sent.
+        let mut applied: Vec<Event> = Vec::new();
         for (i, step) in steps.iter().enumerate() {
             index += 1 + (i as u64 % 2);
             match step {
@@ -483,6 +485,7 @@ proptest! {
                     });
                     prop_assert_eq!(&got, &expected, "step {}: {:?}", i, t);
                     prop_assert_eq!(events.is_empty(), store.revision() != index || got.is_err());
+                    applied.extend(events);
                 }
                 Step::Range(r) => {
                     let got = store.range(r);
@@ -509,6 +512,27 @@ proptest! {
             prop_assert_eq!(store.len(), now.len() as u64);
             let live: u64 = now.iter().map(|(k, v)| (k.len() + v.value.len()) as u64).sum();
             prop_assert_eq!(store.live_bytes(), live);
+        }
+        // History replays what apply returned, whole or read in small pieces (whole revisions
+        // each), for every revision after the compaction point; before it, it is refused.
+        let from = store.compacted() + 1;
+        let expected: Vec<Event> = applied.into_iter().filter(|e| e.revision() >= from).collect();
+        let all = KeyRange::From(Vec::new());
+        let (whole, last) = store.history(&all, from, u64::MAX, usize::MAX).expect("history");
+        prop_assert_eq!(&whole, &expected);
+        prop_assert_eq!(last, store.revision());
+        let mut pieces = Vec::new();
+        let mut next = from;
+        while next <= store.revision() {
+            let (got, last) = store.history(&all, next, u64::MAX, 1).expect("history");
+            prop_assert!(got.iter().all(|e| e.revision() <= last));
+            prop_assert!(last >= next, "no progress at {}", next);
+            pieces.extend(got);
+            next = last + 1;
+        }
+        prop_assert_eq!(&pieces, &expected);
+        if store.compacted() > 1 {
+            prop_assert!(store.history(&all, store.compacted() - 1, u64::MAX, usize::MAX).is_err());
         }
     }
 }

@@ -345,8 +345,37 @@ pub enum Event {
         kv: KeyValue,
         prev: Option<KeyValue>,
     },
-    /// `kv` is the key and the deletion's revision (value empty); `prev` what was deleted.
-    Delete { kv: KeyValue, prev: KeyValue },
+    /// `kv` is the key and the deletion's revision (value empty); `prev` what was deleted
+    /// (unknown only when read from history whose deleted version was compacted away).
+    Delete {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
+}
+
+impl Event {
+    /// The changed key, as written or deleted.
+    pub fn kv(&self) -> &KeyValue {
+        match self {
+            Event::Put { kv, .. } | Event::Delete { kv, .. } => kv,
+        }
+    }
+
+    /// Its revision.
+    pub fn revision(&self) -> u64 {
+        self.kv().mod_revision
+    }
+
+    /// Bytes of keys and values it carries (its previous version included): what holding it
+    /// in a queue costs, for the bounds that are in bytes.
+    pub fn bytes(&self) -> usize {
+        let kv_bytes = |kv: &KeyValue| kv.key.len() + kv.value.len() + 48;
+        match self {
+            Event::Put { kv, prev } | Event::Delete { kv, prev } => {
+                kv_bytes(kv) + prev.as_ref().map_or(0, kv_bytes)
+            }
+        }
+    }
 }
 
 /// What a version costs besides its key and value (revisions, version, lease, vector slot).
@@ -733,7 +762,7 @@ impl MvccStore {
                             mod_revision: rev.main,
                             ..KeyValue::default()
                         },
-                        prev: prev.clone(),
+                        prev: Some(prev.clone()),
                     });
                 }
                 OpResult::Delete {
@@ -814,6 +843,67 @@ impl MvccStore {
         self.live_keys -= 1;
         self.live_bytes -= (key.len() + old) as u64;
         push_exact(versions, v);
+    }
+
+    /// The changes to `keys` at revisions `from..=to`, in the order apply made them, as the
+    /// events apply returned (a watcher catching up reads these): whole revisions only, and
+    /// no more revisions once `max_bytes` of keys and values is reached (at least one revision
+    /// is returned whatever its size, so a caller always progresses). Returns the events and
+    /// the last revision they cover (`to`, or less when cut short). Refused when `from` is
+    /// compacted away. Cost: one pass over the keys in the range, then the events themselves.
+    pub fn history(
+        &self,
+        keys: &KeyRange,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<Event>, u64), MvccError> {
+        if from < self.compacted {
+            return Err(MvccError::Compacted {
+                compacted: self.compacted,
+            });
+        }
+        let to = to.min(self.revision);
+        if from > to || keys.is_empty() {
+            return Ok((Vec::new(), to));
+        }
+        // Positions first (cheap), values only for what is returned.
+        let mut found: Vec<(Rev, &[u8], &History, usize)> = Vec::new();
+        for (key, versions) in self.keys.range::<_, [u8]>(keys.bounds()) {
+            let start = versions.partition_point(|v| v.rev.main < from);
+            for (i, v) in versions.iter().enumerate().skip(start) {
+                if v.rev.main > to {
+                    break;
+                }
+                found.push((v.rev, &**key, versions, i));
+            }
+        }
+        found.sort_unstable_by_key(|(rev, ..)| *rev);
+        let mut events = Vec::new();
+        let mut bytes = 0usize;
+        let mut last = to;
+        for (n, (rev, key, versions, i)) in found.iter().enumerate() {
+            if bytes >= max_bytes && n > 0 && found[n - 1].0.main != rev.main {
+                last = found[n - 1].0.main;
+                break;
+            }
+            let v = &versions[*i];
+            let prev = i.checked_sub(1).and_then(|p| versions[p].as_kv(key, false));
+            let event = match v.as_kv(key, false) {
+                Some(kv) => Event::Put { kv, prev },
+                None => Event::Delete {
+                    kv: KeyValue {
+                        key: key.to_vec(),
+                        mod_revision: rev.main,
+                        ..KeyValue::default()
+                    },
+                    prev,
+                },
+            };
+            bytes += event.bytes();
+            events.push(event);
+        }
+        Ok((events, last))
     }
 
     /// Checks a compaction request before it is proposed.
