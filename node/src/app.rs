@@ -1,6 +1,7 @@
 //! The running node: what the HTTP API, the peer and admin services and shutdown all share.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::budget::ByteBudget;
 use std::time::Instant;
@@ -14,6 +15,7 @@ use crate::raft::channels::Channels;
 use crate::raft::{Member, NodeId, Raft, TypeConfig};
 use crate::storage::identity::{ClusterId, Identity};
 use crate::storage::{LogReader, SharedState, SnapshotStore};
+use crate::watch::WatchHub;
 
 pub struct App {
     pub config: Config,
@@ -25,6 +27,8 @@ pub struct App {
     pub log: LogReader,
     /// Where snapshots received from a leader are written as they arrive.
     pub snapshots: SnapshotStore,
+    /// This member's watchers; apply hands them its changes.
+    pub watches: Arc<WatchHub>,
     pub started: Instant,
     /// Held while a membership change runs on this node (as leader): one change at a time.
     pub membership_lock: tokio::sync::Mutex<()>,
@@ -55,6 +59,7 @@ pub struct StorageHandles {
     pub state: SharedState,
     pub log: LogReader,
     pub snapshots: SnapshotStore,
+    pub watches: Arc<WatchHub>,
 }
 
 impl App {
@@ -70,6 +75,7 @@ impl App {
             state,
             log,
             snapshots,
+            watches,
         } = storage;
         App {
             identity,
@@ -79,6 +85,7 @@ impl App {
             channels,
             log,
             snapshots,
+            watches,
             started: Instant::now(),
             membership_lock: tokio::sync::Mutex::new(()),
             refused_messages: AtomicU64::new(0),

@@ -108,6 +108,16 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     #[serde(default)]
     pub compaction: CompactionSection,
+    #[serde(default)]
+    pub watch: WatchSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WatchSection {
+    pub stream_queue_bytes: Option<usize>,
+    pub max_watchers: Option<usize>,
+    pub progress_notify_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,6 +281,29 @@ pub struct Config {
     /// In join mode, the id the cluster assigned this member (etcd's MemberAdd).
     pub member_id: Option<NodeId>,
     pub compaction: Compaction,
+    pub watch: WatchSettings,
+}
+
+/// Watch limits (docs/configuration.md, Watch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchSettings {
+    /// Bytes of changes queued for one watch stream before its watches lag and catch up
+    /// from history.
+    pub stream_queue_bytes: usize,
+    /// Watches this member serves at most.
+    pub max_watchers: usize,
+    /// How often a watch that asked for progress notifications gets one (etcd: 10 minutes).
+    pub progress_notify_interval: Duration,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            stream_queue_bytes: 1024 * 1024,
+            max_watchers: 100_000,
+            progress_notify_interval: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Automatic compaction of the store's history (docs/configuration.md, Compaction).
@@ -599,6 +632,21 @@ impl Config {
             flags.auto_compaction_retention,
             file.compaction,
         )?;
+        let dw = WatchSettings::default();
+        let watch = WatchSettings {
+            stream_queue_bytes: file
+                .watch
+                .stream_queue_bytes
+                .unwrap_or(dw.stream_queue_bytes)
+                .max(4096),
+            max_watchers: file.watch.max_watchers.unwrap_or(dw.max_watchers),
+            progress_notify_interval: file
+                .watch
+                .progress_notify_interval_ms
+                .map(Duration::from_millis)
+                .unwrap_or(dw.progress_notify_interval)
+                .max(Duration::from_millis(100)),
+        };
         Ok(Config {
             name,
             listen_addr,
@@ -613,6 +661,7 @@ impl Config {
             join,
             member_id,
             compaction,
+            watch,
         })
     }
 

@@ -22,3 +22,4 @@ pub mod requests;
 pub mod storage;
 pub mod store;
 pub mod telemetry;
+pub mod watch;

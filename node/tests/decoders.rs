@@ -159,7 +159,7 @@ fn valid_snapshot_file() -> Vec<u8> {
 }
 
 fn open_snapshot_dir(dir: &Path) -> std::io::Result<StateMachineStore> {
-    StateMachineStore::open(SnapshotStore::open(dir)?)
+    StateMachineStore::open(SnapshotStore::open(dir)?, Default::default())
 }
 
 proptest! {

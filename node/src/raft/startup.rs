@@ -28,6 +28,7 @@ use crate::raft::{node_id_for_name, Member, NodeId, Raft};
 use crate::storage::identity::{self, ClusterId};
 use crate::storage::{LogStore, SnapshotStore, StateMachineStore};
 use crate::telemetry::metrics::metrics;
+use crate::watch::{HubLimits, WatchHub};
 
 const LOCK_FILE: &str = "LOCK";
 
@@ -128,7 +129,12 @@ impl Node {
         let mut log = LogStore::open(&config.data_dir.join("raft"), config.raft.segment_bytes)
             .context("opening the raft log")?;
         let snapshots = SnapshotStore::open(&config.data_dir.join("snapshots"))?;
-        let sm = StateMachineStore::open(snapshots.clone()).context("opening snapshots")?;
+        let watches = Arc::new(WatchHub::new(HubLimits {
+            stream_queue_bytes: config.watch.stream_queue_bytes,
+            max_watchers: config.watch.max_watchers,
+        }));
+        let sm = StateMachineStore::open(snapshots.clone(), watches.clone())
+            .context("opening snapshots")?;
         let state = sm.shared();
         let repaired_tail_bytes = log.repaired_tail_bytes;
         // A read handle for /api/logs; openraft owns the store itself.
@@ -171,6 +177,7 @@ impl Node {
                 state,
                 log: reader,
                 snapshots,
+                watches,
             },
         ));
         if repaired_tail_bytes > 0 {

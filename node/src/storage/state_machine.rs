@@ -17,6 +17,7 @@ use crate::raft::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::store::mvcc::MvccStore;
 use crate::store::{CommandResult, KvMap};
 use crate::telemetry::metrics::metrics;
+use crate::watch::{Batch, WatchHub};
 
 /// Everything the state machine holds; what a snapshot captures.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -32,11 +33,12 @@ pub type SharedState = Arc<RwLock<StateData>>;
 pub struct StateMachineStore {
     state: SharedState,
     snapshots: SnapshotStore,
+    watches: Arc<WatchHub>,
 }
 
 impl StateMachineStore {
     /// Opens the snapshot directory and restores the newest snapshot, if any.
-    pub fn open(snapshots: SnapshotStore) -> io::Result<StateMachineStore> {
+    pub fn open(snapshots: SnapshotStore, watches: Arc<WatchHub>) -> io::Result<StateMachineStore> {
         let mut data = StateData::default();
         if let Some((meta, file)) = snapshots.load_latest()? {
             let started = Instant::now();
@@ -49,6 +51,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             state: Arc::new(RwLock::new(data)),
             snapshots,
+            watches,
         })
     }
 
@@ -150,20 +153,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
-            let result = {
+            let index = entry.log_id.index;
+            let (result, events) = {
                 let mut state = self.state.write();
-                let index = entry.log_id.index;
                 state.last_applied = Some(entry.log_id);
                 match &entry.payload {
-                    EntryPayload::Blank => CommandResult::None,
-                    // The events are for watchers (not yet served).
-                    EntryPayload::Normal(cmd) => crate::store::apply(&mut state.kv, index, cmd).0,
+                    EntryPayload::Blank => (CommandResult::None, Vec::new()),
+                    EntryPayload::Normal(cmd) => crate::store::apply(&mut state.kv, index, cmd),
                     EntryPayload::Membership(m) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                        CommandResult::None
+                        (CommandResult::None, Vec::new())
                     }
                 }
             };
+            // After the store shows them (a watcher starting now reads them from history and
+            // skips the queued copy), outside its lock.
+            if !events.is_empty() {
+                self.watches.publish(Batch::new(index, events));
+            }
             metrics().proposals_applied.inc();
             if let Some(responder) = responder {
                 responder.send(result);
@@ -204,6 +211,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .map_err(|e| io::Error::other(format!("snapshot task: {e}")))??;
         tracing::info!(last_log_id = ?meta.last_log_id, keys = data.kv.len(), "installed snapshot");
         let old = std::mem::replace(&mut *self.state.write(), data);
+        // What watchers were queued may not follow on from the new store: they catch up.
+        self.watches.resync_all();
         // Freeing a large store takes a while: not under the lock, not on the runtime.
         tokio::task::spawn_blocking(move || drop(old));
         Ok(())

@@ -17,6 +17,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let log = LogStore::open(&dir.path().join("raft"), 512).expect("open log");
         let sm = StateMachineStore::open(
             SnapshotStore::open(&dir.path().join("snapshots")).expect("open snapshots"),
+            Default::default(),
         )
         .expect("open state machine");
         Ok((dir, log, sm))

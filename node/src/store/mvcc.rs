@@ -143,7 +143,7 @@ impl KeyRange {
         matches!(self, KeyRange::Range { from, to } if from >= to)
     }
 
-    fn contains(&self, key: &[u8]) -> bool {
+    pub fn contains(&self, key: &[u8]) -> bool {
         match self {
             KeyRange::One(k) => k == key,
             KeyRange::Range { from, to } => from.as_slice() <= key && key < to.as_slice(),
