@@ -1,6 +1,7 @@
 //! etcd's v3 API (gRPC), on a port of its own (`--etcd-listen`, default `:2379`), so etcd's
 //! clients — etcdctl, the Go, Python and Rust clients — work against ConcordKV unchanged: KV
-//! (`kv.rs`), Cluster and Maintenance (here), and the standard gRPC health service.
+//! (`kv.rs`), Watch (`watch.rs`), Cluster and Maintenance (here), and the standard gRPC health
+//! service.
 //!
 //! Messages are etcd's own, generated from its .proto files (`proto/vendor`). Every member
 //! serves every request: writes are forwarded to the leader, reads are linearizable (through
@@ -9,6 +10,7 @@
 pub mod convert;
 pub mod gateway;
 pub mod kv;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use concord_proto::etcd::etcdserverpb as pb;
 use concord_proto::etcd::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use concord_proto::etcd::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcd::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
-use tokio::sync::watch;
+
 use tonic::{Request, Response, Status};
 
 use crate::app::App;
@@ -395,7 +397,7 @@ impl Maintenance for MaintenanceService {
 pub async fn serve(
     app: Arc<App>,
     listener: tokio::net::TcpListener,
-    stop: watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     use tower::ServiceExt;
     let limit = app.config.limits.max_request_bytes;
@@ -411,6 +413,13 @@ pub async fn serve(
             KvServer::from_arc(kv.clone())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            concord_proto::etcd::etcdserverpb::watch_server::WatchServer::new(
+                watch::WatchService { app: app.clone() },
+            )
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(usize::MAX),
         )
         .add_service(ClusterServer::from_arc(cluster.clone()))
         .add_service(MaintenanceServer::from_arc(maintenance.clone()))

@@ -1,0 +1,236 @@
+//! Watch, checked with clients nobody here wrote: Debian's `etcdctl watch` as a child process
+//! (its output parsed as a script would) and the `etcd-client` crate, against a real
+//! three-node cluster, through followers.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{etcdctl, json, Cluster};
+use etcd_client::{Client, EventType, WatchOptions};
+use serde_json::Value;
+
+const LEADER_WAIT: Duration = Duration::from_secs(15);
+
+fn unb64(v: &Value) -> String {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().unwrap_or_default())
+        .expect("base64");
+    String::from_utf8(bytes).expect("utf8")
+}
+
+/// `etcdctl watch ... -w json` running in the background; its responses as they arrive.
+struct EtcdctlWatch {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl EtcdctlWatch {
+    fn start(endpoint: &str, args: &[&str]) -> EtcdctlWatch {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .arg("watch")
+            .args(args)
+            .args(["-w", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcdctl is installed (Debian package etcd-client)");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        EtcdctlWatch { child, lines }
+    }
+
+    /// (type, key, value, mod revision) of every event received until `n` have arrived.
+    fn events(&self, n: usize, timeout: Duration) -> Vec<(String, String, String, i64)> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!("only {} of {n} events arrived: {got:?}", got.len());
+            };
+            let resp = json(&line);
+            for e in resp["Events"].as_array().into_iter().flatten() {
+                let kind = if e["type"] == 1 { "DELETE" } else { "PUT" };
+                got.push((
+                    kind.to_string(),
+                    unb64(&e["kv"]["key"]),
+                    unb64(&e["kv"]["value"]),
+                    e["kv"]["mod_revision"].as_i64().expect("mod_revision"),
+                ));
+            }
+        }
+        got
+    }
+}
+
+impl Drop for EtcdctlWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn revision_of(put_output: &str) -> i64 {
+    json(put_output)["header"]["revision"]
+        .as_i64()
+        .expect("revision")
+}
+
+/// `etcdctl watch --prefix --rev N` on a follower sees exactly the changes from N on: history
+/// first, then live puts, deletes and a transaction's changes, in order, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_watch_from_a_past_revision_sees_exactly_the_changes() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let follower = c.nodes[(leader + 1) % 3].etcd();
+    let at = |cmd: &[&str]| etcdctl(&c.nodes[leader].etcd(), cmd);
+    at(&["put", "w/0", "before"]);
+    let from = revision_of(&at(&["put", "w/1", "a", "-w", "json"]));
+    at(&["put", "other", "x"]);
+    at(&["put", "w/2", "b"]);
+    let watch = EtcdctlWatch::start(&follower, &["--prefix", "w/", "--rev", &from.to_string()]);
+    // History, as soon as it starts.
+    let history = watch.events(2, Duration::from_secs(10));
+    assert_eq!(
+        history
+            .iter()
+            .map(|e| (&*e.0, &*e.1, &*e.2))
+            .collect::<Vec<_>>(),
+        [("PUT", "w/1", "a"), ("PUT", "w/2", "b")]
+    );
+    assert_eq!(history[0].3, from);
+    // Live changes, through another member.
+    at(&["put", "w/3", "c"]);
+    at(&["del", "w/1"]);
+    at(&["put", "unwatched", "x"]);
+    let txn = common::etcdctl_stdin(
+        &c.nodes[leader].etcd(),
+        &["txn", "-w", "json"],
+        Some("\nput w/4 d\nput w/5 e\n\n\n"),
+    )
+    .expect("txn");
+    assert_eq!(json(&txn)["succeeded"], true, "{txn}");
+    let live = watch.events(4, Duration::from_secs(10));
+    assert_eq!(
+        live.iter()
+            .map(|e| (&*e.0, &*e.1, &*e.2))
+            .collect::<Vec<_>>(),
+        [
+            ("PUT", "w/3", "c"),
+            ("DELETE", "w/1", ""),
+            ("PUT", "w/4", "d"),
+            ("PUT", "w/5", "e")
+        ]
+    );
+    // The transaction's two changes share its revision; revisions only grow.
+    assert_eq!(live[2].3, live[3].3);
+    assert!(history
+        .iter()
+        .chain(&live)
+        .collect::<Vec<_>>()
+        .windows(2)
+        .all(|w| w[0].3 <= w[1].3));
+}
+
+/// The etcd client crate: a watch from before the compaction point is canceled with
+/// `compact_revision`; progress is reported on request; 100 watches share one stream and
+/// each sees only its own key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_client_crate_watches_compaction_progress_and_many_watches_on_one_stream() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let follower = c.nodes[(leader + 1) % 3].etcd();
+    let mut client = Client::connect([follower.clone()], None)
+        .await
+        .expect("connect");
+    for i in 0..5 {
+        client.put("c/k", format!("{i}"), None).await.expect("put");
+    }
+    let latest = client.get("c/k", None).await.expect("get");
+    let compacted = latest.kvs()[0].mod_revision();
+    client.compact(compacted, None).await.expect("compact");
+
+    // Compacted start: created, then canceled with the compaction revision.
+    let mut old = client
+        .watch("c/k", Some(WatchOptions::new().with_start_revision(1)))
+        .await
+        .expect("watch");
+    let created = old.message().await.expect("message").expect("created");
+    assert!(created.created());
+    let canceled = old.message().await.expect("message").expect("canceled");
+    assert!(canceled.canceled(), "{canceled:?}");
+    assert_eq!(canceled.compact_revision(), compacted);
+
+    // 100 watches on one stream, each on its own key.
+    let mut stream = client.watch("m/0", None).await.expect("watch");
+    let mut ids = vec![stream
+        .message()
+        .await
+        .expect("message")
+        .expect("created")
+        .watch_id()];
+    for i in 1..100 {
+        stream.watch(format!("m/{i}"), None).await.expect("watch");
+        let created = stream.message().await.expect("message").expect("created");
+        assert!(created.created());
+        ids.push(created.watch_id());
+    }
+    let distinct: std::collections::HashSet<i64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), 100, "{ids:?}");
+    for i in (0..100).rev() {
+        client
+            .put(format!("m/{i}"), format!("v{i}"), None)
+            .await
+            .expect("put");
+    }
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < 100 {
+        let resp = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("events in time")
+            .expect("message")
+            .expect("a response");
+        for e in resp.events() {
+            assert_eq!(e.event_type(), EventType::Put);
+            let key = e.kv().expect("kv").key_str().expect("utf8").to_string();
+            let i = ids
+                .iter()
+                .position(|id| *id == resp.watch_id())
+                .expect("known id");
+            assert_eq!(
+                key,
+                format!("m/{i}"),
+                "watch {} got another key",
+                resp.watch_id()
+            );
+            assert!(seen.insert(i, key).is_none(), "watch {i} got its key twice");
+        }
+    }
+
+    // Progress on request: the revision every change up to which has been sent.
+    let now = client.put("m/unwatched", "x", None).await.expect("put");
+    let now = now.header().expect("header").revision();
+    stream.request_progress().await.expect("request progress");
+    let progress = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("progress in time")
+        .expect("message")
+        .expect("a response");
+    assert!(progress.events().is_empty(), "{progress:?}");
+    assert_eq!(progress.watch_id(), -1);
+    assert!(progress.header().expect("header").revision() >= now);
+}
