@@ -234,3 +234,68 @@ async fn the_etcd_client_crate_watches_compaction_progress_and_many_watches_on_o
     assert_eq!(progress.watch_id(), -1);
     assert!(progress.header().expect("header").revision() >= now);
 }
+
+/// A watch is a request that lasts: quiet for longer than the connection header and idle
+/// timeouts, it still delivers — over gRPC and over the JSON gateway's `POST /v3/watch`,
+/// which streams one `{"result": ...}` object per line as grpc-gateway does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_watch_streams_outlive_the_connection_timeouts_on_grpc_and_the_gateway() {
+    let mut c = Cluster::start(
+        3,
+        "limits:\n  headerReadTimeoutMs: 300\n  idleTimeoutMs: 600\n",
+    );
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let follower = (leader + 1) % 3;
+    let mut client = Client::connect([c.nodes[follower].etcd()], None)
+        .await
+        .expect("connect");
+    let mut grpc = client.watch("quiet", None).await.expect("watch");
+    assert!(grpc
+        .message()
+        .await
+        .expect("message")
+        .expect("created")
+        .created());
+
+    let body = serde_json::json!({ "create_request": { "key": common::b64("quiet") } });
+    let resp = c
+        .http
+        .post(format!("http://{}/v3/watch", c.nodes[follower].etcd()))
+        .timeout(Duration::from_secs(30))
+        .json(&body)
+        .send()
+        .await
+        .expect("gateway watch");
+    assert_eq!(resp.status(), 200);
+    let mut resp = resp;
+    let mut buffered = Vec::new();
+    let mut next_line = async || -> Value {
+        loop {
+            if let Some(end) = buffered.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffered.drain(..=end).collect();
+                return serde_json::from_slice(&line).expect("a JSON line");
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+                .await
+                .expect("a line in time")
+                .expect("bytes")
+                .expect("the stream goes on");
+            buffered.extend_from_slice(&chunk);
+        }
+    };
+    let created = next_line().await;
+    assert_eq!(created["result"]["created"], true, "{created}");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    client.put("quiet", "at last", None).await.expect("put");
+    let event = tokio::time::timeout(Duration::from_secs(10), grpc.message())
+        .await
+        .expect("an event in time")
+        .expect("message")
+        .expect("the stream is still open");
+    assert_eq!(event.events()[0].kv().expect("kv").value(), b"at last");
+    let line = next_line().await;
+    let kv = &line["result"]["events"][0]["kv"];
+    assert_eq!(unb64(&kv["value"]), "at last", "{line}");
+    assert!(kv["mod_revision"].is_string(), "int64 as a string: {line}");
+}

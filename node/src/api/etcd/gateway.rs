@@ -21,6 +21,7 @@ use axum::{Json, Router};
 use concord_proto::etcd::etcdserverpb::cluster_server::Cluster;
 use concord_proto::etcd::etcdserverpb::kv_server::Kv;
 use concord_proto::etcd::etcdserverpb::maintenance_server::Maintenance;
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
@@ -68,7 +69,36 @@ pub fn error(status: &Status) -> Response {
     (http_status(status.code()), Json(body)).into_response()
 }
 
-/// Decodes the body (empty: the message's defaults), runs the call, encodes the answer.
+/// The request in the body (empty: the message's defaults), or the gateway's error for it.
+fn decode<Req>(body: Result<Bytes, BytesRejection>) -> Result<Req, Response>
+where
+    Req: DeserializeOwned + Default,
+{
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(error(&Status::invalid_argument(
+                "etcdserver: request is too large",
+            )))
+        }
+        Err(e) => {
+            return Err(error(&Status::invalid_argument(format!(
+                "cannot read the request body: {}",
+                e.body_text()
+            ))))
+        }
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Req::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        error(&Status::invalid_argument(format!(
+            "the body is not this request in JSON: {e}"
+        )))
+    })
+}
+
+/// Decodes the body, runs the call, encodes the answer.
 async fn call<Req, Resp, F, Fut>(body: Result<Bytes, BytesRejection>, f: F) -> Response
 where
     Req: DeserializeOwned + Default,
@@ -76,36 +106,43 @@ where
     F: FnOnce(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(&Status::invalid_argument(
-                "etcdserver: request is too large",
-            ))
-        }
-        Err(e) => {
-            return error(&Status::invalid_argument(format!(
-                "cannot read the request body: {}",
-                e.body_text()
-            )))
-        }
-    };
-    let req: Req = if body.iter().all(u8::is_ascii_whitespace) {
-        Req::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                return error(&Status::invalid_argument(format!(
-                    "the body is not this request in JSON: {e}"
-                )))
-            }
-        }
+    let req: Req = match decode(body) {
+        Ok(r) => r,
+        Err(e) => return e,
     };
     match f(tonic::Request::new(req)).await {
         Ok(r) => Json(r.into_inner()).into_response(),
         Err(s) => error(&s),
     }
+}
+
+/// `POST /v3/watch`: the body is one `WatchRequest` (a create request); the answer streams, as
+/// grpc-gateway streams, one JSON object per line: `{"result": WatchResponse}`.
+async fn watch(State(s): State<Services>, body: Result<Bytes, BytesRejection>) -> Response {
+    let req: concord_proto::etcd::etcdserverpb::WatchRequest = match decode(body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let responses = super::watch::responses(s.app.clone(), futures::stream::iter([Ok(req)]));
+    let lines = responses.map(|r| {
+        let message = match r {
+            Ok(resp) => json!({ "result": resp }),
+            Err(status) => json!({ "error": {
+                "grpc_code": status.code() as i32,
+                "http_code": http_status(status.code()).as_u16(),
+                "message": status.message(),
+                "http_status": http_status(status.code()).canonical_reason().unwrap_or(""),
+            }}),
+        };
+        let mut line = serde_json::to_vec(&message).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 pub fn router(services: Services) -> Router {
@@ -177,6 +214,7 @@ pub fn router(services: Services) -> Router {
                 call(b, |r| async move { s.maintenance.move_leader(r).await }).await
             }),
         )
+        .route("/v3/watch", post(watch))
         .route("/version", get(version))
         .route("/health", get(health))
         .fallback(|| async { error(&Status::not_found("no such endpoint")) })

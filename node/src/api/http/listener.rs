@@ -10,7 +10,8 @@
 //!   first byte of the next request) its request head must be complete within
 //!   `limits.headerReadTimeoutMs`;
 //! - **idle timeout**: a connection with no request in progress and no byte received for
-//!   `limits.idleTimeoutMs` is closed (keep-alive connections included);
+//!   `limits.idleTimeoutMs` is closed (keep-alive connections included). A request is in
+//!   progress until its answer has been sent whole, so a long stream (a watch) is never idle;
 //! - **connection limit**: beyond `limits.maxConnections` open connections a new one gets an
 //!   immediate 503 JSON answer and is closed; open ones keep working.
 //!
@@ -202,8 +203,16 @@ async fn serve_connection(
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
             let response = router.oneshot(req).await;
-            drop(request);
-            response
+            // Counted as in progress until its body is sent whole: a streamed answer (a
+            // watch) is not an idle connection.
+            response.map(|r| {
+                r.map(|body| {
+                    axum::body::Body::new(Answering {
+                        body,
+                        _request: request,
+                    })
+                })
+            })
         }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
@@ -317,6 +326,33 @@ impl Drop for RequestGuard {
         if a.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             a.idle_since.store(a.now(), Ordering::Relaxed);
         }
+    }
+}
+
+/// A response body that keeps its request in progress (its guard alive) until hyper has sent
+/// it and dropped it.
+struct Answering {
+    body: axum::body::Body,
+    _request: RequestGuard,
+}
+
+impl http_body::Body for Answering {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
