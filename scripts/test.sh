@@ -24,6 +24,17 @@ if ! command -v etcdctl >/dev/null 2>&1; then
   fi
 fi
 
+# Server-Sent Events are checked with curl -N, as users stream them.
+if ! command -v curl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing curl (for the Server-Sent Events tests)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+  else
+    echo "curl is missing: install it (the watch tests stream with curl -N)" >&2
+    exit 1
+  fi
+fi
+
 echo "== deployment files (charts, manifests, CRDs)"
 tools="$(bash scripts/deploy-tools.sh)"
 HELM="$tools/bin/helm" "$tools/venv/bin/python" scripts/deploy_check.py check

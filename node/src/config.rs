@@ -118,6 +118,7 @@ pub struct WatchSection {
     pub stream_queue_bytes: Option<usize>,
     pub max_watchers: Option<usize>,
     pub progress_notify_interval_ms: Option<u64>,
+    pub heartbeat_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -294,6 +295,8 @@ pub struct WatchSettings {
     pub max_watchers: usize,
     /// How often a watch that asked for progress notifications gets one (etcd: 10 minutes).
     pub progress_notify_interval: Duration,
+    /// How often a quiet Server-Sent Events watch gets a progress event, so proxies keep it.
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for WatchSettings {
@@ -302,6 +305,7 @@ impl Default for WatchSettings {
             stream_queue_bytes: 1024 * 1024,
             max_watchers: 100_000,
             progress_notify_interval: Duration::from_secs(600),
+            heartbeat_interval: Duration::from_secs(15),
         }
     }
 }
@@ -645,6 +649,12 @@ impl Config {
                 .progress_notify_interval_ms
                 .map(Duration::from_millis)
                 .unwrap_or(dw.progress_notify_interval)
+                .max(Duration::from_millis(100)),
+            heartbeat_interval: file
+                .watch
+                .heartbeat_interval_ms
+                .map(Duration::from_millis)
+                .unwrap_or(dw.heartbeat_interval)
                 .max(Duration::from_millis(100)),
         };
         Ok(Config {

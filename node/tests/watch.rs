@@ -299,3 +299,167 @@ async fn quiet_watch_streams_outlive_the_connection_timeouts_on_grpc_and_the_gat
     assert_eq!(unb64(&kv["value"]), "at last", "{line}");
     assert!(kv["mod_revision"].is_string(), "int64 as a string: {line}");
 }
+
+/// `curl -N` on the seed API's Server-Sent Events, as a user streams it; its frames as
+/// (event, id, data).
+struct Curl {
+    child: std::process::Child,
+    frames: mpsc::Receiver<(String, String, Value)>,
+}
+
+impl Curl {
+    fn start(url: &str, last_event_id: Option<&str>) -> Curl {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-N", "-s", url]);
+        if let Some(id) = last_event_id {
+            cmd.args(["-H", &format!("Last-Event-ID: {id}")]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("curl is installed (scripts/test.sh installs it)");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, frames) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    event = v.to_string();
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = v.to_string();
+                } else if line.is_empty() && !event.is_empty() {
+                    let frame = (
+                        std::mem::take(&mut event),
+                        std::mem::take(&mut id),
+                        serde_json::from_str(&std::mem::take(&mut data)).unwrap_or(Value::Null),
+                    );
+                    if tx.send(frame).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Curl { child, frames }
+    }
+
+    /// The next `n` change frames (put/delete), skipping progress.
+    fn changes(&self, n: usize) -> Vec<(String, String, Value)> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let f = self
+                .frames
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("only {} of {n} changes came: {got:?}", got.len()));
+            if f.0 != "progress" {
+                got.push(f);
+            }
+        }
+        got
+    }
+
+    fn next_frame(&self) -> (String, String, Value) {
+        self.frames
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a frame in time")
+    }
+}
+
+impl Drop for Curl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The seed API's watch as Server-Sent Events with curl: history from a revision, live
+/// changes (a transaction's two changes get ids inside its revision), a reconnect with
+/// `Last-Event-ID` in the middle of that transaction resumes with nothing missed or repeated,
+/// quiet streams get progress events, and a compacted start gets `compacted` and the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_resume_with_last_event_id_and_report_compaction() {
+    let mut c = Cluster::start(3, "watch:\n  heartbeatIntervalMs: 300\n");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let follower = (leader + 1) % 3;
+    let (_, first) = c.set(leader, "s/1", "a").await;
+    let from = first["revision"].as_u64().expect("revision");
+    c.set(leader, "s/2", "b").await;
+    let url = |q: &str| format!("{}/api/watch?{q}", c.nodes[follower].api());
+
+    let sse = Curl::start(&url(&format!("prefix=s/&fromRevision={from}")), None);
+    let history = sse.changes(2);
+    assert_eq!(history[0].0, "put");
+    assert_eq!(history[0].1, from.to_string());
+    assert_eq!(
+        (history[0].2["key"].as_str(), history[0].2["value"].as_str()),
+        (Some("s/1"), Some("a"))
+    );
+    assert_eq!(history[1].2["key"], "s/2");
+
+    let mut client = Client::connect([c.nodes[leader].etcd()], None)
+        .await
+        .expect("connect");
+    let txn = etcd_client::Txn::new().and_then([
+        etcd_client::TxnOp::put("s/3", "c", None),
+        etcd_client::TxnOp::put("s/4", "d", None),
+    ]);
+    let rev = client
+        .txn(txn)
+        .await
+        .expect("txn")
+        .header()
+        .expect("header")
+        .revision();
+    let live = sse.changes(2);
+    assert_eq!(live[0].1, format!("{rev}.0"));
+    assert_eq!(live[1].1, rev.to_string());
+    assert_eq!(live[1].2["key"], "s/4");
+    drop(sse);
+
+    // A client that saw only the transaction's first change resumes at its second.
+    c.delete(leader, "/api/delete?key=s/1").await;
+    let resumed = Curl::start(&url("prefix=s/&prevValue=true"), Some(&format!("{rev}.0")));
+    let again = resumed.changes(2);
+    assert_eq!(
+        (again[0].1.as_str(), again[0].2["key"].as_str()),
+        (rev.to_string().as_str(), Some("s/4"))
+    );
+    assert_eq!(again[1].0, "delete");
+    assert_eq!(again[1].2["key"], "s/1");
+    assert_eq!(again[1].2["prevValue"], "a", "{:?}", again[1]);
+    // Quiet now: progress events keep the stream alive, each naming a revision.
+    let progress = resumed.next_frame();
+    assert_eq!(progress.0, "progress", "{progress:?}");
+    assert!(progress.1.parse::<u64>().is_ok_and(|r| r >= rev as u64));
+
+    // A start before the compaction point: told so, then the stream ends.
+    let now = client.put("s/5", "e", None).await.expect("put");
+    client
+        .compact(now.header().expect("header").revision(), None)
+        .await
+        .expect("compact");
+    let mut old = Curl::start(&url("prefix=s/&fromRevision=1"), None);
+    let compacted = old.next_frame();
+    assert_eq!(compacted.0, "compacted", "{compacted:?}");
+    assert!(compacted.2["compactRevision"]
+        .as_u64()
+        .is_some_and(|r| r > 1));
+    let ended = old.child.wait().expect("curl ends with the stream");
+    assert!(ended.success());
+
+    // Bad requests get JSON errors, not a stream.
+    for (q, what) in [
+        ("", "exactly one"),
+        ("key=a&prefix=b", "exactly one"),
+        ("key=a&fromRevision=x", "fromRevision"),
+    ] {
+        let (s, body) = c.get(follower, &format!("/api/watch?{q}")).await;
+        assert_eq!(s, 400, "{q}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(what)),
+            "{q}: {body}"
+        );
+    }
+}

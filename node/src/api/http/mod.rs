@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod probes;
 pub mod schema;
 pub mod status;
+pub mod watch_routes;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +40,7 @@ pub fn served_routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(kv_routes::delete))
         .routes(routes!(kv_routes::cas))
         .routes(routes!(kv_routes::keys))
+        .routes(routes!(watch_routes::watch))
         .routes(routes!(kv_routes::status))
         .routes(routes!(kv_routes::metrics_json))
         .routes(routes!(kv_routes::logs))
