@@ -9,7 +9,7 @@
 //! |-------------------------------|-----------------------------------|---------|-----------|
 //! | log segments (`storage/segments`)| 8-byte segment header             | 1       | 0: no header (before versioning) |
 //! | state files (vote, log meta, identity, cluster id) | 10-byte file header | 1  | 0: `[crc32][payload]` (cluster id: bare text) |
-//! | snapshot files                | last byte of the 8-byte magic     | 2       | 1: the data is the pre-MVCC map |
+//! | snapshot files                | last byte of the 8-byte magic     | 3       | 2: the store without leases; 1: the pre-MVCC map |
 //! | peer messages                 | the `wire_version` field          | 1       | 0: sender from before versioning |
 //!
 //! Versions 0 and 1 encode payloads identically (bincode 1 of openraft 0.10.0-alpha.37's types,
@@ -29,9 +29,10 @@ pub const LOG_FORMAT: u16 = 1;
 /// State file format written by this build.
 pub const STATE_FILE_FORMAT: u16 = 1;
 /// Snapshot file format written by this build.
-/// Snapshot format written by this build: 2, the data is the MVCC store (`store::mvcc`); 1 was
-/// the pre-MVCC map (`store::KvMap`), still read, and upgraded as it is loaded.
-pub const SNAPSHOT_FORMAT: u8 = 2;
+/// Snapshot format written by this build: 3, the data is the MVCC store (`store::mvcc`) then
+/// its leases' ids and TTLs; 2 was the store alone (from before leases) and 1 the pre-MVCC map
+/// (`store::KvMap`), both still read, and upgraded as they are loaded.
+pub const SNAPSHOT_FORMAT: u8 = 3;
 /// Peer message encoding sent by this build. Receivers accept 0 (same encoding) up to this.
 pub const WIRE_VERSION: u32 = 1;
 
@@ -361,10 +362,10 @@ mod tests {
             SegmentStart::Legacy
         );
 
-        let e = check_snapshot_magic(b"CKVSNAP3........", Path::new("snap"))
+        let e = check_snapshot_magic(b"CKVSNAP4........", Path::new("snap"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("snap") && e.contains("format 3"), "{e}");
+        assert!(e.contains("snap") && e.contains("format 4"), "{e}");
         assert_eq!(
             check_snapshot_magic(&snapshot_magic(SNAPSHOT_FORMAT), Path::new("snap")).ok(),
             Some(SNAPSHOT_FORMAT)

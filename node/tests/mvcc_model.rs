@@ -457,6 +457,10 @@ proptest! {
     #[test]
     fn the_store_answers_as_the_model_does(steps in prop::collection::vec(step(), 1..40)) {
         let mut store = MvccStore::default();
+        // The leases puts name exist (refusing a missing one is tested on its own).
+        for id in 1..3 {
+            store.grant_lease(id, 60).expect("grant");
+        }
         let mut model = Model::default();
         // Raft indexes with gaps, as entries that change nothing leave.
         let mut index = 0u64;
@@ -629,4 +633,75 @@ fn compaction_keeps_the_state_at_its_revision_and_frees_the_history_before_it() 
     assert_eq!(r.kvs[0].create_revision, 1);
     assert_eq!(at(0).expect("now").kvs.len(), 2);
     assert_eq!(at(1002), Err(MvccError::FutureRevision { current: 1001 }));
+}
+
+#[test]
+fn leases_attach_keys_and_a_revoke_deletes_them_all_in_one_revision() {
+    let put = |k: &str, lease: i64| TxnRequest {
+        compare: vec![],
+        success: vec![Op::Put(PutRequest {
+            key: k.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            lease,
+            prev_kv: false,
+            ignore_value: false,
+            ignore_lease: false,
+        })],
+        failure: vec![],
+    };
+    let mut s = MvccStore::default();
+    // A put with a lease that does not exist is refused whole.
+    assert_eq!(
+        s.apply_txn(1, &put("a", 7)).0,
+        Err(MvccError::LeaseNotFound)
+    );
+    assert_eq!(s.revision(), 0);
+    assert_eq!(s.grant_lease(7, 10), Ok(()));
+    assert_eq!(s.grant_lease(7, 10), Err(MvccError::LeaseExists));
+    s.grant_lease(8, 10).unwrap();
+    s.apply_txn(2, &put("a", 7)).0.unwrap();
+    s.apply_txn(3, &put("b", 7)).0.unwrap();
+    s.apply_txn(4, &put("c", 7)).0.unwrap();
+    // Moved to another lease, and put without one: no longer the first lease's.
+    s.apply_txn(5, &put("b", 8)).0.unwrap();
+    s.apply_txn(6, &put("c", 0)).0.unwrap();
+    let keys = |s: &MvccStore, id| -> Vec<Vec<u8>> {
+        s.leases()
+            .get(id)
+            .map(|l| l.keys.iter().map(|k| k.to_vec()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(keys(&s, 7), [b"a".to_vec()]);
+    assert_eq!(keys(&s, 8), [b"b".to_vec()]);
+    // A snapshot carries the TTLs; the keys are found again from the versions.
+    let mut restored = s.clone();
+    restored.restore_leases(s.leases().ttls().collect::<Vec<_>>());
+    assert_eq!(restored.leases(), s.leases());
+    // Revoke: its keys go, in one revision, as deletes a watcher sees.
+    s.apply_txn(7, &put("d", 8)).0.unwrap();
+    let (r, events) = s.revoke_lease(9, 8);
+    assert_eq!(r, Ok(()));
+    let deleted: Vec<(&[u8], u64)> = events
+        .iter()
+        .map(|e| match e {
+            Event::Delete { kv, .. } => (kv.key.as_slice(), kv.mod_revision),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(deleted, [(&b"b"[..], 9), (&b"d"[..], 9)]);
+    assert_eq!(s.revision(), 9);
+    assert!(s.get(b"b").is_none() && s.get(b"a").is_some());
+    assert!(!s.leases().contains(8));
+    assert_eq!(s.revoke_lease(10, 8).0, Err(MvccError::LeaseNotFound));
+    // A deleted key leaves its lease.
+    let del = TxnRequest {
+        compare: vec![],
+        success: vec![Op::Delete(DeleteRequest {
+            keys: KeyRange::One(b"a".to_vec()),
+            prev_kv: false,
+        })],
+        failure: vec![],
+    };
+    s.apply_txn(11, &del).0.unwrap();
+    assert!(keys(&s, 7).is_empty());
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::snapshot_store::{SnapshotFile, SnapshotStore};
 use crate::raft::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::store::leases::LeaseId;
 use crate::store::mvcc::MvccStore;
 use crate::store::{CommandResult, KvMap};
 use crate::telemetry::metrics::metrics;
@@ -60,14 +61,45 @@ impl StateMachineStore {
     }
 }
 
+/// A snapshot's data (format 3): the store, then each lease's id and TTL (their keys are in
+/// the store's versions).
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    kv: &'a MvccStore,
+    leases: Vec<(LeaseId, i64)>,
+}
+
+#[derive(Deserialize)]
+struct SnapshotIn {
+    kv: MvccStore,
+    leases: Vec<(LeaseId, i64)>,
+}
+
+/// Writes the data of a snapshot of `kv` in the current format.
+fn write_data(out: impl io::Write, kv: &MvccStore) -> io::Result<()> {
+    let data = SnapshotOut {
+        kv,
+        leases: kv.leases().ttls().collect(),
+    };
+    crate::codec::to_writer(out, &data)
+}
+
 fn restore(meta: &SnapshotMeta, file: &SnapshotFile) -> io::Result<StateData> {
     let what = format_args!("the data of {}", file.describe());
-    let kv = if file.format() == 1 {
-        let legacy: KvMap = crate::codec::from_reader(file.data_reader(), file.data_len(), what)?;
-        tracing::info!(snapshot = %file.describe(), "upgrading a pre-MVCC snapshot");
-        legacy.upgrade()
-    } else {
-        crate::codec::from_reader(file.data_reader(), file.data_len(), what)?
+    let (reader, len) = (file.data_reader(), file.data_len());
+    let kv = match file.format() {
+        1 => {
+            let legacy: KvMap = crate::codec::from_reader(reader, len, what)?;
+            tracing::info!(snapshot = %file.describe(), "upgrading a pre-MVCC snapshot");
+            legacy.upgrade()
+        }
+        // From before leases: none existed.
+        2 => crate::codec::from_reader(reader, len, what)?,
+        _ => {
+            let SnapshotIn { mut kv, leases } = crate::codec::from_reader(reader, len, what)?;
+            kv.restore_leases(leases);
+            kv
+        }
     };
     Ok(StateData {
         last_applied: meta.last_log_id,
@@ -108,7 +140,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                         last_membership: copy.membership.clone(),
                     };
                     let mut writer = snapshots.create(&meta)?;
-                    crate::codec::to_writer(&mut writer, &copy.kv)?;
+                    write_data(&mut writer, &copy.kv)?;
                     drop(copy);
                     let file = snapshots.install(&meta, writer.finish()?)?;
                     Ok::<_, io::Error>((meta, file))
@@ -224,5 +256,79 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| io::Error::other(format!("snapshot task: {e}")))??;
         Ok(loaded.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{apply, Command};
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(openraft::testing::log_id::<TypeConfig>(1, 1, index)),
+            last_membership: StoredMembership::default(),
+        }
+    }
+
+    fn store_with_a_leased_key() -> MvccStore {
+        let mut kv = MvccStore::default();
+        apply(&mut kv, 1, &Command::LeaseGrant { id: 5, ttl: 30 });
+        let txn = crate::store::mvcc::TxnRequest {
+            compare: vec![],
+            success: vec![crate::store::mvcc::Op::Put(
+                crate::store::mvcc::PutRequest {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    lease: 5,
+                    prev_kv: false,
+                    ignore_value: false,
+                    ignore_lease: false,
+                },
+            )],
+            failure: vec![],
+        };
+        apply(&mut kv, 2, &Command::Txn(txn));
+        kv
+    }
+
+    #[test]
+    fn a_snapshot_keeps_leases_and_one_from_before_leases_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = SnapshotStore::open(dir.path()).unwrap();
+        let kv = store_with_a_leased_key();
+        let m = meta(2);
+        let mut w = snapshots.create(&m).unwrap();
+        write_data(&mut w, &kv).unwrap();
+        snapshots.install(&m, w.finish().unwrap()).unwrap();
+        let sm = StateMachineStore::open(snapshots, Default::default()).unwrap();
+        let state = sm.shared();
+        let loaded = &state.read().kv;
+        assert_eq!(loaded.leases(), kv.leases());
+        assert_eq!(loaded.leases().get(5).map(|l| l.keys.len()), Some(1));
+
+        // Format 2: the store alone.
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = SnapshotStore::open(dir.path()).unwrap();
+        let mut plain = MvccStore::default();
+        apply(
+            &mut plain,
+            3,
+            &Command::Set {
+                key: "a".into(),
+                value: "b".into(),
+            },
+        );
+        let m = meta(3);
+        let mut w = snapshots.create_in(&m, 2).unwrap();
+        crate::codec::to_writer(&mut w, &plain).unwrap();
+        snapshots.install(&m, w.finish().unwrap()).unwrap();
+        let sm = StateMachineStore::open(snapshots, Default::default()).unwrap();
+        let state = sm.shared();
+        assert_eq!(
+            state.read().kv.get(b"a").map(|kv| kv.value),
+            Some(b"b".to_vec())
+        );
+        assert!(state.read().kv.leases().is_empty());
     }
 }

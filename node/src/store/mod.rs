@@ -2,12 +2,15 @@
 //! carries to change it. The seed API's commands (`Set`, `Delete`, `Cas`) are applied as the
 //! transactions they are; etcd's requests arrive as transactions themselves.
 
+pub mod leases;
 pub mod mvcc;
 pub mod retention;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use leases::LeaseId;
 
 use mvcc::{
     Compare, CompareResult, CompareTarget, DeleteRequest, KeyRange, MvccError, MvccStore, Op,
@@ -37,6 +40,16 @@ pub enum Command {
     Compact {
         revision: u64,
     },
+    /// A lease of `ttl` seconds (etcd's LeaseGrant; the id is chosen before proposing).
+    LeaseGrant {
+        id: LeaseId,
+        ttl: i64,
+    },
+    /// The lease ends and its keys are deleted, in one revision: a client's revoke, or the
+    /// leader's decision that it expired.
+    LeaseRevoke {
+        id: LeaseId,
+    },
 }
 
 impl std::fmt::Display for Command {
@@ -59,6 +72,8 @@ impl std::fmt::Display for Command {
                 t.payload_bytes()
             ),
             Command::Compact { revision } => write!(f, "compact({revision})"),
+            Command::LeaseGrant { id, ttl } => write!(f, "lease_grant({id}, {ttl}s)"),
+            Command::LeaseRevoke { id } => write!(f, "lease_revoke({id})"),
         }
     }
 }
@@ -70,7 +85,10 @@ impl Command {
         match self {
             Command::Set { .. } | Command::Cas { .. } => true,
             Command::Txn(t) => t.puts(),
-            Command::Delete { .. } | Command::Compact { .. } => false,
+            Command::Delete { .. }
+            | Command::Compact { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. } => false,
         }
     }
 
@@ -86,7 +104,7 @@ impl Command {
                 value,
             } => key.len() + value.len() + expected.as_ref().map_or(0, String::len),
             Command::Txn(t) => return t.payload_bytes(),
-            Command::Compact { .. } => 0,
+            Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 0,
         };
         bytes as u64
     }
@@ -126,6 +144,12 @@ pub enum CommandResult {
         revision: u64,
     },
     Compact(Result<(), MvccError>),
+    LeaseGrant(Result<(), MvccError>),
+    /// `revision`: the store's revision once the lease's keys are deleted.
+    LeaseRevoke {
+        result: Result<(), MvccError>,
+        revision: u64,
+    },
 }
 
 fn put(key: &str, value: &str) -> Op {
@@ -224,6 +248,15 @@ pub fn apply(
         }
         Command::Compact { revision } => {
             (CommandResult::Compact(store.compact(*revision)), Vec::new())
+        }
+        Command::LeaseGrant { id, ttl } => (
+            CommandResult::LeaseGrant(store.grant_lease(*id, *ttl)),
+            Vec::new(),
+        ),
+        Command::LeaseRevoke { id } => {
+            let (result, events) = store.revoke_lease(index, *id);
+            let revision = store.revision();
+            (CommandResult::LeaseRevoke { result, revision }, events)
         }
     }
 }

@@ -21,6 +21,8 @@ use smallvec::SmallVec;
 
 use serde::{Deserialize, Serialize};
 
+use super::leases::{LeaseId, Leases};
+
 /// A change's place in history: the Raft index of its entry and its position in that entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Rev {
@@ -96,6 +98,10 @@ pub enum MvccError {
     DuplicateKey,
     #[error("etcdserver: too many operations in txn request")]
     TooManyOps,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
 }
 
 /// Which keys: one key, a range `[key, range_end)`, or every key from `key` on (etcd's
@@ -403,6 +409,11 @@ pub struct MvccStore {
     live_bytes: u64,
     /// Bytes of every version kept (history included): what compaction frees.
     total_bytes: u64,
+    /// The leases and their keys. Not in this struct's encoding: a snapshot carries the
+    /// leases' TTLs after the store (format 3) and the keys are found again from the versions
+    /// (`restore_leases`).
+    #[serde(skip)]
+    leases: Leases,
 }
 
 impl MvccStore {
@@ -687,6 +698,9 @@ impl MvccStore {
                 Op::Put(p) if (p.ignore_value || p.ignore_lease) && self.get(&p.key).is_none() => {
                     return Err(MvccError::KeyNotFound)
                 }
+                Op::Put(p) if !p.ignore_lease && p.lease != 0 && !self.leases.contains(p.lease) => {
+                    return Err(MvccError::LeaseNotFound)
+                }
                 Op::Range(r) if r.revision > self.revision => {
                     return Err(MvccError::FutureRevision {
                         current: self.revision,
@@ -791,13 +805,14 @@ impl MvccStore {
 
     fn put_version(&mut self, rev: Rev, key: &[u8], value: Vec<u8>, lease: i64) -> KeyValue {
         let versions = Arc::make_mut(self.keys.entry(Arc::from(key)).or_default());
-        let (create_revision, version, old_live) = match versions.last() {
+        let (create_revision, version, old_live, old_lease) = match versions.last() {
             Some(last) if last.value.is_some() => (
                 last.create_revision,
                 last.version + 1,
                 last.value.as_ref().map(|v| v.len()),
+                last.lease,
             ),
-            _ => (rev.main, 1, None),
+            _ => (rev.main, 1, None, 0),
         };
         let v = Version {
             rev,
@@ -819,6 +834,12 @@ impl MvccStore {
             }
         }
         push_exact(versions, v);
+        if old_lease != lease {
+            if let Some((k, _)) = self.keys.get_key_value(key) {
+                let k = k.clone();
+                self.leases.reattach(&k, old_lease, lease);
+            }
+        }
         kv
     }
 
@@ -826,9 +847,9 @@ impl MvccStore {
         let Some(versions) = self.keys.get_mut(key).map(Arc::make_mut) else {
             return;
         };
-        let Some(old) = versions
+        let Some((old, old_lease)) = versions
             .last()
-            .and_then(|l| l.value.as_ref().map(|v| v.len()))
+            .and_then(|l| l.value.as_ref().map(|v| (v.len(), l.lease)))
         else {
             return;
         };
@@ -843,6 +864,72 @@ impl MvccStore {
         self.live_keys -= 1;
         self.live_bytes -= (key.len() + old) as u64;
         push_exact(versions, v);
+        if old_lease != 0 {
+            if let Some((k, _)) = self.keys.get_key_value(key) {
+                let k = k.clone();
+                self.leases.reattach(&k, old_lease, 0);
+            }
+        }
+    }
+
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// Applies a lease grant; refused if the id is taken. Changes no revision (as etcd).
+    pub fn grant_lease(&mut self, id: LeaseId, ttl: i64) -> Result<(), MvccError> {
+        if self.leases.grant(id, ttl) {
+            Ok(())
+        } else {
+            Err(MvccError::LeaseExists)
+        }
+    }
+
+    /// Applies a lease revoke (or expiry) as the Raft entry at `index`: the lease goes and
+    /// every key attached to it is deleted, all at revision `index` (one revision, as etcd).
+    pub fn revoke_lease(&mut self, index: u64, id: LeaseId) -> (Result<(), MvccError>, Vec<Event>) {
+        let Some(keys) = self.leases.remove(id) else {
+            return (Err(MvccError::LeaseNotFound), Vec::new());
+        };
+        let mut w = Writer {
+            index,
+            sub: 0,
+            events: Vec::new(),
+        };
+        for key in keys {
+            let Some(prev) = self.get(&key) else { continue };
+            let rev = w.next();
+            self.tombstone(rev, &key);
+            w.events.push(Event::Delete {
+                kv: KeyValue {
+                    key: key.to_vec(),
+                    mod_revision: rev.main,
+                    ..KeyValue::default()
+                },
+                prev: Some(prev),
+            });
+        }
+        if !w.events.is_empty() {
+            self.revision = index;
+        }
+        (Ok(()), w.events)
+    }
+
+    /// Puts back the leases a snapshot carried, and finds their keys from the versions.
+    pub fn restore_leases(&mut self, ttls: impl IntoIterator<Item = (LeaseId, i64)>) {
+        let mut leases = Leases::default();
+        for (id, ttl) in ttls {
+            leases.grant(id, ttl);
+        }
+        for (key, versions) in self.keys.iter() {
+            if let Some(last) = versions
+                .last()
+                .filter(|v| v.value.is_some() && v.lease != 0)
+            {
+                leases.reattach(key, 0, last.lease);
+            }
+        }
+        self.leases = leases;
     }
 
     /// The changes to `keys` at revisions `from..=to`, in the order apply made them, as the

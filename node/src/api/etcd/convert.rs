@@ -19,6 +19,8 @@ pub fn mvcc_status(e: &MvccError) -> Status {
         MvccError::KeyNotFound | MvccError::DuplicateKey | MvccError::TooManyOps => {
             Code::InvalidArgument
         }
+        MvccError::LeaseNotFound => Code::NotFound,
+        MvccError::LeaseExists => Code::FailedPrecondition,
     };
     let message = match e {
         // The store's own message is etcd's mvcc one; etcd's server prefixes it.
