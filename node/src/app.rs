@@ -11,6 +11,7 @@ use openraft::{RaftMetrics, ServerState};
 use parking_lot::Mutex;
 
 use crate::config::Config;
+use crate::lease::LeaseClock;
 use crate::raft::channels::Channels;
 use crate::raft::{Member, NodeId, Raft, TypeConfig};
 use crate::storage::identity::{ClusterId, Identity};
@@ -29,6 +30,8 @@ pub struct App {
     pub snapshots: SnapshotStore,
     /// This member's watchers; apply hands them its changes.
     pub watches: Arc<WatchHub>,
+    /// When each lease expires, as this member would count it as leader (`lease::clock`).
+    pub lease_clock: Arc<Mutex<LeaseClock>>,
     pub started: Instant,
     /// Held while a membership change runs on this node (as leader): one change at a time.
     pub membership_lock: tokio::sync::Mutex<()>,
@@ -60,6 +63,7 @@ pub struct StorageHandles {
     pub log: LogReader,
     pub snapshots: SnapshotStore,
     pub watches: Arc<WatchHub>,
+    pub lease_clock: Arc<Mutex<LeaseClock>>,
 }
 
 impl App {
@@ -76,6 +80,7 @@ impl App {
             log,
             snapshots,
             watches,
+            lease_clock,
         } = storage;
         App {
             identity,
@@ -86,6 +91,7 @@ impl App {
             log,
             snapshots,
             watches,
+            lease_clock,
             started: Instant::now(),
             membership_lock: tokio::sync::Mutex::new(()),
             refused_messages: AtomicU64::new(0),

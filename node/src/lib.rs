@@ -16,6 +16,7 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod lease;
 pub mod membership;
 pub mod raft;
 pub mod requests;

@@ -106,7 +106,7 @@ fn read_confirmation<T>(
 }
 
 /// What a failed forward means for the caller.
-enum ForwardFailure {
+pub(crate) enum ForwardFailure {
     /// Nothing happened on the leader; safe to retry.
     Retry(String),
     /// The leader could not even be connected to: it is gone, and an election will follow.
@@ -116,7 +116,7 @@ enum ForwardFailure {
     Fail(ServiceError),
 }
 
-fn classify(status: tonic::Status, write: bool) -> ForwardFailure {
+pub(crate) fn classify(status: tonic::Status, write: bool) -> ForwardFailure {
     let msg = status.message().to_string();
     match errors::reason(&status) {
         Some(ErrorReason::NotLeader) => ForwardFailure::Retry("leader moved".into()),
@@ -162,7 +162,7 @@ impl App {
     /// Runs `local` if this node leads, else `remote` against the leader; retries while
     /// leadership moves (`local` answering `NotLeader`, `remote` answering `Retry`) until the
     /// request deadline.
-    async fn on_leader<T, L, LF, R, RF>(
+    pub(crate) async fn on_leader<T, L, LF, R, RF>(
         &self,
         kind: &'static str,
         local: L,
@@ -329,7 +329,7 @@ impl App {
 
     /// A client for the leader at `addr` and the request to send it: deadline and trace
     /// context attached.
-    fn to_leader<T>(
+    pub(crate) fn to_leader<T>(
         &self,
         addr: &str,
         msg: T,

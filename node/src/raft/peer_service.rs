@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use concord_proto::raft_peer_server::RaftPeer;
 use concord_proto::{
-    ListRequest, ListResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse, ReadRequest,
-    ReadResponse, SnapshotChunk, WriteRequest, WriteResponse,
+    LeaseAnswer, LeaseRequest, ListRequest, ListResponse, RaftMessage, ReadIndexRequest,
+    ReadIndexResponse, ReadRequest, ReadResponse, SnapshotChunk, WriteRequest, WriteResponse,
 };
 use std::io::Write;
 
@@ -339,6 +339,26 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<ListResponse>, Status> {
         let span = self.server_span("peer.forward_list", req.metadata());
         self.forward_list_inner(req).instrument(span).await
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<LeaseRequest>,
+    ) -> Result<Response<LeaseAnswer>, Status> {
+        let req = req.into_inner();
+        self.check_cluster(&req.cluster_id)?;
+        let answer = self.app.lease_answer(&req, true).map_err(to_status)?;
+        Ok(Response::new(answer))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseRequest>,
+    ) -> Result<Response<LeaseAnswer>, Status> {
+        let req = req.into_inner();
+        self.check_cluster(&req.cluster_id)?;
+        let answer = self.app.lease_answer(&req, false).map_err(to_status)?;
+        Ok(Response::new(answer))
     }
 
     async fn read_index(

@@ -19,6 +19,7 @@ use crate::api::http::listener::{serve as serve_http, ConnectionLimits};
 use crate::app::App;
 use crate::app::StorageHandles;
 use crate::config::{bind_addr, Config};
+use crate::lease::LeaseClock;
 use crate::membership::AdminService;
 use crate::raft::channels::Channels;
 use crate::raft::channels::MAX_MESSAGE_BYTES;
@@ -26,6 +27,7 @@ use crate::raft::network::NetworkFactory;
 use crate::raft::peer_service::PeerService;
 use crate::raft::{node_id_for_name, Member, NodeId, Raft};
 use crate::storage::identity::{self, ClusterId};
+use crate::storage::state_machine::ApplyHooks;
 use crate::storage::{LogStore, SnapshotStore, StateMachineStore};
 use crate::telemetry::metrics::metrics;
 use crate::watch::{HubLimits, WatchHub};
@@ -133,8 +135,15 @@ impl Node {
             stream_queue_bytes: config.watch.stream_queue_bytes,
             max_watchers: config.watch.max_watchers,
         }));
-        let sm = StateMachineStore::open(snapshots.clone(), watches.clone())
-            .context("opening snapshots")?;
+        let lease_clock = Arc::new(parking_lot::Mutex::new(LeaseClock::default()));
+        let sm = StateMachineStore::open(
+            snapshots.clone(),
+            ApplyHooks {
+                watches: watches.clone(),
+                lease_clock: lease_clock.clone(),
+            },
+        )
+        .context("opening snapshots")?;
         let state = sm.shared();
         let repaired_tail_bytes = log.repaired_tail_bytes;
         // A read handle for /api/logs; openraft owns the store itself.
@@ -178,6 +187,7 @@ impl Node {
                 log: reader,
                 snapshots,
                 watches,
+                lease_clock,
             },
         ));
         if repaired_tail_bytes > 0 {
@@ -261,6 +271,10 @@ impl Node {
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(snapshot_and_purge(
+            app.clone(),
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::lease::expire_leases(
             app.clone(),
             stop_rx.clone(),
         )));

@@ -13,10 +13,11 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use super::snapshot_store::{SnapshotFile, SnapshotStore};
+use crate::lease::LeaseClock;
 use crate::raft::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::store::leases::LeaseId;
 use crate::store::mvcc::MvccStore;
-use crate::store::{CommandResult, KvMap};
+use crate::store::{Command, CommandResult, KvMap};
 use crate::telemetry::metrics::metrics;
 use crate::watch::{Batch, WatchHub};
 
@@ -34,12 +35,20 @@ pub type SharedState = Arc<RwLock<StateData>>;
 pub struct StateMachineStore {
     state: SharedState,
     snapshots: SnapshotStore,
-    watches: Arc<WatchHub>,
+    hooks: ApplyHooks,
+}
+
+/// Who else hears of what apply does: watchers get its changes, the lease clock its grants
+/// and revokes.
+#[derive(Clone, Default)]
+pub struct ApplyHooks {
+    pub watches: Arc<WatchHub>,
+    pub lease_clock: Arc<parking_lot::Mutex<LeaseClock>>,
 }
 
 impl StateMachineStore {
     /// Opens the snapshot directory and restores the newest snapshot, if any.
-    pub fn open(snapshots: SnapshotStore, watches: Arc<WatchHub>) -> io::Result<StateMachineStore> {
+    pub fn open(snapshots: SnapshotStore, hooks: ApplyHooks) -> io::Result<StateMachineStore> {
         let mut data = StateData::default();
         if let Some((meta, file)) = snapshots.load_latest()? {
             let started = Instant::now();
@@ -52,7 +61,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             state: Arc::new(RwLock::new(data)),
             snapshots,
-            watches,
+            hooks,
         })
     }
 
@@ -200,8 +209,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             // After the store shows them (a watcher starting now reads them from history and
             // skips the queued copy), outside its lock.
+            match (&entry.payload, &result) {
+                (
+                    EntryPayload::Normal(Command::LeaseGrant { id, ttl }),
+                    CommandResult::LeaseGrant(Ok(())),
+                ) => self
+                    .hooks
+                    .lease_clock
+                    .lock()
+                    .granted(*id, *ttl, Instant::now()),
+                (
+                    EntryPayload::Normal(Command::LeaseRevoke { id }),
+                    CommandResult::LeaseRevoke { result: Ok(()), .. },
+                ) => self.hooks.lease_clock.lock().removed(*id),
+                _ => {}
+            }
             if !events.is_empty() {
-                self.watches.publish(Batch::new(index, events));
+                self.hooks.watches.publish(Batch::new(index, events));
             }
             metrics().proposals_applied.inc();
             if let Some(responder) = responder {
@@ -244,7 +268,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         tracing::info!(last_log_id = ?meta.last_log_id, keys = data.kv.len(), "installed snapshot");
         let old = std::mem::replace(&mut *self.state.write(), data);
         // What watchers were queued may not follow on from the new store: they catch up.
-        self.watches.resync_all();
+        self.hooks.watches.resync_all();
+        let ttls: Vec<(LeaseId, i64)> = self.state.read().kv.leases().ttls().collect();
+        self.hooks.lease_clock.lock().restart(ttls, Instant::now());
         // Freeing a large store takes a while: not under the lock, not on the runtime.
         tokio::task::spawn_blocking(move || drop(old));
         Ok(())

@@ -102,6 +102,8 @@ pub enum MvccError {
     LeaseNotFound,
     #[error("etcdserver: lease already exists")]
     LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
 }
 
 /// Which keys: one key, a range `[key, range_end)`, or every key from `key` on (etcd's

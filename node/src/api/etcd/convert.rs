@@ -21,6 +21,7 @@ pub fn mvcc_status(e: &MvccError) -> Status {
         }
         MvccError::LeaseNotFound => Code::NotFound,
         MvccError::LeaseExists => Code::FailedPrecondition,
+        MvccError::LeaseTtlTooLarge => Code::OutOfRange,
     };
     let message = match e {
         // The store's own message is etcd's mvcc one; etcd's server prefixes it.

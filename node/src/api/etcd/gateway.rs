@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use concord_proto::etcd::etcdserverpb::cluster_server::Cluster;
 use concord_proto::etcd::etcdserverpb::kv_server::Kv;
+use concord_proto::etcd::etcdserverpb::lease_server::Lease;
 use concord_proto::etcd::etcdserverpb::maintenance_server::Maintenance;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -28,6 +29,7 @@ use serde_json::json;
 use tonic::{Code, Status};
 
 use super::kv::KvService;
+use super::lease::LeaseService;
 use super::{ClusterService, MaintenanceService, ETCD_API_VERSION};
 use crate::app::App;
 
@@ -36,6 +38,7 @@ pub struct Services {
     pub kv: Arc<KvService>,
     pub cluster: Arc<ClusterService>,
     pub maintenance: Arc<MaintenanceService>,
+    pub lease: Arc<LeaseService>,
     pub app: Arc<App>,
 }
 
@@ -113,6 +116,45 @@ where
     match f(tonic::Request::new(req)).await {
         Ok(r) => Json(r.into_inner()).into_response(),
         Err(s) => error(&s),
+    }
+}
+
+async fn lease_revoke(State(s): State<Services>, b: Result<Bytes, BytesRejection>) -> Response {
+    call(b, |r| async move { s.lease.lease_revoke(r).await }).await
+}
+
+async fn lease_time_to_live(
+    State(s): State<Services>,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    call(b, |r| async move { s.lease.lease_time_to_live(r).await }).await
+}
+
+async fn lease_leases(State(s): State<Services>, b: Result<Bytes, BytesRejection>) -> Response {
+    call(b, |r| async move { s.lease.lease_leases(r).await }).await
+}
+
+/// `POST /v3/lease/keepalive`: one renewal, answered as grpc-gateway answers a stream that
+/// ends after one message: `{"result": LeaseKeepAliveResponse}` (what Patroni reads).
+async fn lease_keep_alive(
+    State(s): State<Services>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let req: concord_proto::etcd::etcdserverpb::LeaseKeepAliveRequest = match decode(body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    match s.app.lease_keep_alive(req.id).await {
+        Ok(ttl) => {
+            let revision = s.app.state.read().kv.revision();
+            let resp = concord_proto::etcd::etcdserverpb::LeaseKeepAliveResponse {
+                header: Some(super::header(&s.app, revision)),
+                id: req.id,
+                ttl: ttl.unwrap_or(0),
+            };
+            Json(json!({ "result": resp })).into_response()
+        }
+        Err(e) => error(&super::service_status(&e)),
     }
 }
 
@@ -215,6 +257,19 @@ pub fn router(services: Services) -> Router {
             }),
         )
         .route("/v3/watch", post(watch))
+        .route(
+            "/v3/lease/grant",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.lease.lease_grant(r).await }).await
+            }),
+        )
+        .route("/v3/lease/revoke", post(lease_revoke))
+        .route("/v3/kv/lease/revoke", post(lease_revoke))
+        .route("/v3/lease/keepalive", post(lease_keep_alive))
+        .route("/v3/lease/timetolive", post(lease_time_to_live))
+        .route("/v3/kv/lease/timetolive", post(lease_time_to_live))
+        .route("/v3/lease/leases", post(lease_leases))
+        .route("/v3/kv/lease/leases", post(lease_leases))
         .route("/version", get(version))
         .route("/health", get(health))
         .fallback(|| async { error(&Status::not_found("no such endpoint")) })

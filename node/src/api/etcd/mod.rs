@@ -1,7 +1,7 @@
 //! etcd's v3 API (gRPC), on a port of its own (`--etcd-listen`, default `:2379`), so etcd's
 //! clients — etcdctl, the Go, Python and Rust clients — work against ConcordKV unchanged: KV
-//! (`kv.rs`), Watch (`watch.rs`), Cluster and Maintenance (here), and the standard gRPC health
-//! service.
+//! (`kv.rs`), Watch (`watch.rs`), Lease (`lease.rs`), Cluster and Maintenance (here), and the
+//! standard gRPC health service.
 //!
 //! Messages are etcd's own, generated from its .proto files (`proto/vendor`). Every member
 //! serves every request: writes are forwarded to the leader, reads are linearizable (through
@@ -10,6 +10,7 @@
 pub mod convert;
 pub mod gateway;
 pub mod kv;
+pub mod lease;
 pub mod watch;
 
 use std::sync::Arc;
@@ -404,6 +405,7 @@ pub async fn serve(
     let kv = Arc::new(kv::KvService { app: app.clone() });
     let cluster = Arc::new(ClusterService { app: app.clone() });
     let maintenance = Arc::new(MaintenanceService { app: app.clone() });
+    let lease = Arc::new(lease::LeaseService { app: app.clone() });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<KvServer<kv::KvService>>()
@@ -421,6 +423,10 @@ pub async fn serve(
             .max_decoding_message_size(limit)
             .max_encoding_message_size(usize::MAX),
         )
+        .add_service(
+            concord_proto::etcd::etcdserverpb::lease_server::LeaseServer::from_arc(lease.clone())
+                .max_decoding_message_size(limit),
+        )
         .add_service(ClusterServer::from_arc(cluster.clone()))
         .add_service(MaintenanceServer::from_arc(maintenance.clone()))
         .into_axum_router();
@@ -428,6 +434,7 @@ pub async fn serve(
         kv,
         cluster,
         maintenance,
+        lease,
         app: app.clone(),
     });
     let both = axum::Router::new().fallback_service(tower::service_fn(

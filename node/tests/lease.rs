@@ -1,0 +1,271 @@
+//! Leases, checked with clients nobody here wrote: Debian's `etcdctl` (lease commands, and
+//! its `lock` and `elect`, which are etcd's client-side recipes over leases, transactions and
+//! watches) and the `etcd-client` crate, against a real three-node cluster.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{etcdctl, etcdctl_stdin, json, Cluster};
+use etcd_client::{Client, PutOptions};
+
+const LEADER_WAIT: Duration = Duration::from_secs(15);
+
+/// An etcdctl command left running (keep-alive, lock, elect); its output lines as they come.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(endpoint: &str, args: &[&str]) -> Running {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcdctl is installed (Debian package etcd-client)");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    fn line(&self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lease_id(grant_output: &str) -> String {
+    // "lease 694d77aa9e38260f granted with TTL(5s)"
+    grant_output
+        .split_whitespace()
+        .nth(1)
+        .expect("a lease id")
+        .to_string()
+}
+
+/// `etcdctl lease grant`, `put --lease`, `lease keep-alive` for longer than the TTL, then
+/// stopped: the key lives while renewed and is gone within TTL + an election timeout after;
+/// `timetolive --keys` shows the key; `lease revoke` deletes its keys at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_leases_keep_keys_alive_while_renewed_and_remove_them_after() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let follower = c.nodes[(leader + 1) % 3].etcd();
+    let id = lease_id(&etcdctl(&follower, &["lease", "grant", "3"]));
+    etcdctl(&follower, &["put", "--lease", &id, "svc/a", "10.0.0.1"]);
+    let ttl = json(&etcdctl(
+        &follower,
+        &["lease", "timetolive", &id, "--keys", "-w", "json"],
+    ));
+    assert_eq!(ttl["granted-ttl"], 3, "{ttl}");
+    assert!(
+        ttl["ttl"].as_i64().is_some_and(|t| (1..=3).contains(&t)),
+        "{ttl}"
+    );
+    assert_eq!(ttl["keys"][0], common::b64("svc/a"), "{ttl}");
+
+    // Renewed through a follower for twice the TTL: the key stays.
+    let keeper = Running::start(&follower, &["lease", "keep-alive", &id]);
+    let first = keeper
+        .line(Duration::from_secs(5))
+        .expect("a keep-alive answer");
+    assert!(first.contains("keepalived with TTL(3)"), "{first}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let got = json(&etcdctl(&follower, &["get", "svc/a", "-w", "json"]));
+    assert_eq!(got["count"], 1, "the key expired while renewed: {got}");
+    drop(keeper);
+    let stopped = Instant::now();
+    let deadline = stopped + Duration::from_secs(3) + Duration::from_millis(2500);
+    loop {
+        let got = json(&etcdctl(&follower, &["get", "svc/a", "-w", "json"]));
+        if got["count"].is_null() || got["count"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still there {:?} after the renewals stopped",
+            stopped.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(1500),
+        "expired early: {:?}",
+        stopped.elapsed()
+    );
+    let gone = etcdctl(&follower, &["lease", "timetolive", &id]);
+    assert!(gone.contains("already expired"), "{gone}");
+
+    // Revoke: every key of the lease at once.
+    let id = lease_id(&etcdctl(&follower, &["lease", "grant", "60"]));
+    etcdctl(&follower, &["put", "--lease", &id, "svc/b", "x"]);
+    etcdctl(&follower, &["put", "--lease", &id, "svc/c", "y"]);
+    let listed = etcdctl(&follower, &["lease", "list"]);
+    assert!(listed.contains(&id), "{listed}");
+    let revoked = etcdctl(&follower, &["lease", "revoke", &id]);
+    assert!(revoked.contains("revoked"), "{revoked}");
+    let left = json(&etcdctl(
+        &follower,
+        &["get", "svc/", "--prefix", "-w", "json"],
+    ));
+    assert!(left["kvs"].is_null(), "{left}");
+    // A put naming a lease that does not exist is refused with etcd's message.
+    let refused = etcdctl_stdin(&follower, &["put", "--lease", &id, "svc/d", "z"], None)
+        .expect_err("a revoked lease");
+    assert!(refused.contains("requested lease not found"), "{refused}");
+}
+
+/// `etcdctl lock` and `etcdctl elect`, etcd's recipes: one holder at a time, and the next
+/// contender takes over when the holder's session lease expires (the holder killed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lock_and_elect_hand_over_when_the_holder_dies() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let a = c.nodes[(leader + 1) % 3].etcd();
+    let b = c.nodes[(leader + 2) % 3].etcd();
+
+    let first = Running::start(&a, &["lock", "--ttl", "2", "jobs"]);
+    let held = first
+        .line(Duration::from_secs(10))
+        .expect("the first holder gets the lock");
+    assert!(held.starts_with("jobs/"), "{held}");
+    let second = Running::start(&b, &["lock", "--ttl", "2", "jobs"]);
+    assert_eq!(
+        second.line(Duration::from_secs(2)),
+        None,
+        "two holders at once"
+    );
+    drop(first); // kill -9: its session lease is left to expire
+    let taken = second
+        .line(Duration::from_secs(8))
+        .expect("the lock passes on once the holder's lease expires");
+    assert!(
+        taken.starts_with("jobs/") && taken != held,
+        "{taken} after {held}"
+    );
+
+    let one = Running::start(&a, &["elect", "leader", "one"]);
+    let key = one.line(Duration::from_secs(10)).expect("elected");
+    assert!(key.starts_with("leader/"), "{key}");
+    assert_eq!(one.line(Duration::from_secs(2)).as_deref(), Some("one"));
+    let observed = Running::start(&b, &["elect", "-l", "leader"]);
+    let seen = observed.line(Duration::from_secs(10)).expect("observed");
+    assert!(seen.starts_with("leader/"), "{seen}");
+    assert_eq!(
+        observed.line(Duration::from_secs(2)).as_deref(),
+        Some("one")
+    );
+    let two = Running::start(&b, &["elect", "leader", "two"]);
+    assert_eq!(
+        two.line(Duration::from_secs(2)),
+        None,
+        "two leaders at once"
+    );
+    // Interrupted, the leader resigns (etcdctl deletes its key); the next one is elected.
+    let pid = one.child.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let next = two
+        .line(Duration::from_secs(8))
+        .expect("the next one is elected");
+    assert!(next.starts_with("leader/") && next != key, "{next}");
+    assert_eq!(two.line(Duration::from_secs(2)).as_deref(), Some("two"));
+    // The observer sees the change of leader.
+    let changed: Vec<String> = (0..4)
+        .filter_map(|_| observed.line(Duration::from_secs(3)))
+        .collect();
+    assert!(changed.iter().any(|l| l == "two"), "{changed:?}");
+}
+
+/// A lease renewed through a follower survives the leader being killed (the new leader gives
+/// it its full TTL); one nobody renews is gone within its TTL and an election after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_lease_outlives_a_leader_kill_and_an_abandoned_one_expires() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let follower = (leader + 1) % 3;
+    let mut client = Client::connect([c.nodes[follower].etcd()], None)
+        .await
+        .expect("connect");
+    let kept = client.lease_grant(3, None).await.expect("grant").id();
+    let abandoned = client.lease_grant(3, None).await.expect("grant").id();
+    client
+        .put("owned/kept", "x", Some(PutOptions::new().with_lease(kept)))
+        .await
+        .expect("put");
+    client
+        .put(
+            "owned/abandoned",
+            "y",
+            Some(PutOptions::new().with_lease(abandoned)),
+        )
+        .await
+        .expect("put");
+    let (mut keeper, mut answers) = client.lease_keep_alive(kept).await.expect("keep alive");
+    // Renew every 500 ms whatever happens to the answers (as etcd's clients do, at a third of
+    // the TTL); record any answer that says the lease is gone.
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let saw_refusal = refused.clone();
+    let draining = tokio::spawn(async move {
+        while let Ok(Some(a)) = answers.message().await {
+            if a.ttl() <= 0 {
+                saw_refusal.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let renewing = tokio::spawn(async move {
+        while keeper.keep_alive().await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.kill9(leader);
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    c.wait_leader_among(&others, LEADER_WAIT).await;
+    // Well past the TTL since the kill.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut reader = Client::connect([c.nodes[follower].etcd()], None)
+        .await
+        .expect("connect");
+    let kept_key = reader.get("owned/kept", None).await.expect("get");
+    assert_eq!(
+        kept_key.count(),
+        1,
+        "a renewed lease expired across the leader change"
+    );
+    let abandoned_key = reader.get("owned/abandoned", None).await.expect("get");
+    assert_eq!(
+        abandoned_key.count(),
+        0,
+        "an abandoned lease outlived its TTL"
+    );
+    assert!(
+        !refused.load(std::sync::atomic::Ordering::SeqCst),
+        "a renewal was answered as if the lease were gone"
+    );
+    renewing.abort();
+    draining.abort();
+}
