@@ -269,3 +269,86 @@ async fn a_renewed_lease_outlives_a_leader_kill_and_an_abandoned_one_expires() {
     renewing.abort();
     draining.abort();
 }
+
+/// The seed-style lease API: grant, a key set with the lease and one with the `ttl`
+/// shorthand, the lease's keys and time left, renewal, revoke deleting its keys, and 404 JSON
+/// for leases that do not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_lease_api_grants_renews_lists_and_revokes() {
+    use serde_json::json;
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let f = (leader + 1) % 3;
+    let (s, granted) = c.post(f, "/api/lease/grant", &json!({ "ttl": 30 })).await;
+    assert_eq!(s, 200, "{granted}");
+    let id = granted["id"].as_u64().expect("id");
+    assert_eq!(granted["ttl"], 30);
+    let (s, set) = c
+        .post(
+            f,
+            "/api/set",
+            &json!({ "key": "reg/a", "value": "1", "lease": id }),
+        )
+        .await;
+    assert_eq!((s, set["lease"].as_u64()), (200, Some(id)), "{set}");
+    let (s, short) = c
+        .post(
+            f,
+            "/api/set",
+            &json!({ "key": "reg/b", "value": "2", "ttl": 30 }),
+        )
+        .await;
+    assert_eq!(s, 200, "{short}");
+    let other = short["lease"]
+        .as_u64()
+        .expect("a lease granted for the key");
+    assert_ne!(other, id);
+    let (s, info) = c.get(f, &format!("/api/lease/{id}")).await;
+    assert_eq!(s, 200, "{info}");
+    assert_eq!(info["keys"], json!(["reg/a"]));
+    assert_eq!(info["grantedTtl"], 30);
+    assert!(
+        info["ttl"].as_i64().is_some_and(|t| t > 25 && t <= 30),
+        "{info}"
+    );
+    let (s, renewed) = c
+        .post(f, "/api/lease/keepalive", &json!({ "id": id }))
+        .await;
+    assert_eq!((s, renewed["ttl"].as_i64()), (200, Some(30)), "{renewed}");
+    let (s, revoked) = c.post(f, "/api/lease/revoke", &json!({ "id": id })).await;
+    assert_eq!(s, 200, "{revoked}");
+    let (s, _) = c.get(f, "/api/get?key=reg/a").await;
+    assert_eq!(s, 404, "the revoked lease's key is gone");
+    let (s, _) = c.get(f, "/api/get?key=reg/b").await;
+    assert_eq!(s, 200, "another lease's key stays");
+    // Unknown leases: 404 with a JSON error naming the lease.
+    for (path, body) in [
+        ("/api/lease/keepalive", json!({ "id": id })),
+        ("/api/lease/revoke", json!({ "id": id })),
+        (
+            "/api/set",
+            json!({ "key": "reg/c", "value": "3", "lease": id }),
+        ),
+    ] {
+        let (s, e) = c.post(f, path, &body).await;
+        assert_eq!(s, 404, "{path}: {e}");
+        assert!(
+            e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains(&id.to_string())),
+            "{path}: {e}"
+        );
+    }
+    let (s, e) = c.get(f, &format!("/api/lease/{id}")).await;
+    assert_eq!(s, 404, "{e}");
+    let (s, e) = c.get(f, "/api/lease/abc").await;
+    assert_eq!(s, 400, "{e}");
+    let (s, e) = c
+        .post(
+            f,
+            "/api/set",
+            &json!({ "key": "k", "value": "v", "lease": other, "ttl": 5 }),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+}

@@ -39,6 +39,13 @@ fn check_key(limits: &Limits, key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A lease id from the seed API (a JSON number) as the store holds it.
+pub fn lease_id(id: u64) -> Result<i64, ApiError> {
+    i64::try_from(id).ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::bad_request(format!("lease id {id} must be between 1 and 2^63 - 1"))
+    })
+}
+
 fn check_value(limits: &Limits, value: &str) -> Result<(), ApiError> {
     let max = limits.max_value_bytes;
     if value.len() > max {
@@ -87,7 +94,8 @@ fn query_key(q: &KeyQuery) -> Result<&str, ApiError> {
     request_body(content = SetRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Written: committed by a quorum and applied", body = SetResponse),
-        (status = 400, description = "Not a JSON object with string `key` and `value`, or an empty key", body = ErrorBody),
+        (status = 400, description = "Not a JSON object with string `key` and `value` (and an optional numeric `lease` or `ttl`, not both), or an empty key", body = ErrorBody),
+        (status = 404, description = "`lease` names no lease (never granted, revoked or expired): nothing was written", body = ErrorBody),
         (status = 413, description = "Key, value or body over its limit (named in the message)", body = ErrorBody),
         (status = 503, description = "No leader, no quorum, or overloaded: nothing was applied", body = ErrorBody),
         (status = 504, description = "Outcome unknown: proposed, commit not confirmed in time", body = ErrorBody),
@@ -98,20 +106,68 @@ pub async fn set(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SetResponse>, ApiError> {
     let body = json_object(body, app.config.limits.max_request_bytes, false)?;
-    let SetRequest { key, value } = SetRequest::from_body(body)?;
+    let SetRequest {
+        key,
+        value,
+        lease,
+        ttl,
+    } = SetRequest::from_body(body)?;
     check_key(&app.config.limits, &key)?;
     check_value(&app.config.limits, &value)?;
-    let written = app
-        .write(Command::Set {
-            key: key.clone(),
-            value,
-        })
-        .await?;
-    Ok(Json(SetResponse {
-        ok: true,
-        key,
-        revision: written.log_index,
-    }))
+    let lease = match (lease, ttl) {
+        (Some(id), _) => Some(lease_id(id)?),
+        (None, Some(ttl)) => Some(super::lease_routes::grant(&app, 0, ttl).await?.0),
+        (None, None) => None,
+    };
+    let Some(lease) = lease else {
+        let written = app
+            .write(Command::Set {
+                key: key.clone(),
+                value,
+            })
+            .await?;
+        return Ok(Json(SetResponse {
+            ok: true,
+            key,
+            revision: written.log_index,
+            lease: None,
+        }));
+    };
+    // A put attached to a lease is a one-operation transaction, as etcd's.
+    let put = crate::store::mvcc::Op::Put(crate::store::mvcc::PutRequest {
+        key: key.clone().into_bytes(),
+        value: value.into_bytes(),
+        lease,
+        prev_kv: false,
+        ignore_value: false,
+        ignore_lease: false,
+    });
+    let txn = crate::store::mvcc::TxnRequest {
+        compare: Vec::new(),
+        success: vec![put],
+        failure: Vec::new(),
+    };
+    let written = app.write(Command::Txn(txn)).await?;
+    match written.result {
+        CommandResult::Txn {
+            result: Ok(_),
+            revision,
+        } => Ok(Json(SetResponse {
+            ok: true,
+            key,
+            revision,
+            lease: Some(lease as u64),
+        })),
+        CommandResult::Txn {
+            result: Err(crate::store::mvcc::MvccError::LeaseNotFound),
+            ..
+        } => Err(ApiError::not_found(format!("lease {lease} not found"))),
+        other => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("a put produced {other:?}"),
+            false,
+        )),
+    }
 }
 
 #[utoipa::path(get, path = "/api/get", tag = "kv",

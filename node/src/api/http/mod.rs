@@ -5,6 +5,7 @@ pub mod admin_routes;
 pub mod admission;
 pub mod error;
 pub mod kv_routes;
+pub mod lease_routes;
 pub mod listener;
 pub mod openapi;
 pub mod probes;
@@ -41,6 +42,10 @@ pub fn served_routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(kv_routes::cas))
         .routes(routes!(kv_routes::keys))
         .routes(routes!(watch_routes::watch))
+        .routes(routes!(lease_routes::lease_grant))
+        .routes(routes!(lease_routes::lease_keep_alive))
+        .routes(routes!(lease_routes::lease_revoke))
+        .routes(routes!(lease_routes::lease_info))
         .routes(routes!(kv_routes::status))
         .routes(routes!(kv_routes::metrics_json))
         .routes(routes!(kv_routes::logs))

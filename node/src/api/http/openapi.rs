@@ -23,6 +23,7 @@ use super::schema::ErrorBody;
     components(schemas(ErrorBody)),
     tags(
         (name = "kv", description = "The seed's key-value API"),
+        (name = "lease", description = "Leases: keys that are deleted when their owner stops renewing"),
         (name = "admin", description = "Membership and node state (what concordctl and the operator use)"),
         (name = "probes", description = "Kubernetes probes and Prometheus metrics, in text"),
     )

@@ -41,20 +41,89 @@ fn required<T>(v: Option<T>, name: &str) -> Result<T, ApiError> {
     v.ok_or_else(|| ApiError::bad_request(format!("missing field \"{name}\"")))
 }
 
-/// `POST /api/set`.
+/// `POST /api/set`. With `lease` the key is attached to that lease (and deleted with it); with
+/// `ttl` a lease of that many seconds is granted for the key (at most one of the two).
 #[derive(ToSchema)]
 pub struct SetRequest {
     pub key: String,
     pub value: String,
+    pub lease: Option<u64>,
+    pub ttl: Option<u64>,
 }
 
 impl SetRequest {
     pub fn from_body(mut map: Map<String, Value>) -> Result<SetRequest, ApiError> {
-        Ok(SetRequest {
+        let r = SetRequest {
             key: take_string(&mut map, "key")?,
             value: take_string(&mut map, "value")?,
+            lease: take_u64(&mut map, "lease")?,
+            ttl: take_u64(&mut map, "ttl")?,
+        };
+        if r.lease.is_some() && r.ttl.is_some() {
+            return Err(ApiError::bad_request(
+                "give at most one of \"lease\" (an existing lease) and \"ttl\" (a new one)",
+            ));
+        }
+        Ok(r)
+    }
+}
+
+/// `POST /api/lease/grant`.
+#[derive(ToSchema)]
+pub struct LeaseGrantRequest {
+    /// Seconds (raised to the minimum, 1.5 election timeouts).
+    pub ttl: u64,
+    /// The id wanted; absent or 0: the cluster chooses.
+    pub id: Option<u64>,
+}
+
+impl LeaseGrantRequest {
+    pub fn from_body(mut map: Map<String, Value>) -> Result<LeaseGrantRequest, ApiError> {
+        Ok(LeaseGrantRequest {
+            ttl: required(take_u64(&mut map, "ttl")?, "ttl")?,
+            id: take_u64(&mut map, "id")?,
         })
     }
+}
+
+/// `POST /api/lease/keepalive` and `POST /api/lease/revoke`.
+#[derive(ToSchema)]
+pub struct LeaseIdRequest {
+    pub id: u64,
+}
+
+impl LeaseIdRequest {
+    pub fn from_body(mut map: Map<String, Value>) -> Result<LeaseIdRequest, ApiError> {
+        Ok(LeaseIdRequest {
+            id: required(take_u64(&mut map, "id")?, "id")?,
+        })
+    }
+}
+
+/// A lease granted or renewed: its id and TTL in seconds.
+#[derive(Serialize, ToSchema)]
+pub struct LeaseResponse {
+    pub id: u64,
+    pub ttl: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LeaseRevokeResponse {
+    pub ok: bool,
+    pub id: u64,
+    /// The revision at which its keys were deleted.
+    pub revision: u64,
+}
+
+/// `GET /api/lease/{id}`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseInfo {
+    pub id: u64,
+    /// Seconds left (rounded up).
+    pub ttl: i64,
+    pub granted_ttl: i64,
+    pub keys: Vec<String>,
 }
 
 /// `POST /api/cas`: swap in `value` if the key holds `expected`; `expected: null` means the key
@@ -99,6 +168,9 @@ pub struct SetResponse {
     pub key: String,
     /// The Raft log index the write was committed at.
     pub revision: u64,
+    /// The lease the key is attached to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
