@@ -125,11 +125,11 @@ mod tests {
         assert_eq!(c.due(t0 + s(4), 10), Vec::<LeaseId>::new());
         assert_eq!(c.renew(2, t0 + s(4)), Some(5));
         assert_eq!(c.due(t0 + s(8), 10), Vec::<LeaseId>::new());
-        assert_eq!(c.due(t0 + s(10), 10), vec![1, 2]);
+        assert_eq!(c.due(t0 + s(10), 10), vec![2, 1], "soonest deadline first");
         // Handed out: not again until the retry time, and no longer renewable.
         assert_eq!(c.due(t0 + s(11), 10), Vec::<LeaseId>::new());
         assert_eq!(c.renew(1, t0 + s(11)), None);
-        assert_eq!(c.due(t0 + s(10) + RETRY_REVOKE, 10), vec![1, 2]);
+        assert_eq!(c.due(t0 + s(10) + RETRY_REVOKE, 10), vec![2, 1]);
         c.removed(1);
         c.removed(2);
         assert!(c.is_empty());
