@@ -290,6 +290,7 @@ pub async fn expire_leases(app: Arc<App>, mut stop: tokio::sync::watch::Receiver
             tokio::spawn(async move {
                 match app.lease_revoke(id).await {
                     Ok(Ok(revision)) => {
+                        crate::telemetry::metrics::metrics().leases_expired.inc();
                         tracing::debug!(lease = id, revision, "lease expired and revoked")
                     }
                     Ok(Err(_)) => {} // already gone

@@ -239,6 +239,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         m.store_history_bytes.set(state.kv.history_bytes() as i64);
         m.store_revision.set(state.kv.revision() as i64);
         m.store_compacted_revision.set(state.kv.compacted() as i64);
+        m.leases.set(state.kv.leases().len() as i64);
         Ok(())
     }
 

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub store_history_bytes: IntGauge,
     pub store_revision: IntGauge,
     pub store_compacted_revision: IntGauge,
+    pub watchers: IntGauge,
+    pub watchers_lagging: IntCounter,
+    pub leases: IntGauge,
+    pub leases_expired: IntCounter,
     pub build_info: IntGaugeVec,
 }
 
@@ -258,6 +262,19 @@ fn build() -> Result<Metrics, prometheus::Error> {
         store_compacted_revision: reg!(IntGauge::new(
             "store_compacted_revision",
             "Revisions before this one have been compacted away"
+        )?),
+        watchers: reg!(IntGauge::new(
+            "watchers",
+            "Watches this member serves (etcd Watch streams and Server-Sent Events)"
+        )?),
+        watchers_lagging: reg!(IntCounter::new(
+            "watchers_lagging_total",
+            "Times a watcher could not keep up (its queue full) and was caught up from history"
+        )?),
+        leases: reg!(IntGauge::new("leases", "Leases that exist")?),
+        leases_expired: reg!(IntCounter::new(
+            "leases_expired_total",
+            "Leases this member, as leader, revoked because their TTL passed without renewal"
         )?),
         build_info: reg!(IntGaugeVec::new(
             Opts::new("build_info", "Build information"),

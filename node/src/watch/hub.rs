@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::store::mvcc::{prefix_end, Event, KeyRange};
+use crate::telemetry::metrics::metrics;
 
 /// A watch, as its client named it (etcd's `watch_id`), within one stream.
 pub type WatchId = i64;
@@ -274,6 +275,7 @@ impl WatchHub {
                 if !w.sink.offer(key.1, &batch) {
                     w.live = false;
                     w.sink.lag(key.1);
+                    metrics().watchers_lagging.inc();
                 }
                 // One stored permit however many of its watches the batch reaches.
                 w.sink.notify.notify_one();
@@ -320,6 +322,7 @@ impl Stream {
         let interest = Interest::of(&range);
         registry.index(key, &interest);
         self.watches.lock().insert(id);
+        metrics().watchers.inc();
         registry.watchers.insert(
             key,
             Watcher {
@@ -344,6 +347,7 @@ impl Stream {
         let key = (self.id, id);
         if let Some(old) = registry.watchers.remove(&key) {
             registry.unindex(key, &old.interest);
+            metrics().watchers.dec();
         }
         drop(registry);
         self.watches.lock().remove(&id);
@@ -400,6 +404,7 @@ impl Drop for Stream {
         for id in std::mem::take(&mut *self.watches.lock()) {
             if let Some(old) = registry.watchers.remove(&(self.id, id)) {
                 registry.unindex((self.id, id), &old.interest);
+                metrics().watchers.dec();
             }
         }
     }
