@@ -352,3 +352,77 @@ async fn the_seed_lease_api_grants_renews_lists_and_revokes() {
         .await;
     assert_eq!(s, 400, "{e}");
 }
+
+/// concordctl's own: `watch --prefix` prints each change once, `lock` hands over when its
+/// holder is killed (its session lease expires), `lease grant|ttl|revoke`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concordctl_watch_lock_and_lease_commands() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let endpoints = (0..3)
+        .map(|i| c.nodes[i].api())
+        .collect::<Vec<_>>()
+        .join(",");
+    let ctl = |args: &[&str]| -> Running {
+        let mut child = Command::new(common::CTL_BIN)
+            .arg("--endpoints")
+            .arg(&endpoints)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("concordctl");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines }
+    };
+    let watch = ctl(&["watch", "--prefix", "cfg/"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.set(leader, "cfg/a", "1").await;
+    c.delete(leader, "/api/delete?key=cfg/a").await;
+    let put = watch.line(Duration::from_secs(10)).expect("a put");
+    assert!(put.starts_with("PUT cfg/a 1 (revision "), "{put}");
+    let del = watch.line(Duration::from_secs(10)).expect("a delete");
+    assert!(del.starts_with("DELETE cfg/a"), "{del}");
+
+    let first = ctl(&["lock", "--ttl", "2", "batch"]);
+    let held = first.line(Duration::from_secs(10)).expect("held");
+    assert!(held.starts_with("batch/"), "{held}");
+    let second = ctl(&[
+        "lock",
+        "--ttl",
+        "2",
+        "batch",
+        "--",
+        "echo",
+        "ran-while-holding",
+    ]);
+    assert_eq!(second.line(Duration::from_secs(2)), None, "two holders");
+    drop(first);
+    let taken = second.line(Duration::from_secs(10)).expect("handed over");
+    assert!(taken.starts_with("batch/") && taken != held, "{taken}");
+    assert_eq!(
+        second.line(Duration::from_secs(5)).as_deref(),
+        Some("ran-while-holding")
+    );
+
+    let out = ctl(&["lease", "grant", "30"])
+        .line(Duration::from_secs(10))
+        .expect("grant");
+    let id = lease_id(&out);
+    let ttl = ctl(&["lease", "ttl", &id])
+        .line(Duration::from_secs(10))
+        .expect("ttl");
+    assert!(ttl.contains("granted with TTL(30s)"), "{ttl}");
+    let revoked = ctl(&["lease", "revoke", &id])
+        .line(Duration::from_secs(10))
+        .expect("revoke");
+    assert!(revoked.contains("revoked"), "{revoked}");
+}

@@ -90,6 +90,42 @@ enum Cmd {
         #[arg(long = "member")]
         members: Vec<String>,
     },
+    /// Print every change to a key (or, with --prefix, a prefix) as it happens; resumes across
+    /// reconnects with nothing missed or repeated.
+    Watch {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Start from this revision (history first); default: changes from now on.
+        #[arg(long)]
+        from_revision: Option<u64>,
+        /// Also show each change's previous value (with -o json).
+        #[arg(long)]
+        prev_value: bool,
+    },
+    /// Leases: keys that are deleted when their owner stops renewing.
+    #[command(subcommand)]
+    Lease(LeaseCmd),
+    /// Hold the lock NAME (etcd's recipe: the lowest revision under NAME/ holds it): prints the
+    /// lock key once held; runs COMMAND and releases, or holds until interrupted.
+    Lock {
+        name: String,
+        /// The session lease's TTL: a holder that dies loses the lock after this long.
+        #[arg(long, default_value = "60")]
+        ttl: u64,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Campaign to lead NAME with PROPOSAL (prints the key and proposal once leading, holds
+    /// until interrupted); with --listen, print who leads.
+    Elect {
+        name: String,
+        proposal: Option<String>,
+        #[arg(long, default_value = "60")]
+        ttl: u64,
+        #[arg(short, long)]
+        listen: bool,
+    },
     /// Round-trip every endpoint against a running cluster (the seed's test client).
     Check,
     /// Drive a concurrent load and print throughput and latency percentiles.
@@ -118,6 +154,22 @@ enum MemberCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum LeaseCmd {
+    /// Grant a lease of TTL seconds.
+    Grant { ttl: u64 },
+    /// Renew a lease every third of its TTL until interrupted (--once: renew once).
+    Keepalive {
+        id: u64,
+        #[arg(long)]
+        once: bool,
+    },
+    /// Revoke a lease: its keys are deleted.
+    Revoke { id: u64 },
+    /// A lease's time left and its keys.
+    Ttl { id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -244,7 +296,7 @@ async fn main() -> ExitCode {
             }
         }
         Cmd::Status { all: true } | Cmd::Member(MemberCmd::List) => {
-            match client.admin_get("/admin/members").await {
+            match client.get_json("/admin/members").await {
                 Ok(v) => print(out, &v, || members_table(&v)),
                 Err(e) => return fail(e),
             }
@@ -262,9 +314,9 @@ async fn main() -> ExitCode {
                 }
             };
             let res = if body.is_null() {
-                client.admin_get(path).await
+                client.get_json(path).await
             } else {
-                client.admin_post(path, &body).await
+                client.post_json(path, &body).await
             };
             match res {
                 Ok(v) => print(out, &v, || {
@@ -275,7 +327,7 @@ async fn main() -> ExitCode {
         }
         Cmd::Leader(LeaderCmd::Transfer { to }) => {
             match client
-                .admin_post("/admin/transfer-leader", &json!({ "to": to.unwrap_or(0) }))
+                .post_json("/admin/transfer-leader", &json!({ "to": to.unwrap_or(0) }))
                 .await
             {
                 Ok(v) => print(out, &v, || {
@@ -300,7 +352,7 @@ async fn main() -> ExitCode {
                 }
             }
             match client
-                .admin_post("/admin/init", &json!({ "members": specs }))
+                .post_json("/admin/init", &json!({ "members": specs }))
                 .await
             {
                 Ok(v) => print(out, &v, || {
@@ -327,6 +379,33 @@ async fn main() -> ExitCode {
             Err(e) => return fail(e),
         },
         Cmd::Check => return concord_node::cli::check::run(&client).await,
+        Cmd::Watch {
+            key,
+            prefix,
+            from_revision,
+            prev_value,
+        } => {
+            let args = concord_node::cli::watch::WatchArgs {
+                endpoints: client.endpoints(),
+                key: &key,
+                prefix,
+                from_revision,
+                prev_value,
+                json: out == Output::Json,
+            };
+            if let Err(e) = concord_node::cli::watch::run(args).await {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        Cmd::Lease(cmd) => return lease(&client, out, cmd).await,
+        Cmd::Lock { name, ttl, command } => return lock(&client, &name, ttl, &command).await,
+        Cmd::Elect {
+            name,
+            proposal,
+            ttl,
+            listen,
+        } => return elect(&client, &name, proposal.as_deref(), ttl, listen).await,
         Cmd::Bench(args) => {
             let started = Instant::now();
             let endpoints = if args.endpoints.is_empty() {
@@ -344,4 +423,140 @@ async fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+async fn lease(client: &Client, out: Output, cmd: LeaseCmd) -> ExitCode {
+    use concord_node::cli::lease::lease_path;
+    match cmd {
+        LeaseCmd::Grant { ttl } => match client
+            .post_json("/api/lease/grant", &json!({ "ttl": ttl }))
+            .await
+        {
+            Ok(v) => print(out, &v, || {
+                format!("lease {} granted with TTL({}s)", v["id"], v["ttl"])
+            }),
+            Err(e) => return fail(e),
+        },
+        LeaseCmd::Keepalive { id, once } => loop {
+            match client
+                .post_json("/api/lease/keepalive", &json!({ "id": id }))
+                .await
+            {
+                Ok(v) => print(out, &v, || {
+                    format!("lease {id} keepalived with TTL({})", v["ttl"])
+                }),
+                Err(e @ ClientError::Status { status: 404, .. }) => return fail(e),
+                Err(e) => eprintln!("warning: {e}; retrying"),
+            }
+            if once {
+                break;
+            }
+            let ttl = match client.get_json(&lease_path(id)).await {
+                Ok(v) => v["grantedTtl"].as_u64().unwrap_or(3),
+                Err(_) => 3,
+            };
+            tokio::time::sleep(Duration::from_millis((ttl * 1000 / 3).max(200))).await;
+        },
+        LeaseCmd::Revoke { id } => match client
+            .post_json("/api/lease/revoke", &json!({ "id": id }))
+            .await
+        {
+            Ok(v) => print(out, &v, || {
+                format!("lease {id} revoked (revision {})", v["revision"])
+            }),
+            Err(e) => return fail(e),
+        },
+        LeaseCmd::Ttl { id } => match client.get_json(&lease_path(id)).await {
+            Ok(v) => print(out, &v, || {
+                format!(
+                    "lease {id} granted with TTL({}s), remaining({}s), attached keys({})",
+                    v["grantedTtl"],
+                    v["ttl"],
+                    v["keys"]
+                        .as_array()
+                        .map(|k| k
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(","))
+                        .unwrap_or_default()
+                )
+            }),
+            Err(e) => return fail(e),
+        },
+    }
+    ExitCode::SUCCESS
+}
+
+async fn lock(client: &Client, name: &str, ttl: u64, command: &[String]) -> ExitCode {
+    use concord_node::cli::lease::{acquire, Session};
+    let session = match Session::start(client, ttl).await {
+        Ok(s) => s,
+        Err(e) => return fail_text(&e),
+    };
+    let key = match acquire(client, &session, name, "").await {
+        Ok((key, _)) => key,
+        Err(e) => return fail_text(&e),
+    };
+    println!("{key}");
+    let code = match command.split_first() {
+        Some((program, args)) => match std::process::Command::new(program).args(args).status() {
+            Ok(s) if s.success() => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => fail_text(&format!("running {program}: {e}")),
+        },
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+            ExitCode::SUCCESS
+        }
+    };
+    session.close(client).await;
+    code
+}
+
+async fn elect(
+    client: &Client,
+    name: &str,
+    proposal: Option<&str>,
+    ttl: u64,
+    listen: bool,
+) -> ExitCode {
+    use concord_node::cli::lease::{acquire, leader, Session};
+    if listen {
+        let mut last: Option<String> = None;
+        loop {
+            match leader(client, name).await {
+                Ok(Some((key, value))) if last.as_ref() != Some(&key) => {
+                    println!("{key}");
+                    println!("{}", value.as_str().unwrap_or_default());
+                    last = Some(key);
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("warning: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let Some(proposal) = proposal else {
+        return fail_text("give a PROPOSAL to campaign with (or --listen to observe)");
+    };
+    let session = match Session::start(client, ttl).await {
+        Ok(s) => s,
+        Err(e) => return fail_text(&e),
+    };
+    match acquire(client, &session, name, proposal).await {
+        Ok((key, _)) => {
+            println!("{key}");
+            println!("{proposal}");
+        }
+        Err(e) => return fail_text(&e),
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    session.close(client).await;
+    ExitCode::SUCCESS
+}
+
+fn fail_text(e: &str) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
 }

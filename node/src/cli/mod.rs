@@ -1,4 +1,7 @@
-//! concordctl's commands that are more than one request: the load generator and the smoke check.
+//! concordctl's commands that are more than one request: the load generator, the smoke check,
+//! watch (a stream that resumes), and leases with the lock and election recipes built on them.
 
 pub mod bench;
 pub mod check;
+pub mod lease;
+pub mod watch;

@@ -148,11 +148,13 @@ impl Client {
         self.send(reqwest::Method::GET, "/api/status", None).await
     }
 
-    pub async fn admin_get(&self, path: &str) -> Result<Value, ClientError> {
+    /// GET of any API path (admin, leases), with the same failover as the others.
+    pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
         self.send(reqwest::Method::GET, path, None).await
     }
 
-    pub async fn admin_post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+    /// POST of a JSON body to any API path.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
