@@ -46,6 +46,9 @@ pub struct Report {
     pub violations: Vec<Value>,
     pub inconclusive: Vec<(String, String)>,
     pub linearizable: bool,
+    /// Per member: changes its watcher saw, and how often it had to reconnect.
+    pub watchers: Vec<Value>,
+    pub lease: Option<crate::watchers::LeaseReport>,
 }
 
 impl Report {
@@ -447,6 +450,19 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         stop: AtomicBool::new(false),
     });
     let apis: Vec<String> = cluster.nodes.iter().map(|n| n.api()).collect();
+    // Watchers on every member from the first revision, and the lease keeper.
+    let finish = Arc::new(crate::watchers::Finish::default());
+    let watchers: Vec<_> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| tokio::spawn(crate::watchers::record(i, n.etcd_addr(), 1, finish.clone())))
+        .collect();
+    let lease_stop = Arc::new(AtomicBool::new(false));
+    let keeper = tokio::spawn(crate::watchers::keep_lease(
+        apis.clone(),
+        lease_stop.clone(),
+    ));
     let mut clients = Vec::new();
     for id in 0..cfg.clients {
         let etcd = cluster
@@ -503,6 +519,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     for c in clients {
         let _ = c.await;
     }
+    lease_stop.store(true, Ordering::Relaxed);
+    let lease = keeper.await.ok();
     // Final linearizable read of every key: a lost write shows up here if nowhere else.
     for k in 0..cfg.keys {
         let key = format!("k{k}");
@@ -526,6 +544,85 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // The committed history: the store's own, read from a member once everything has
+    // settled; every watcher must have seen exactly it.
+    let mut target = 0i64;
+    for attempt in 0..50 {
+        let node = attempt % cluster.nodes.len();
+        if let Ok(r) = etcd_ops::client(&cluster.nodes[node].etcd_addr(), Duration::from_secs(3)) {
+            let mut kv = r.clone();
+            let req = concord_proto::etcd::etcdserverpb::RangeRequest {
+                key: b"k0".to_vec(),
+                ..Default::default()
+            };
+            if let Ok(resp) = kv.range(req).await {
+                target = resp.into_inner().header.map_or(0, |h| h.revision);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    finish.target.store(target.max(1), Ordering::SeqCst);
+    let give_up = {
+        let finish = finish.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            finish.abandon.store(true, Ordering::SeqCst);
+        })
+    };
+    let mut records = Vec::new();
+    for w in watchers {
+        if let Ok(r) = w.await {
+            records.push(r);
+        }
+    }
+    let reference =
+        crate::watchers::record(0, cluster.nodes[0].etcd_addr(), 1, finish.clone()).await;
+    give_up.abort();
+    {
+        let acked: Vec<(String, String)> = shared
+            .history
+            .lock()
+            .iter()
+            .filter(|e| e.outcome == Outcome::Ok)
+            .filter_map(|e| match &e.op {
+                Op::Write(v) | Op::Cas { new: v, .. } => Some((e.key.clone(), v.clone())),
+                Op::Read => None,
+            })
+            .collect();
+        let mut problems = reference.anomalies.clone();
+        if reference.changes.last().is_none_or(|c| c.revision < target) && target > 1 {
+            problems.push(format!(
+                "the reference watch did not reach revision {target}"
+            ));
+        }
+        let empty = crate::watchers::LeaseReport::default();
+        problems.extend(crate::watchers::check(
+            &records,
+            &reference.changes,
+            &acked,
+            lease.as_ref().unwrap_or(&empty),
+        ));
+        if problems.iter().any(|p| p.contains("lease")) {
+            for i in 0..cluster.nodes.len() {
+                let lines: Vec<String> = cluster
+                    .log_text(i)
+                    .lines()
+                    .filter(|l| l.contains("concord_node::lease"))
+                    .map(String::from)
+                    .collect();
+                problems.push(format!(
+                    "{}'s log on leases: {lines:#?}",
+                    cluster.nodes[i].name
+                ));
+            }
+        }
+        shared.anomalies.lock().extend(problems);
+    }
+    let watcher_summary: Vec<Value> = records
+        .iter()
+        .map(|r| json!({ "member": r.member, "changes": r.changes.len(), "reconnects": r.reconnects }))
+        .collect();
     drop(cluster);
 
     let history = shared.history.lock().clone();
@@ -562,6 +659,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             .map(|v| json!({ "key": v.key, "minimal_failing_history": v.minimal, "history": v.history }))
             .collect(),
         inconclusive,
+        watchers: watcher_summary,
+        lease,
     };
     if let Some(path) = &cfg.report_path {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;

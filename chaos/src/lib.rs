@@ -8,3 +8,4 @@ pub mod etcd_ops;
 pub mod history;
 pub mod nemesis;
 pub mod netns;
+pub mod watchers;

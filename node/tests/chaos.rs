@@ -1,6 +1,8 @@
 //! The short run of the fault-injection suite that every test run includes: three real nodes,
 //! concurrent clients on a few keys through the seed API and etcd's gRPC API (Range, Put, Txn
-//! compare-and-swap), every nemesis, and a linearizability check of the history.
+//! compare-and-swap), every nemesis, and a linearizability check of the history; a watcher on
+//! every member that must see exactly the committed history, and a lease renewed throughout
+//! that must never expire.
 //! `CONCORD_CHAOS_SEED` replays a schedule; `concord-chaos --duration N` runs longer.
 
 use std::time::Duration;
@@ -37,6 +39,18 @@ async fn short_chaos_run_is_linearizable() {
     for e in &report.nemesis_events {
         eprintln!("  {:>7}ms {}", e.at_ms, e.what);
     }
+    eprintln!("watchers: {:?}; lease: {:?}", report.watchers, report.lease);
+    for a in &report.anomalies {
+        eprintln!("anomaly: {a}");
+    }
+    // Every member's watcher saw the run's changes (their exact agreement with the committed
+    // history is checked by the run: a difference is an anomaly).
+    assert_eq!(report.watchers.len(), 3, "{:?}", report.watchers);
+    for w in &report.watchers {
+        assert!(w["changes"].as_u64().is_some_and(|n| n > 500), "{w}");
+    }
+    let lease = report.lease.as_ref().expect("the lease keeper ran");
+    assert!(lease.renewals > 20, "{lease:?}");
     assert!(
         report.operations > 1000,
         "too few operations: {}",

@@ -64,6 +64,27 @@ impl LeaseClock {
         Some(ttl)
     }
 
+    /// Rule 2 for a lease that exists (`granted`: its TTL in the replicated table, `None` if it
+    /// does not): a lease this clock has not heard of yet — a leader whose table came from a
+    /// snapshot, before it restarted its TTLs — is renewed all the same. The table says whether
+    /// a lease exists; the clock only when it expires.
+    pub fn renew_existing(
+        &mut self,
+        id: LeaseId,
+        granted: Option<i64>,
+        now: Instant,
+    ) -> Option<i64> {
+        if self.revoking.contains_key(&id) {
+            return None;
+        }
+        if let Some(ttl) = self.renew(id, now) {
+            return Some(ttl);
+        }
+        let ttl = granted?;
+        self.granted(id, ttl, now);
+        Some(ttl)
+    }
+
     /// Time left and granted TTL.
     pub fn remaining(&self, id: LeaseId, now: Instant) -> Option<(Duration, i64)> {
         let (deadline, ttl) = self.leases.get(&id)?;
@@ -134,6 +155,21 @@ mod tests {
         c.removed(2);
         assert!(c.is_empty());
         assert_eq!(c.renew(9, t0), None);
+    }
+
+    #[test]
+    fn a_lease_the_table_has_and_the_clock_not_is_renewed() {
+        let t0 = Instant::now();
+        let mut c = LeaseClock::default();
+        assert_eq!(c.renew_existing(4, Some(6), t0), Some(6));
+        assert_eq!(c.remaining(4, t0), Some((Duration::from_secs(6), 6)));
+        assert_eq!(c.renew_existing(5, None, t0), None);
+        // One handed out for revoking stays refused.
+        c.due(t0 + Duration::from_secs(6), 10);
+        assert_eq!(
+            c.renew_existing(4, Some(6), t0 + Duration::from_secs(6)),
+            None
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use concord_proto::{LeaseAnswer, LeaseRequest};
 use openraft::async_runtime::watch::WatchReceiver;
 
 use crate::app::App;
-use crate::requests::{classify, ServiceError};
+use crate::requests::{classify, ServiceError, Written};
 use crate::store::leases::{LeaseId, MAX_TTL_SECONDS};
 use crate::store::mvcc::MvccError;
 use crate::store::{Command, CommandResult};
@@ -92,18 +92,29 @@ impl App {
         }
     }
 
-    /// Whether this node leads and has heard from a quorum lately: only then may it renew a
-    /// lease (a leader cut off from the others is about to be replaced, and the new one does
-    /// not know of its renewals).
-    fn leads_with_quorum(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        let alone = m.membership_config.membership().voter_ids().count() == 1;
-        m.current_leader == Some(self.id())
-            && (alone
-                || m.last_quorum_acked.as_ref().is_some_and(|at| {
-                    openraft::Instant::elapsed(&**at) < self.config.raft.election_timeout_min
-                }))
+    /// Confirms, as leader, that it still leads: by its leader lease (no round trip) while
+    /// that holds, else by a quorum round. A leader cut off from the others must not renew: the
+    /// one that replaces it does not know of its renewals.
+    async fn confirm_leading(&self, deadline: tokio::time::Instant) -> Result<(), ServiceError> {
+        if !self.is_leader() {
+            return Err(ServiceError::NotLeader);
+        }
+        let by_lease = self
+            .raft
+            .ensure_linearizable(openraft::raft::ReadPolicy::LeaseRead)
+            .await;
+        if by_lease.is_ok() {
+            return Ok(());
+        }
+        self.read_barrier(deadline).await
+    }
+
+    /// The renewal itself, once leadership is confirmed.
+    fn renew_on_leader(&self, id: LeaseId) -> Option<i64> {
+        let granted = self.state.read().kv.leases().get(id).map(|l| l.ttl);
+        self.lease_clock
+            .lock()
+            .renew_existing(id, granted, Instant::now())
     }
 
     /// Renews a lease on the leader (forwarded there from a follower). `None`: no such lease
@@ -111,11 +122,9 @@ impl App {
     pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<Option<i64>, ServiceError> {
         self.on_leader(
             "lease_keepalive",
-            |_| async move {
-                if !self.leads_with_quorum() {
-                    return Err(ServiceError::NotLeader);
-                }
-                Ok(self.lease_clock.lock().renew(id, Instant::now()))
+            |deadline| async move {
+                self.confirm_leading(deadline).await?;
+                Ok(self.renew_on_leader(id))
             },
             |addr, deadline| async move {
                 let answer = self
@@ -189,16 +198,15 @@ impl App {
     }
 
     /// The peer service's answer to a forwarded renewal or TTL query, as the leader.
-    pub fn lease_answer(
+    pub async fn lease_answer(
         &self,
         req: &LeaseRequest,
         renew: bool,
     ) -> Result<LeaseAnswer, ServiceError> {
         if renew {
-            if !self.leads_with_quorum() {
-                return Err(ServiceError::NotLeader);
-            }
-            let ttl = self.lease_clock.lock().renew(req.id, Instant::now());
+            let deadline = tokio::time::Instant::now() + self.config.limits.request_timeout;
+            self.confirm_leading(deadline).await?;
+            let ttl = self.renew_on_leader(req.id);
             return Ok(LeaseAnswer {
                 found: ttl.is_some(),
                 ttl: ttl.unwrap_or(0),
@@ -281,6 +289,17 @@ pub async fn expire_leases(app: Arc<App>, mut stop: tokio::sync::watch::Receiver
             leading_term = Some(term);
             continue;
         }
+        // Decided only while this node still leads (a leader that was paused or cut off
+        // must not act on its stale clock), and proposed here, never forwarded: a decision
+        // made under an old term must not be carried out by the leader of a new one, which
+        // has restarted every TTL.
+        let deadline = tokio::time::Instant::now() + app.config.limits.request_timeout;
+        if app.confirm_leading(deadline).await.is_err() {
+            continue;
+        }
+        if app.metrics().current_term != term {
+            continue; // a new term meanwhile: its TTLs restart first
+        }
         let due = app
             .lease_clock
             .lock()
@@ -288,14 +307,22 @@ pub async fn expire_leases(app: Arc<App>, mut stop: tokio::sync::watch::Receiver
         for id in due {
             let app = app.clone();
             tokio::spawn(async move {
-                match app.lease_revoke(id).await {
-                    Ok(Ok(revision)) => {
+                let deadline = tokio::time::Instant::now() + app.config.limits.request_timeout;
+                match app.propose(Command::LeaseRevoke { id }, deadline).await {
+                    Ok(Written {
+                        result:
+                            CommandResult::LeaseRevoke {
+                                result: Ok(()),
+                                revision,
+                            },
+                        ..
+                    }) => {
                         crate::telemetry::metrics::metrics().leases_expired.inc();
-                        tracing::debug!(lease = id, revision, "lease expired and revoked")
+                        tracing::info!(lease = id, revision, "lease expired and revoked")
                     }
-                    Ok(Err(_)) => {} // already gone
+                    Ok(_) => {} // already gone
                     Err(e) => {
-                        tracing::warn!(lease = id, error = %e, "could not revoke an expired lease; retrying")
+                        tracing::debug!(lease = id, error = %e, "an expired lease's revoke was not committed here; the leader retries")
                     }
                 }
             });

@@ -347,7 +347,7 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<LeaseAnswer>, Status> {
         let req = req.into_inner();
         self.check_cluster(&req.cluster_id)?;
-        let answer = self.app.lease_answer(&req, true).map_err(to_status)?;
+        let answer = self.app.lease_answer(&req, true).await.map_err(to_status)?;
         Ok(Response::new(answer))
     }
 
@@ -357,7 +357,11 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<LeaseAnswer>, Status> {
         let req = req.into_inner();
         self.check_cluster(&req.cluster_id)?;
-        let answer = self.app.lease_answer(&req, false).map_err(to_status)?;
+        let answer = self
+            .app
+            .lease_answer(&req, false)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(answer))
     }
 

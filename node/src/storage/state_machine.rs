@@ -58,6 +58,10 @@ impl StateMachineStore {
                 .observe(started.elapsed().as_secs_f64());
             tracing::info!(last_applied = ?data.last_applied, keys = data.kv.len(), "restored snapshot");
         }
+        // The leases of the snapshot start their TTL now (as on a leader change): the clock
+        // must know every lease the table holds.
+        let ttls: Vec<(LeaseId, i64)> = data.kv.leases().ttls().collect();
+        hooks.lease_clock.lock().restart(ttls, Instant::now());
         Ok(StateMachineStore {
             state: Arc::new(RwLock::new(data)),
             snapshots,
