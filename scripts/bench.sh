@@ -34,6 +34,33 @@ run_matrix() { # label protocol endpoints
   done
 }
 
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# Watch and lease load through etcd's gRPC API on both: change delivery to 1,000 watchers on a
+# prefix with 1 and 16 writers, the memory 10,000 idle watchers cost one member, and lease
+# renewals per second.
+run_watch() { # label etcd-endpoints pid-of-the-first-member
+  local label=$1 endpoints=$2 pid=$3 first=${2%%,*}
+  for writers in 1 16; do
+    "$CTL" -o json bench-watch --mode delivery --label "$label" --bench-endpoints "$endpoints" \
+      --watchers 1000 --per-stream 10 --writers "$writers" --changes $((2000 / scale)) \
+      | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' >>"$RESULTS"
+  done
+  local before after
+  before=$(rss_kb "$pid")
+  "$CTL" bench-watch --mode idle --bench-endpoints "$first" --watchers 10000 --per-stream 100 \
+    --hold-secs 6 >"$WORK/idle.out" &
+  local idle=$!
+  for _ in $(seq 300); do grep -q ready "$WORK/idle.out" 2>/dev/null && break; sleep 0.1; done
+  sleep 2
+  after=$(rss_kb "$pid")
+  wait "$idle" || true
+  echo "{\"target\": \"$label\", \"mode\": \"idle\", \"watchers\": 10000, \"rss_before_kb\": $before, \"rss_after_kb\": $after}" >>"$RESULTS"
+  "$CTL" -o json bench-watch --mode keepalive --label "$label" --bench-endpoints "$endpoints" \
+    --leases 1000 --writers 16 --seconds $((10 / scale + 2)) \
+    | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' >>"$RESULTS"
+}
+
 wait_http() { # url
   for _ in $(seq 100); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "timed out waiting for $1" >&2; return 1
@@ -51,6 +78,7 @@ done
 for a in 19081 19083 19085; do wait_http "http://127.0.0.1:$a/readyz"; done
 run_matrix concord concord "127.0.0.1:19081,127.0.0.1:19083,127.0.0.1:19085"
 run_matrix concord-grpc etcd-grpc "127.0.0.1:19180,127.0.0.1:19182,127.0.0.1:19184"
+run_watch concord "127.0.0.1:19180,127.0.0.1:19182,127.0.0.1:19184" "${PIDS[0]}"
 for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 wait 2>/dev/null || true
 PIDS=()
@@ -69,10 +97,13 @@ done
 for i in 1 2 3; do wait_http "http://127.0.0.1:2379$i/health"; done
 run_matrix etcd etcd "127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793"
 run_matrix etcd-grpc etcd-grpc "127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793"
+run_watch etcd "127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793" "${PIDS[0]}"
 
 python3 - "$RESULTS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+watch = [r for r in rows if "mode" in r]
+rows = [r for r in rows if "mode" not in r]
 by = {(r["target"], r["op"], r["connections"]): r for r in rows}
 for title, ours, theirs in (
     ("HTTP: ConcordKV seed API vs etcd v3 JSON gateway", "concord", "etcd"),
@@ -93,6 +124,25 @@ for title, ours, theirs in (
             if a["errors"] or b["errors"]:
                 print(f'        errors: concord {a["errors"]}, etcd {b["errors"]}')
 print("\nthru x = ConcordKV throughput / etcd throughput; p99 x = etcd p99 / ConcordKV p99 (higher is better for ConcordKV)")
+
+w = {(r["target"], r["mode"], r.get("writers")): r for r in watch}
+print("\nWatch and leases, etcd v3 gRPC on both")
+for writers in (1, 16):
+    a, b = w.get(("concord", "delivery", writers)), w.get(("etcd", "delivery", writers))
+    if a and b:
+        print(f'1,000 watchers, {writers:>2} writer(s): delivery p50/p99 ConcordKV {a["p50_ms"]:.2f}/{a["p99_ms"]:.2f} ms, '
+              f'etcd {b["p50_ms"]:.2f}/{b["p99_ms"]:.2f} ms (p99 x {b["p99_ms"] / max(a["p99_ms"], 1e-9):.2f}); '
+              f'events/s {a["events_per_s"]:.0f} vs {b["events_per_s"]:.0f}; delivered {a["delivered"]}/{a["expected"]} vs {b["delivered"]}/{b["expected"]}')
+a, b = w.get(("concord", "idle", None)), w.get(("etcd", "idle", None))
+if a and b:
+    pa = (a["rss_after_kb"] - a["rss_before_kb"]) * 1024 / a["watchers"]
+    pb = (b["rss_after_kb"] - b["rss_before_kb"]) * 1024 / b["watchers"]
+    print(f'10,000 idle watchers on one member: ConcordKV +{(a["rss_after_kb"] - a["rss_before_kb"]) / 1024:.1f} MB ({pa:.0f} B/watcher), '
+          f'etcd +{(b["rss_after_kb"] - b["rss_before_kb"]) / 1024:.1f} MB ({pb:.0f} B/watcher); ratio {pb / max(pa, 1e-9):.2f}x')
+a, b = w.get(("concord", "keepalive", None)), w.get(("etcd", "keepalive", None))
+if a and b:
+    print(f'lease renewals/s (1,000 leases, 16 streams): ConcordKV {a["renewals_per_s"]:.0f}, etcd {b["renewals_per_s"]:.0f} '
+          f'({a["renewals_per_s"] / max(b["renewals_per_s"], 1e-9):.2f}x)')
 PY
 
 echo

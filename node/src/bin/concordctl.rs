@@ -130,6 +130,8 @@ enum Cmd {
     Check,
     /// Drive a concurrent load and print throughput and latency percentiles.
     Bench(concord_node::cli::bench::BenchArgs),
+    /// Watch and lease load through etcd's gRPC API (ConcordKV's etcd port, or etcd).
+    BenchWatch(concord_node::cli::bench_watch::BenchWatchArgs),
 }
 
 #[derive(Subcommand)]
@@ -406,6 +408,10 @@ async fn main() -> ExitCode {
             ttl,
             listen,
         } => return elect(&client, &name, proposal.as_deref(), ttl, listen).await,
+        Cmd::BenchWatch(args) => match concord_node::cli::bench_watch::run(args).await {
+            Ok(v) => print(out, &v, || v.to_string()),
+            Err(e) => return fail_text(&format!("{e:#}")),
+        },
         Cmd::Bench(args) => {
             let started = Instant::now();
             let endpoints = if args.endpoints.is_empty() {

@@ -2,6 +2,7 @@
 //! watch (a stream that resumes), and leases with the lock and election recipes built on them.
 
 pub mod bench;
+pub mod bench_watch;
 pub mod check;
 pub mod lease;
 pub mod watch;
