@@ -7,6 +7,7 @@
 #
 #   scripts/bench.sh            # full run (a few minutes)
 #   QUICK=1 scripts/bench.sh    # fewer requests, for a smoke run
+#   ONLY=watch scripts/bench.sh # the watch and lease part alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-prereqs.sh
@@ -25,6 +26,7 @@ requests_for() { case "$1" in 1) echo $((3000 / scale));; 16) echo $((30000 / sc
 
 run_matrix() { # label protocol endpoints
   local label=$1 target=$2 endpoints=$3
+  [ "${ONLY:-}" = watch ] && return 0
   for op in write read; do
     for conns in 1 16 64; do
       "$CTL" -o json bench --target "$target" --label "$label" --op "$op" --connections "$conns" \
@@ -145,6 +147,7 @@ if a and b:
           f'({a["renewals_per_s"] / max(b["renewals_per_s"], 1e-9):.2f}x)')
 PY
 
+[ "${ONLY:-}" = watch ] && exit 0
 echo
 echo "== write unavailability after kill -9 of the leader (scripts/failover.py)"
 python3 scripts/failover.py "$NODE" "${FAILOVER_ROUNDS:-5}"
