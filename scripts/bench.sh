@@ -111,6 +111,8 @@ for title, ours, theirs in (
     ("HTTP: ConcordKV seed API vs etcd v3 JSON gateway", "concord", "etcd"),
     ("etcd v3 gRPC on both", "concord-grpc", "etcd-grpc"),
 ):
+    if not any(t == ours for (t, _, _) in by):
+        continue
     print(f"\n{title}")
     print(f'{"op":6} {"conns":>5} | {"concord ops/s":>13} {"p50":>7} {"p99":>7} | {"etcd ops/s":>10} {"p50":>7} {"p99":>7} | {"thru x":>6} {"p99 x":>6}')
     print("-" * 96)
@@ -125,7 +127,8 @@ for title, ours, theirs in (
                   f'{b["throughput"]:>10.0f} {b["p50_ms"]:>6.2f}m {b["p99_ms"]:>6.2f}m | {tr:>5.2f}x {pr:>5.2f}x')
             if a["errors"] or b["errors"]:
                 print(f'        errors: concord {a["errors"]}, etcd {b["errors"]}')
-print("\nthru x = ConcordKV throughput / etcd throughput; p99 x = etcd p99 / ConcordKV p99 (higher is better for ConcordKV)")
+if by:
+    print("\nthru x = ConcordKV throughput / etcd throughput; p99 x = etcd p99 / ConcordKV p99 (higher is better for ConcordKV)")
 
 w = {(r["target"], r["mode"], r.get("writers")): r for r in watch}
 print("\nWatch and leases, etcd v3 gRPC on both")

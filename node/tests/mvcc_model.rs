@@ -475,7 +475,13 @@ proptest! {
                         // Refused before proposing: never applied.
                         continue;
                     }
+                    // A transaction that changes nothing is answered without applying it,
+                    // and the answer must be the one applying gives.
+                    let read_only = (!t.writes()).then(|| store.read_txn(t));
                     let (got, events) = store.apply_txn(index, t);
+                    if let Some(answer) = read_only {
+                        prop_assert_eq!(&answer, &got, "read-only step {}: {:?}", i, t);
+                    }
                     let before = model.now();
                     let expected = model_precheck(&model, &before, t).map(|()| {
                         let mut work = before.clone();

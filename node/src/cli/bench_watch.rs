@@ -227,22 +227,32 @@ pub async fn run(args: BenchWatchArgs) -> anyhow::Result<Value> {
                     (ids.clone(), stop.clone(), renewed.clone(), args.writers);
                 tasks.push(tokio::spawn(async move {
                     let (tx, rx) = tokio::sync::mpsc::channel(1);
+                    let mut i = c;
+                    let mut next = || {
+                        let id = ids[i % ids.len()];
+                        i += conns;
+                        pb::LeaseKeepAliveRequest { id }
+                    };
+                    // The first request before the call: a gRPC server may send its response
+                    // headers only with its first answer (etcd's does).
+                    if tx.send(next()).await.is_err() {
+                        return Ok(());
+                    }
                     let mut answers = client
                         .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
                         .await?
                         .into_inner();
-                    let mut i = c;
-                    while !stop.load(Ordering::Relaxed) {
-                        let id = ids[i % ids.len()];
-                        i += conns;
-                        if tx.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
-                            break;
-                        }
-                        match answers.message().await? {
-                            Some(a) if a.ttl > 0 => {
+                    loop {
+                        let answer =
+                            tokio::time::timeout(Duration::from_secs(5), answers.message()).await;
+                        match answer {
+                            Ok(Ok(Some(a))) if a.ttl > 0 => {
                                 renewed.fetch_add(1, Ordering::Relaxed);
                             }
                             _ => break,
+                        }
+                        if stop.load(Ordering::Relaxed) || tx.send(next()).await.is_err() {
+                            break;
                         }
                     }
                     Ok::<_, tonic::Status>(())

@@ -278,6 +278,15 @@ pub struct TxnRequest {
 }
 
 impl TxnRequest {
+    /// Whether any branch, nested ones included, changes anything (a put or a delete).
+    pub fn writes(&self) -> bool {
+        self.success.iter().chain(&self.failure).any(|op| match op {
+            Op::Put(_) | Op::Delete(_) => true,
+            Op::Txn(t) => t.writes(),
+            Op::Range(_) => false,
+        })
+    }
+
     /// Whether any branch, nested ones included, puts a key.
     pub fn puts(&self) -> bool {
         self.success.iter().chain(&self.failure).any(|op| match op {
@@ -686,6 +695,15 @@ impl MvccStore {
             self.revision = index;
         }
         (Ok(result), w.events)
+    }
+
+    /// A transaction that changes nothing ([`TxnRequest::writes`] is false), answered from the
+    /// store as it is: exactly what applying it would answer, without a Raft entry (etcd serves
+    /// read-only transactions the same way, after a read index).
+    pub fn read_txn(&self, txn: &TxnRequest) -> Result<TxnResult, MvccError> {
+        // On an O(1) copy: applying changes nothing, but takes `&mut`.
+        let mut view = self.clone();
+        view.apply_txn(self.revision + 1, txn).0
     }
 
     /// What the transaction would refuse, found on the path its compares choose.

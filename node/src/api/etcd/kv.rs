@@ -135,8 +135,17 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let txn = convert::txn_request(req.into_inner(), &self.app.config.limits)?;
-        // A transaction that only reads (no write in either branch) is still one entry: it
-        // is rare, and going through Raft keeps its compares and reads atomic.
+        if !txn.writes() {
+            // Only reads (no put or delete in any branch): answered from this member's state
+            // once it is linearizable, under one read lock, so compares and reads see one
+            // revision; no Raft entry.
+            self.app.linearize().await.map_err(|e| service_status(&e))?;
+            let state = self.app.state.read();
+            let result = state.kv.read_txn(&txn).map_err(|e| mvcc_status(&e))?;
+            let header = header(&self.app, state.kv.revision());
+            drop(state);
+            return Ok(Response::new(convert::txn_response(header, result)));
+        }
         let (result, revision) = self.write_txn(txn).await?;
         let header = header(&self.app, revision);
         Ok(Response::new(convert::txn_response(header, result)))
