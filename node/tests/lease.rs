@@ -4,55 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{etcdctl, etcdctl_stdin, json, Cluster};
+use common::{etcdctl, etcdctl_stdin, json, Cluster, Streamed};
 use etcd_client::{Client, PutOptions};
 
 const LEADER_WAIT: Duration = Duration::from_secs(15);
-
-/// An etcdctl command left running (keep-alive, lock, elect); its output lines as they come.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn start(endpoint: &str, args: &[&str]) -> Running {
-        let mut child = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoint}"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcdctl is installed (Debian package etcd-client)");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, lines }
-    }
-
-    fn line(&self, within: Duration) -> Option<String> {
-        self.lines.recv_timeout(within).ok()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn lease_id(grant_output: &str) -> String {
     // "lease 694d77aa9e38260f granted with TTL(5s)"
@@ -85,7 +43,7 @@ async fn etcdctl_leases_keep_keys_alive_while_renewed_and_remove_them_after() {
     assert_eq!(ttl["keys"][0], common::b64("svc/a"), "{ttl}");
 
     // Renewed through a follower for twice the TTL: the key stays.
-    let keeper = Running::start(&follower, &["lease", "keep-alive", &id]);
+    let keeper = Streamed::etcdctl(&follower, &["lease", "keep-alive", &id]);
     let first = keeper
         .line(Duration::from_secs(5))
         .expect("a keep-alive answer");
@@ -144,12 +102,12 @@ async fn etcdctl_lock_and_elect_hand_over_when_the_holder_dies() {
     let a = c.nodes[(leader + 1) % 3].etcd();
     let b = c.nodes[(leader + 2) % 3].etcd();
 
-    let first = Running::start(&a, &["lock", "--ttl", "2", "jobs"]);
+    let first = Streamed::etcdctl(&a, &["lock", "--ttl", "2", "jobs"]);
     let held = first
         .line(Duration::from_secs(10))
         .expect("the first holder gets the lock");
     assert!(held.starts_with("jobs/"), "{held}");
-    let second = Running::start(&b, &["lock", "--ttl", "2", "jobs"]);
+    let second = Streamed::etcdctl(&b, &["lock", "--ttl", "2", "jobs"]);
     assert_eq!(
         second.line(Duration::from_secs(2)),
         None,
@@ -164,18 +122,18 @@ async fn etcdctl_lock_and_elect_hand_over_when_the_holder_dies() {
         "{taken} after {held}"
     );
 
-    let one = Running::start(&a, &["elect", "leader", "one"]);
+    let one = Streamed::etcdctl(&a, &["elect", "leader", "one"]);
     let key = one.line(Duration::from_secs(10)).expect("elected");
     assert!(key.starts_with("leader/"), "{key}");
     assert_eq!(one.line(Duration::from_secs(2)).as_deref(), Some("one"));
-    let observed = Running::start(&b, &["elect", "-l", "leader"]);
+    let observed = Streamed::etcdctl(&b, &["elect", "-l", "leader"]);
     let seen = observed.line(Duration::from_secs(10)).expect("observed");
     assert!(seen.starts_with("leader/"), "{seen}");
     assert_eq!(
         observed.line(Duration::from_secs(2)).as_deref(),
         Some("one")
     );
-    let two = Running::start(&b, &["elect", "leader", "two"]);
+    let two = Streamed::etcdctl(&b, &["elect", "leader", "two"]);
     assert_eq!(
         two.line(Duration::from_secs(2)),
         None,
@@ -363,25 +321,13 @@ async fn concordctl_watch_lock_and_lease_commands() {
         .map(|i| c.nodes[i].api())
         .collect::<Vec<_>>()
         .join(",");
-    let ctl = |args: &[&str]| -> Running {
-        let mut child = Command::new(common::CTL_BIN)
-            .arg("--endpoints")
-            .arg(&endpoints)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("concordctl");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, lines }
+    let ctl = |args: &[&str]| {
+        Streamed::spawn(
+            Command::new(common::CTL_BIN)
+                .arg("--endpoints")
+                .arg(&endpoints)
+                .args(args),
+        )
     };
     let watch = ctl(&["watch", "--prefix", "cfg/"]);
     tokio::time::sleep(Duration::from_millis(500)).await;

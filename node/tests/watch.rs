@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{etcdctl, json, Cluster};
+use common::{etcdctl, json, Cluster, Streamed};
 use etcd_client::{Client, EventType, WatchOptions};
 use serde_json::Value;
 
@@ -24,33 +22,14 @@ fn unb64(v: &Value) -> String {
 }
 
 /// `etcdctl watch ... -w json` running in the background; its responses as they arrive.
-struct EtcdctlWatch {
-    child: std::process::Child,
-    lines: mpsc::Receiver<String>,
-}
+struct EtcdctlWatch(Streamed);
 
 impl EtcdctlWatch {
     fn start(endpoint: &str, args: &[&str]) -> EtcdctlWatch {
-        let mut child = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoint}"))
-            .arg("watch")
-            .args(args)
-            .args(["-w", "json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcdctl is installed (Debian package etcd-client)");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        EtcdctlWatch { child, lines }
+        let mut all = vec!["watch"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-w", "json"]);
+        EtcdctlWatch(Streamed::etcdctl(endpoint, &all))
     }
 
     /// (type, key, value, mod revision) of every event received until `n` have arrived.
@@ -59,7 +38,7 @@ impl EtcdctlWatch {
         let mut got = Vec::new();
         while got.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.lines.recv_timeout(left) else {
+            let Some(line) = self.0.line(left) else {
                 panic!("only {} of {n} events arrived: {got:?}", got.len());
             };
             let resp = json(&line);
@@ -74,13 +53,6 @@ impl EtcdctlWatch {
             }
         }
         got
-    }
-}
-
-impl Drop for EtcdctlWatch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -302,10 +274,7 @@ async fn quiet_watch_streams_outlive_the_connection_timeouts_on_grpc_and_the_gat
 
 /// `curl -N` on the seed API's Server-Sent Events, as a user streams it; its frames as
 /// (event, id, data).
-struct Curl {
-    child: std::process::Child,
-    frames: mpsc::Receiver<(String, String, Value)>,
-}
+struct Curl(Streamed);
 
 impl Curl {
     fn start(url: &str, last_event_id: Option<&str>) -> Curl {
@@ -314,63 +283,43 @@ impl Curl {
         if let Some(id) = last_event_id {
             cmd.args(["-H", &format!("Last-Event-ID: {id}")]);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("curl is installed (scripts/test.sh installs it)");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, frames) = mpsc::channel();
-        std::thread::spawn(move || {
-            let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(v) = line.strip_prefix("event: ") {
-                    event = v.to_string();
-                } else if let Some(v) = line.strip_prefix("id: ") {
-                    id = v.to_string();
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data = v.to_string();
-                } else if line.is_empty() && !event.is_empty() {
-                    let frame = (
-                        std::mem::take(&mut event),
-                        std::mem::take(&mut id),
-                        serde_json::from_str(&std::mem::take(&mut data)).unwrap_or(Value::Null),
-                    );
-                    if tx.send(frame).is_err() {
-                        break;
-                    }
-                }
+        Curl(Streamed::spawn(&mut cmd))
+    }
+
+    /// The next frame: its lines up to the blank one that ends it.
+    fn next_frame(&self) -> (String, String, Value) {
+        let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
+        loop {
+            let line = self
+                .0
+                .line(Duration::from_secs(10))
+                .expect("a frame in time");
+            if let Some(v) = line.strip_prefix("event: ") {
+                event = v.to_string();
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = v.to_string();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = v.to_string();
+            } else if line.is_empty() && !event.is_empty() {
+                return (
+                    event,
+                    id,
+                    serde_json::from_str(&data).unwrap_or(Value::Null),
+                );
             }
-        });
-        Curl { child, frames }
+        }
     }
 
     /// The next `n` change frames (put/delete), skipping progress.
     fn changes(&self, n: usize) -> Vec<(String, String, Value)> {
         let mut got = Vec::new();
         while got.len() < n {
-            let f = self
-                .frames
-                .recv_timeout(Duration::from_secs(10))
-                .unwrap_or_else(|_| panic!("only {} of {n} changes came: {got:?}", got.len()));
+            let f = self.next_frame();
             if f.0 != "progress" {
                 got.push(f);
             }
         }
         got
-    }
-
-    fn next_frame(&self) -> (String, String, Value) {
-        self.frames
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a frame in time")
-    }
-}
-
-impl Drop for Curl {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -446,7 +395,7 @@ async fn server_sent_events_resume_with_last_event_id_and_report_compaction() {
     assert!(compacted.2["compactRevision"]
         .as_u64()
         .is_some_and(|r| r > 1));
-    let ended = old.child.wait().expect("curl ends with the stream");
+    let ended = old.0.child.wait().expect("curl ends with the stream");
     assert!(ended.success());
 
     // Bad requests get JSON errors, not a stream.

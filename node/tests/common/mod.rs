@@ -546,3 +546,53 @@ pub fn b64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// A client process left running (etcdctl watch/lock/elect, curl -N, concordctl watch): its
+/// stdout lines as they come, read on a thread of their own. Killed when dropped.
+pub struct Streamed {
+    pub child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Streamed {
+    pub fn spawn(cmd: &mut Command) -> Streamed {
+        use std::io::{BufRead, BufReader};
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Streamed { child, lines }
+    }
+
+    /// `etcdctl --endpoints=ENDPOINT ARGS...`.
+    pub fn etcdctl(endpoint: &str, args: &[&str]) -> Streamed {
+        Streamed::spawn(
+            Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={endpoint}"))
+                .args(args),
+        )
+    }
+
+    /// The next line, if one comes within `within`.
+    pub fn line(&self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
