@@ -109,6 +109,14 @@ pub struct ClusterService {
 }
 
 impl ClusterService {
+    /// The member list as this member sees it now: what a membership change answers with.
+    async fn members_now(&self) -> Result<pb::MemberListResponse, Status> {
+        Ok(self
+            .member_list(Request::new(pb::MemberListRequest::default()))
+            .await?
+            .into_inner())
+    }
+
     fn etcd_port(&self) -> u16 {
         self.app
             .config
@@ -165,10 +173,7 @@ impl Cluster for ClusterService {
             )
             .await
             .map_err(admin_status)?;
-        let list = self
-            .member_list(Request::new(pb::MemberListRequest::default()))
-            .await?
-            .into_inner();
+        let list = self.members_now().await?;
         let member = list.members.iter().find(|m| m.id == id).cloned();
         Ok(Response::new(pb::MemberAddResponse {
             header: list.header,
@@ -195,10 +200,7 @@ impl Cluster for ClusterService {
             )
             .await
             .map_err(admin_status)?;
-        let members = self
-            .member_list(Request::new(pb::MemberListRequest::default()))
-            .await?;
-        let list = members.into_inner();
+        let list = self.members_now().await?;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: list.header,
             members: list.members,
@@ -252,10 +254,7 @@ impl Cluster for ClusterService {
             .admin_promote(concord_proto::PromoteRequest { id }, Hop::Client)
             .await
             .map_err(admin_status)?;
-        let list = self
-            .member_list(Request::new(pb::MemberListRequest::default()))
-            .await?
-            .into_inner();
+        let list = self.members_now().await?;
         Ok(Response::new(pb::MemberPromoteResponse {
             header: list.header,
             members: list.members,
