@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "vendor/etcd/api/etcdserverpb/rpc.proto",
                 "vendor/etcd/api/mvccpb/kv.proto",
                 "vendor/etcd/api/authpb/auth.proto",
+                "vendor/etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
+                "vendor/etcd/server/etcdserver/api/v3election/v3electionpb/v3election.proto",
             ],
             &["vendor", includes],
         )?;
@@ -31,6 +33,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&std::fs::read(&descriptors)?)?
         .preserve_proto_field_names()
-        .build(&[".etcdserverpb", ".mvccpb", ".authpb"])?;
+        .build(&[
+            ".etcdserverpb",
+            ".mvccpb",
+            ".authpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     Ok(())
 }

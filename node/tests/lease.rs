@@ -372,3 +372,94 @@ async fn concordctl_watch_lock_and_lease_commands() {
         .expect("revoke");
     assert!(revoked.contains("revoked"), "{revoked}");
 }
+
+/// etcd's server-side recipes (`v3lock`, `v3election`) through the etcd-client crate, on a
+/// follower: a second locker waits until the first unlocks; a campaign waits for the leader to
+/// resign, `Leader` and `Observe` follow it, `Proclaim` changes its value, and a proclaim with a
+/// key that no longer leads is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_and_election_services_serve_etcds_recipes() {
+    use etcd_client::{LockOptions, ProclaimOptions, ResignOptions};
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let follower = c.nodes[(leader + 1) % 3].etcd();
+    let mut a = Client::connect([follower.clone()], None)
+        .await
+        .expect("connect");
+    let mut b = Client::connect([follower.clone()], None)
+        .await
+        .expect("connect");
+    let la = a.lease_grant(30, None).await.expect("grant").id();
+    let lb = b.lease_grant(30, None).await.expect("grant").id();
+
+    let held = a
+        .lock("res", Some(LockOptions::new().with_lease(la)))
+        .await
+        .expect("lock");
+    let key = held.key().to_vec();
+    assert!(key.starts_with(b"res/"), "{key:?}");
+    let waiting = tokio::spawn(async move {
+        let r = b.lock("res", Some(LockOptions::new().with_lease(lb))).await;
+        (b, r.map(|r| r.key().to_vec()))
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "two holders of one lock");
+    a.unlock(key.clone()).await.expect("unlock");
+    let (mut b, second) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the lock passes on")
+        .expect("task");
+    let second = second.expect("lock");
+    assert_ne!(second, key);
+    b.unlock(second).await.expect("unlock");
+
+    let won = a.campaign("chief", "alpha", la).await.expect("campaign");
+    let ours = won.leader().expect("leader key").clone();
+    let now = a.leader("chief").await.expect("leader");
+    assert_eq!(now.kv().map(|kv| kv.value()), Some(&b"alpha"[..]));
+    let mut observer = b.observe("chief").await.expect("observe");
+    let seen = observer
+        .message()
+        .await
+        .expect("message")
+        .expect("the leader");
+    assert_eq!(seen.kv().map(|kv| kv.value()), Some(&b"alpha"[..]));
+    a.proclaim(
+        "beta",
+        Some(ProclaimOptions::new().with_leader(ours.clone())),
+    )
+    .await
+    .expect("proclaim");
+    let seen = tokio::time::timeout(Duration::from_secs(10), observer.message())
+        .await
+        .expect("in time")
+        .expect("message")
+        .expect("the new value");
+    assert_eq!(seen.kv().map(|kv| kv.value()), Some(&b"beta"[..]));
+    let mut c2 = Client::connect([follower.clone()], None)
+        .await
+        .expect("connect");
+    let next = tokio::spawn(async move { c2.campaign("chief", "gamma", lb).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!next.is_finished(), "two leaders at once");
+    a.resign(Some(ResignOptions::new().with_leader(ours.clone())))
+        .await
+        .expect("resign");
+    let took = tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .expect("the next one is elected")
+        .expect("task")
+        .expect("campaign");
+    assert_ne!(
+        took.leader().map(|l| l.key().to_vec()),
+        Some(ours.key().to_vec())
+    );
+    let stale = a
+        .proclaim("delta", Some(ProclaimOptions::new().with_leader(ours)))
+        .await
+        .expect_err("a resigned leader cannot proclaim");
+    assert!(
+        stale.to_string().contains("election: not leader"),
+        "{stale}"
+    );
+}

@@ -18,6 +18,14 @@ pub mod etcd {
         tonic::include_proto!("mvccpb");
         include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
     }
+    pub mod v3lockpb {
+        tonic::include_proto!("v3lockpb");
+        include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
+    }
+    pub mod v3electionpb {
+        tonic::include_proto!("v3electionpb");
+        include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
+    }
     pub mod authpb {
         tonic::include_proto!("authpb");
         include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));

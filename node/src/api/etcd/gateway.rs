@@ -22,6 +22,8 @@ use concord_proto::etcd::etcdserverpb::cluster_server::Cluster;
 use concord_proto::etcd::etcdserverpb::kv_server::Kv;
 use concord_proto::etcd::etcdserverpb::lease_server::Lease;
 use concord_proto::etcd::etcdserverpb::maintenance_server::Maintenance;
+use concord_proto::etcd::v3electionpb::election_server::Election;
+use concord_proto::etcd::v3lockpb::lock_server::Lock;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -39,6 +41,8 @@ pub struct Services {
     pub cluster: Arc<ClusterService>,
     pub maintenance: Arc<MaintenanceService>,
     pub lease: Arc<LeaseService>,
+    pub lock: Arc<super::recipes::LockService>,
+    pub election: Arc<super::recipes::ElectionService>,
     pub app: Arc<App>,
 }
 
@@ -261,6 +265,42 @@ pub fn router(services: Services) -> Router {
             "/v3/lease/grant",
             post(|State(s): State<Services>, b| async move {
                 call(b, |r| async move { s.lease.lease_grant(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/lock/lock",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.lock.lock(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/lock/unlock",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.lock.unlock(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/election/campaign",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.election.campaign(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/election/proclaim",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.election.proclaim(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/election/leader",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.election.leader(r).await }).await
+            }),
+        )
+        .route(
+            "/v3/election/resign",
+            post(|State(s): State<Services>, b| async move {
+                call(b, |r| async move { s.election.resign(r).await }).await
             }),
         )
         .route("/v3/lease/revoke", post(lease_revoke))

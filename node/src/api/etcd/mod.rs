@@ -1,7 +1,7 @@
 //! etcd's v3 API (gRPC), on a port of its own (`--etcd-listen`, default `:2379`), so etcd's
 //! clients — etcdctl, the Go, Python and Rust clients — work against ConcordKV unchanged: KV
-//! (`kv.rs`), Watch (`watch.rs`), Lease (`lease.rs`), Cluster and Maintenance (here), and the
-//! standard gRPC health service.
+//! (`kv.rs`), Watch (`watch.rs`), Lease (`lease.rs`), Lock and Election (`recipes.rs`), Cluster
+//! and Maintenance (here), and the standard gRPC health service.
 //!
 //! Messages are etcd's own, generated from its .proto files (`proto/vendor`). Every member
 //! serves every request: writes are forwarded to the leader, reads are linearizable (through
@@ -11,6 +11,7 @@ pub mod convert;
 pub mod gateway;
 pub mod kv;
 pub mod lease;
+pub mod recipes;
 pub mod watch;
 
 use std::sync::Arc;
@@ -405,6 +406,8 @@ pub async fn serve(
     let cluster = Arc::new(ClusterService { app: app.clone() });
     let maintenance = Arc::new(MaintenanceService { app: app.clone() });
     let lease = Arc::new(lease::LeaseService { app: app.clone() });
+    let lock = Arc::new(recipes::LockService { app: app.clone() });
+    let election = Arc::new(recipes::ElectionService { app: app.clone() });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<KvServer<kv::KvService>>()
@@ -426,6 +429,16 @@ pub async fn serve(
             concord_proto::etcd::etcdserverpb::lease_server::LeaseServer::from_arc(lease.clone())
                 .max_decoding_message_size(limit),
         )
+        .add_service(
+            concord_proto::etcd::v3lockpb::lock_server::LockServer::from_arc(lock.clone())
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            concord_proto::etcd::v3electionpb::election_server::ElectionServer::from_arc(
+                election.clone(),
+            )
+            .max_decoding_message_size(limit),
+        )
         .add_service(ClusterServer::from_arc(cluster.clone()))
         .add_service(MaintenanceServer::from_arc(maintenance.clone()))
         .into_axum_router();
@@ -434,6 +447,8 @@ pub async fn serve(
         cluster,
         maintenance,
         lease,
+        lock,
+        election,
         app: app.clone(),
     });
     let both = axum::Router::new().fallback_service(tower::service_fn(
