@@ -306,6 +306,25 @@ async fn the_json_gateway_answers_as_etcds_does_on_the_same_port() {
     // From etcd's "gRPC gateway" guide: keys and values base64, int64 as strings.
     let (s, put) = gateway(&c, f, "/v3/kv/put", r#"{"key": "Zm9v", "value": "YmFy"}"#).await;
     assert_eq!(s, 200, "{put}");
+    // A request the HTTP parser itself refuses gets grpc-gateway's error shape here too.
+    {
+        use std::io::{Read, Write};
+        let mut raw = std::net::TcpStream::connect(c.nodes[f].etcd()).expect("connect");
+        raw.write_all(b"POST /v3/kv/put HTTP/1.1\r\nthis is not a header\r\n\r\n")
+            .expect("write");
+        let mut answer = String::new();
+        let _ = raw.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        let body: serde_json::Value =
+            serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or("")).expect("JSON");
+        assert_eq!(body["code"], 3, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("malformed")),
+            "{body}"
+        );
+    }
     assert!(
         put["header"]["revision"].is_string(),
         "int64 as a string: {put}"

@@ -466,7 +466,8 @@ pub async fn serve(
             async move { target.oneshot(req).await }
         },
     ));
-    let limits = crate::api::http::listener::ConnectionLimits::from_limits(&app.config.limits);
+    let mut limits = crate::api::http::listener::ConnectionLimits::from_limits(&app.config.limits);
+    limits.errors = crate::api::http::listener::ErrorShape::Gateway;
     crate::api::http::listener::serve(listener, both, limits, stop).await
 }
 

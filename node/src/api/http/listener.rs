@@ -44,6 +44,8 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_concurrent_streams: u32,
+    /// The shape of the JSON errors this loop writes itself.
+    pub errors: ErrorShape,
 }
 
 impl ConnectionLimits {
@@ -53,7 +55,31 @@ impl ConnectionLimits {
             header_read_timeout: l.header_read_timeout,
             idle_timeout: l.idle_timeout,
             max_concurrent_streams: l.max_concurrent_streams,
+            errors: ErrorShape::Seed,
         }
+    }
+}
+
+/// The error bodies of the port's API, for the answers written before any route is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// The seed API's `{"error", "retryable"}`.
+    Seed,
+    /// grpc-gateway's `{"error", "code", "message"}` (etcd's port; `code` the gRPC code).
+    Gateway,
+}
+
+impl ErrorShape {
+    fn body(self, message: &str, retryable: bool, grpc_code: tonic::Code) -> String {
+        match self {
+            ErrorShape::Seed => serde_json::json!({ "error": message, "retryable": retryable }),
+            ErrorShape::Gateway => serde_json::json!({
+                "error": message,
+                "code": grpc_code as i32,
+                "message": message,
+            }),
+        }
+        .to_string()
     }
 }
 
@@ -111,7 +137,7 @@ pub async fn serve(
                 .http_connections_refused
                 .with_label_values(&["max_connections"])
                 .inc();
-            refuse_connection(tcp, limits.max_connections, &lingering);
+            refuse_connection(tcp, &limits, &lingering);
             continue;
         };
         let builder = builder.clone();
@@ -143,14 +169,12 @@ fn transient_accept_error(e: &io::Error) -> bool {
 /// HTTP/1 client sees why; any client sees the close at once), then close. Closing a socket
 /// with unread input makes the kernel send a reset, which can destroy the answer before the
 /// client reads it, so while few refusals are pending the input is drained for a moment first.
-fn refuse_connection(mut tcp: TcpStream, limit: usize, lingering: &Arc<Semaphore>) {
-    let body = serde_json::json!({
-        "error": format!(
-            "too many open connections (limits.maxConnections = {limit}); retry shortly"
-        ),
-        "retryable": true,
-    })
-    .to_string();
+fn refuse_connection(mut tcp: TcpStream, limits: &ConnectionLimits, lingering: &Arc<Semaphore>) {
+    let message = format!(
+        "too many open connections (limits.maxConnections = {}); retry shortly",
+        limits.max_connections
+    );
+    let body = limits.errors.body(&message, true, tonic::Code::Unavailable);
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
@@ -192,6 +216,7 @@ async fn serve_connection(
         inner: tcp,
         activity: activity.clone(),
         rewrite: None,
+        errors: limits.errors,
     });
     let service_activity = activity.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
@@ -364,6 +389,7 @@ struct WatchedIo {
     /// Our replacement for an error answer hyper is writing: the bytes, how many are written,
     /// and how many of hyper's bytes it stands for.
     rewrite: Option<(Vec<u8>, usize, usize)>,
+    errors: ErrorShape,
 }
 
 impl AsyncRead for WatchedIo {
@@ -388,7 +414,7 @@ impl AsyncWrite for WatchedIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         if self.rewrite.is_none() {
-            if let Some(replacement) = parser_error_answer(buf) {
+            if let Some(replacement) = parser_error_answer(buf, self.errors) {
                 self.rewrite = Some((replacement, 0, buf.len()));
             }
         }
@@ -422,7 +448,7 @@ impl AsyncWrite for WatchedIo {
 /// writes when it refuses a request it could not parse (414 URI too long, 431 headers too large,
 /// 400 malformed) — the same answer with the JSON error body every other refusal has. Responses
 /// from the router always carry a content type, so they are never touched.
-pub(crate) fn parser_error_answer(buf: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn parser_error_answer(buf: &[u8], shape: ErrorShape) -> Option<Vec<u8>> {
     if !(buf.starts_with(b"HTTP/1.1 ") || buf.starts_with(b"HTTP/1.0 ")) {
         return None;
     }
@@ -444,7 +470,7 @@ pub(crate) fn parser_error_answer(buf: &[u8]) -> Option<Vec<u8>> {
         400 => "malformed HTTP request: the request line or headers could not be parsed".to_string(),
         other => format!("request refused by the HTTP parser ({other})"),
     };
-    let body = serde_json::json!({ "error": message, "retryable": false }).to_string();
+    let body = shape.body(&message, false, tonic::Code::InvalidArgument);
     let reason = head
         .get(13..head.find("\r\n")?)
         .map(str::to_string)
@@ -474,19 +500,27 @@ mod tests {
             header_read_timeout: Duration::from_millis(100),
             idle_timeout: Duration::from_millis(300),
             max_concurrent_streams: 10,
+            errors: ErrorShape::Seed,
         }
     }
 
     #[test]
     fn hypers_bare_error_answers_get_the_json_body() {
         let bare = b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
-        let out = String::from_utf8(parser_error_answer(bare).unwrap()).unwrap();
+        let out = String::from_utf8(parser_error_answer(bare, ErrorShape::Seed).unwrap()).unwrap();
         assert!(out.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{out}");
         let body = out.split("\r\n\r\n").nth(1).unwrap();
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["retryable"], false);
         assert!(v["error"].as_str().unwrap().contains("URI too long"));
         assert!(out.contains(&format!("content-length: {}\r\n", body.len())));
+        // On etcd's port, grpc-gateway's shape with the gRPC code.
+        let out =
+            String::from_utf8(parser_error_answer(bare, ErrorShape::Gateway).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(v["code"], 3);
+        assert_eq!(v["message"], v["error"]);
     }
 
     #[test]
@@ -500,7 +534,7 @@ mod tests {
             b"HTTP/1.1 400 Bad Request\r\ncontent-length: 5\r\n\r\n",
             b"{\"error\":\"HTTP/1.1 400\"}",
         ] {
-            assert!(parser_error_answer(untouched).is_none());
+            assert!(parser_error_answer(untouched, ErrorShape::Seed).is_none());
         }
     }
 
