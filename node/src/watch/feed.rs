@@ -188,7 +188,7 @@ impl Feed {
                 return u;
             }
             if let Some(&id) = self.catching_up.front() {
-                self.catch_up(id);
+                self.catch_up(id).await;
                 continue;
             }
             if self.progress_requested {
@@ -264,8 +264,8 @@ impl Feed {
     }
 
     /// One piece of history for a watch that is behind.
-    fn catch_up(&mut self, id: WatchId) {
-        let Some(w) = self.watches.get_mut(&id) else {
+    async fn catch_up(&mut self, id: WatchId) {
+        let Some(w) = self.watches.get(&id) else {
             self.catching_up.retain(|x| *x != id);
             return;
         };
@@ -273,7 +273,31 @@ impl Feed {
         // the copy queued is skipped (its revision is below `next` by then).
         self.stream.relive(id);
         let store = self.state.read().kv.clone();
-        match store.history(&w.spec.range, w.next, u64::MAX, self.max_update_bytes) {
+        let (range, from, max) = (w.spec.range.clone(), w.next, self.max_update_bytes);
+        // Reading history scans the watched range's keys: on a large store that takes a while,
+        // so not on the runtime's threads (they carry heartbeats and clients). The copy is
+        // dropped there too.
+        let read = tokio::task::spawn_blocking(move || {
+            let current = store.revision();
+            (store.history(&range, from, u64::MAX, max), current)
+        })
+        .await;
+        let (result, current) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                self.cancel(id);
+                self.ready.push_back(Update::Canceled {
+                    watch: id,
+                    compact_revision: 0,
+                    reason: format!("reading the watch's history failed: {e}"),
+                });
+                return;
+            }
+        };
+        let Some(w) = self.watches.get_mut(&id) else {
+            return;
+        };
+        match result {
             Err(MvccError::Compacted { compacted }) => {
                 let reason = format!(
                     "the watch's start revision {} has been compacted (compacted revision {compacted}); \
@@ -299,7 +323,7 @@ impl Feed {
             Ok((events, last)) => {
                 let events = w.select(&events);
                 w.next = w.next.max(last + 1);
-                if last >= store.revision() {
+                if last >= current {
                     w.catching_up = false;
                     self.catching_up.retain(|x| *x != id);
                 }
