@@ -463,3 +463,80 @@ async fn the_lock_and_election_services_serve_etcds_recipes() {
         "{stale}"
     );
 }
+
+/// The gateway's election routes, as a JSON client uses them: campaign, leader, and observe
+/// streaming one `{"result": ...}` per line that follows a proclaim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_the_election_routes_and_streams_observe() {
+    let mut c = Cluster::start(3, "");
+    let leader = c.wait_leader(LEADER_WAIT).await;
+    let etcd = c.nodes[(leader + 1) % 3].etcd();
+    let post = |path: &str, body: serde_json::Value| {
+        let req = c.http.post(format!("http://{etcd}{path}")).json(&body);
+        async move {
+            let r = req.send().await.expect("send");
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (s, lease) = post("/v3/lease/grant", serde_json::json!({ "TTL": "30" })).await;
+    assert_eq!(s, 200, "{lease}");
+    let id = lease["ID"].as_str().expect("ID").to_string();
+    let name = common::b64("boss");
+    let (s, won) = post(
+        "/v3/election/campaign",
+        serde_json::json!({ "name": name, "lease": id, "value": common::b64("one") }),
+    )
+    .await;
+    assert_eq!(s, 200, "{won}");
+    let (s, now) = post("/v3/election/leader", serde_json::json!({ "name": name })).await;
+    assert_eq!(
+        (s, &now["kv"]["value"]),
+        (200, &serde_json::json!(common::b64("one"))),
+        "{now}"
+    );
+    let mut observed = c
+        .http
+        .post(format!("http://{etcd}/v3/election/observe"))
+        .timeout(Duration::from_secs(30))
+        .json(&serde_json::json!({ "name": name }))
+        .send()
+        .await
+        .expect("observe");
+    let mut buffered = Vec::new();
+    let mut next_line = async || -> serde_json::Value {
+        loop {
+            if let Some(end) = buffered.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffered.drain(..=end).collect();
+                return serde_json::from_slice(&line).expect("a JSON line");
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), observed.chunk())
+                .await
+                .expect("in time")
+                .expect("bytes")
+                .expect("the stream goes on");
+            buffered.extend_from_slice(&chunk);
+        }
+    };
+    let first = next_line().await;
+    assert_eq!(
+        first["result"]["kv"]["value"],
+        common::b64("one"),
+        "{first}"
+    );
+    let (s, p) = post(
+        "/v3/election/proclaim",
+        serde_json::json!({ "leader": won["leader"], "value": common::b64("two") }),
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    let second = next_line().await;
+    assert_eq!(
+        second["result"]["kv"]["value"],
+        common::b64("two"),
+        "{second}"
+    );
+}

@@ -169,10 +169,34 @@ async fn watch(State(s): State<Services>, body: Result<Bytes, BytesRejection>) -
         Ok(r) => r,
         Err(e) => return e,
     };
-    let responses = super::watch::responses(s.app.clone(), futures::stream::iter([Ok(req)]));
-    let lines = responses.map(|r| {
+    streamed(super::watch::responses(
+        s.app.clone(),
+        futures::stream::iter([Ok(req)]),
+    ))
+}
+
+/// `POST /v3/election/observe`: the leader now and each change, streamed as `/v3/watch` is.
+async fn observe(State(s): State<Services>, body: Result<Bytes, BytesRejection>) -> Response {
+    let req: concord_proto::etcd::v3electionpb::LeaderRequest = match decode(body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    match s.election.observe(tonic::Request::new(req)).await {
+        Ok(r) => streamed(r.into_inner()),
+        Err(status) => error(&status),
+    }
+}
+
+/// A server stream as grpc-gateway answers one: a JSON object per line, `{"result": message}`
+/// or, if the stream fails, `{"error": {...}}`.
+fn streamed<M, S>(messages: S) -> Response
+where
+    M: Serialize,
+    S: futures::Stream<Item = Result<M, Status>> + Send + 'static,
+{
+    let lines = messages.map(|r| {
         let message = match r {
-            Ok(resp) => json!({ "result": resp }),
+            Ok(m) => json!({ "result": m }),
             Err(status) => json!({ "error": {
                 "grpc_code": status.code() as i32,
                 "http_code": http_status(status.code()).as_u16(),
@@ -297,6 +321,7 @@ pub fn router(services: Services) -> Router {
                 call(b, |r| async move { s.election.leader(r).await }).await
             }),
         )
+        .route("/v3/election/observe", post(observe))
         .route(
             "/v3/election/resign",
             post(|State(s): State<Services>, b| async move {
