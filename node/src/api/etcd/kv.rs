@@ -25,22 +25,25 @@ type RangeChunks = std::pin::Pin<
     Box<dyn futures::Stream<Item = Result<pb::RangeStreamResponse, Status>> + Send + 'static>,
 >;
 
-impl KvService {
-    /// Proposes a transaction; returns its result and the store revision after it.
-    async fn write_txn(&self, txn: TxnRequest) -> Result<(TxnResult, u64), Status> {
-        let written = self
-            .app
-            .write(Command::Txn(txn))
-            .await
-            .map_err(|e| service_status(&e))?;
-        match written.result {
-            CommandResult::Txn { result, revision } => {
-                result.map(|r| (r, revision)).map_err(|e| mvcc_status(&e))
-            }
-            other => Err(Status::internal(format!(
-                "a transaction produced {other:?}"
-            ))),
+/// Proposes a transaction; returns its result and the store revision after it.
+pub(super) async fn write_txn(app: &App, txn: TxnRequest) -> Result<(TxnResult, u64), Status> {
+    let written = app
+        .write(Command::Txn(txn))
+        .await
+        .map_err(|e| service_status(&e))?;
+    match written.result {
+        CommandResult::Txn { result, revision } => {
+            result.map(|r| (r, revision)).map_err(|e| mvcc_status(&e))
         }
+        other => Err(Status::internal(format!(
+            "a transaction produced {other:?}"
+        ))),
+    }
+}
+
+impl KvService {
+    async fn write_txn(&self, txn: TxnRequest) -> Result<(TxnResult, u64), Status> {
+        write_txn(&self.app, txn).await
     }
 
     fn one(op: Op) -> TxnRequest {

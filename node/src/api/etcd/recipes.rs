@@ -17,29 +17,14 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, mvcc_status};
+use super::kv::write_txn;
 use super::{header, service_status};
 use crate::app::App;
 use crate::store::mvcc::{
     Compare, CompareResult, CompareTarget, DeleteRequest, KeyRange, KeyValue, Op, OpResult,
-    PutRequest, RangeRequest, SortOrder, SortTarget, TxnRequest, TxnResult,
+    PutRequest, RangeRequest, SortOrder, SortTarget, TxnRequest,
 };
-use crate::store::{Command, CommandResult};
 use crate::watch::{Feed, Update, WatchSpec};
-
-async fn txn(app: &App, t: TxnRequest) -> Result<(TxnResult, u64), Status> {
-    let written = app
-        .write(Command::Txn(t))
-        .await
-        .map_err(|e| service_status(&e))?;
-    match written.result {
-        CommandResult::Txn { result, revision } => {
-            result.map(|r| (r, revision)).map_err(|e| mvcc_status(&e))
-        }
-        other => Err(Status::internal(format!(
-            "a transaction produced {other:?}"
-        ))),
-    }
-}
 
 fn prefix_of(name: &[u8]) -> Vec<u8> {
     let mut p = name.to_vec();
@@ -69,7 +54,7 @@ async fn enqueue(app: &App, key: &[u8], value: &[u8], lease: i64) -> Result<u64,
             ..RangeRequest::default()
         })],
     };
-    let (result, revision) = txn(app, t).await?;
+    let (result, revision) = write_txn(app, t).await?;
     if result.succeeded {
         return Ok(revision);
     }
@@ -154,7 +139,20 @@ async fn delete_key(app: &App, key: &[u8]) -> Result<u64, Status> {
         })],
         failure: vec![],
     };
-    Ok(txn(app, t).await?.1)
+    Ok(write_txn(app, t).await?.1)
+}
+
+/// Joins the queue for `name` with `value` and waits until first: the key and its revision.
+async fn acquire(
+    app: &App,
+    name: &[u8],
+    lease: i64,
+    value: &[u8],
+) -> Result<(Vec<u8>, u64), Status> {
+    let key = contender_key(name, lease)?;
+    let mine = enqueue(app, &key, value, lease).await?;
+    wait_turn(app, &prefix_of(name), mine).await?;
+    Ok((key, mine))
 }
 
 fn contender_key(name: &[u8], lease: i64) -> Result<Vec<u8>, Status> {
@@ -184,9 +182,7 @@ impl lpb::lock_server::Lock for LockService {
         req: Request<lpb::LockRequest>,
     ) -> Result<Response<lpb::LockResponse>, Status> {
         let r = req.into_inner();
-        let key = contender_key(&r.name, r.lease)?;
-        let mine = enqueue(&self.app, &key, b"", r.lease).await?;
-        wait_turn(&self.app, &prefix_of(&r.name), mine).await?;
+        let (key, _) = acquire(&self.app, &r.name, r.lease, b"").await?;
         Ok(Response::new(lpb::LockResponse {
             header: Some(header(&self.app, self.app.state.read().kv.revision())),
             key,
@@ -234,7 +230,7 @@ impl ElectionService {
             success: vec![op],
             failure: vec![],
         };
-        let (result, revision) = txn(&self.app, t).await?;
+        let (result, revision) = write_txn(&self.app, t).await?;
         if result.succeeded {
             Ok(revision)
         } else {
@@ -250,9 +246,7 @@ impl epb::election_server::Election for ElectionService {
         req: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
         let r = req.into_inner();
-        let key = contender_key(&r.name, r.lease)?;
-        let mine = enqueue(&self.app, &key, &r.value, r.lease).await?;
-        wait_turn(&self.app, &prefix_of(&r.name), mine).await?;
+        let (key, mine) = acquire(&self.app, &r.name, r.lease, &r.value).await?;
         Ok(Response::new(epb::CampaignResponse {
             header: Some(header(&self.app, self.app.state.read().kv.revision())),
             leader: Some(epb::LeaderKey {
