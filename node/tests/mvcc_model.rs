@@ -455,7 +455,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_store_answers_as_the_model_does(steps in prop::collection::vec(step(), 1..40)) {
+    fn the_store_answers_as_the_model_does(
+        steps in prop::collection::vec(step(), 1..40),
+        watched in keys(),
+    ) {
         let mut store = MvccStore::default();
         // The leases puts name exist (refusing a missing one is tested on its own).
         for id in 1..3 {
@@ -524,26 +527,45 @@ proptest! {
             prop_assert_eq!(store.live_bytes(), live);
         }
         // History replays what apply returned, whole or read in small pieces (whole revisions
-        // each), for every revision after the compaction point; before it, it is refused.
+        // each), for every revision after the compaction point, over every key or a range,
+        // whichever way it walks; before the compaction point it is refused.
         let from = store.compacted() + 1;
-        let expected: Vec<Event> = applied.into_iter().filter(|e| e.revision() >= from).collect();
-        let all = KeyRange::From(Vec::new());
-        let (whole, last) = store.history(&all, from, u64::MAX, usize::MAX).expect("history");
-        prop_assert_eq!(&whole, &expected);
-        prop_assert_eq!(last, store.revision());
-        let mut pieces = Vec::new();
-        let mut next = from;
-        while next <= store.revision() {
-            let (got, last) = store.history(&all, next, u64::MAX, 1).expect("history");
-            prop_assert!(got.iter().all(|e| e.revision() <= last));
-            prop_assert!(last >= next, "no progress at {}", next);
-            pieces.extend(got);
-            next = last + 1;
+        for range in [KeyRange::From(Vec::new()), watched.clone()] {
+            let expected: Vec<Event> = applied
+                .iter()
+                .filter(|e| e.revision() >= from && range.contains(&e.kv().key))
+                .cloned()
+                .collect();
+            for walk in [HistoryWalk::Cheaper, HistoryWalk::Keys, HistoryWalk::Changes] {
+                let (whole, last) = store
+                    .history_by(walk, &range, from, u64::MAX, usize::MAX)
+                    .expect("history");
+                prop_assert_eq!(&whole, &expected, "{:?} over {:?}", walk, range);
+                prop_assert_eq!(last, store.revision());
+                let mut pieces = Vec::new();
+                let mut next = from;
+                while next <= store.revision() {
+                    let (got, last) = store
+                        .history_by(walk, &range, next, u64::MAX, 1)
+                        .expect("history");
+                    prop_assert!(got.iter().all(|e| e.revision() <= last));
+                    prop_assert!(last >= next, "no progress at {}", next);
+                    pieces.extend(got);
+                    next = last + 1;
+                }
+                prop_assert_eq!(&pieces, &expected, "{:?} in pieces over {:?}", walk, range);
+            }
         }
-        prop_assert_eq!(&pieces, &expected);
         if store.compacted() > 1 {
+            let all = KeyRange::From(Vec::new());
             prop_assert!(store.history(&all, store.compacted() - 1, u64::MAX, usize::MAX).is_err());
         }
+        // A store read back from its encoding (a snapshot) is the same store, the index of its
+        // changes rebuilt.
+        let encoded = bincode::serialize(&store).expect("encode");
+        let mut decoded: MvccStore = bincode::deserialize(&encoded).expect("decode");
+        decoded.restore_leases(store.leases().ttls());
+        prop_assert!(decoded == store, "decoded store differs");
     }
 }
 

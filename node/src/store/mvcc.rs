@@ -16,7 +16,7 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use imbl::OrdMap;
+use imbl::{OrdMap, Vector};
 use smallvec::SmallVec;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,12 @@ type History = SmallVec<[Version; 1]>;
 
 /// Every key with its versions.
 type KeyMap = OrdMap<Arc<[u8]>, Arc<History>>;
+
+/// Which key each change since the compaction point changed, in revision order: how history
+/// is read without visiting every key (a watcher catching up on a large range). Revisions only
+/// grow, so this is an append-only sequence; a persistent vector keeps the store's O(1) clone
+/// and drops a compacted prefix in O(log n).
+type Changes = Vector<(Rev, Arc<[u8]>)>;
 
 /// A key as a reader sees it at some revision.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -398,6 +404,25 @@ impl Event {
 /// What a version costs besides its key and value (revisions, version, lease, vector slot).
 const VERSION_OVERHEAD: u64 = 40;
 
+/// What an entry of the change index costs (a revision and a shared pointer to its key).
+const CHANGE_OVERHEAD: u64 = 32;
+
+/// A history read walks the keys of its range (merging their versions) rather than the change
+/// index when the range holds at most 1/this of the changes in the window: the key walk costs
+/// a step per key for every piece a catch-up reads, the change walk one per change in all.
+const KEY_WALK_RATIO: usize = 16;
+
+/// How [`MvccStore::history_by`] finds the changes it returns. The results are the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryWalk {
+    /// Whichever costs less for this range and window (what [`MvccStore::history`] does).
+    Cheaper,
+    /// The keys of the range, their versions merged in revision order.
+    Keys,
+    /// The change index over the window, filtered by the range.
+    Changes,
+}
+
 /// The largest number of operations etcd takes in one transaction (`--max-txn-ops`).
 pub const MAX_TXN_OPS: usize = 128;
 
@@ -405,11 +430,11 @@ pub const MAX_TXN_OPS: usize = 128;
 /// persistent B-tree whose nodes are shared until either side changes them (then only the
 /// changed path is copied). That is how a snapshot is written while writes go on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredMvcc")]
 pub struct MvccStore {
     /// Each key's versions, oldest first; a key whose versions are all compacted away is gone.
     /// Keys and version lists are shared (`Arc`): copying a tree node for a write during a
     /// snapshot then costs reference counts, not copies of the keys and values it holds.
-    #[serde(deserialize_with = "deserialize_keys")]
     keys: KeyMap,
     /// The revision of the last change.
     revision: u64,
@@ -425,6 +450,39 @@ pub struct MvccStore {
     /// (`restore_leases`).
     #[serde(skip)]
     leases: Leases,
+    /// Every change at or after the compaction point, in revision order. Derived from the
+    /// versions: not in the encoding, rebuilt when a store is read back.
+    #[serde(skip)]
+    changes: Changes,
+}
+
+/// The store as it is encoded (every field but those derived from the versions).
+#[derive(Deserialize)]
+struct StoredMvcc {
+    #[serde(deserialize_with = "deserialize_keys")]
+    keys: KeyMap,
+    revision: u64,
+    compacted: u64,
+    live_keys: u64,
+    live_bytes: u64,
+    total_bytes: u64,
+}
+
+impl From<StoredMvcc> for MvccStore {
+    fn from(s: StoredMvcc) -> MvccStore {
+        let mut store = MvccStore {
+            keys: s.keys,
+            revision: s.revision,
+            compacted: s.compacted,
+            live_keys: s.live_keys,
+            live_bytes: s.live_bytes,
+            total_bytes: s.total_bytes,
+            leases: Leases::default(),
+            changes: Changes::new(),
+        };
+        store.rebuild_changes();
+        store
+    }
 }
 
 impl MvccStore {
@@ -450,15 +508,34 @@ impl MvccStore {
         self.live_bytes
     }
 
-    /// Bytes of everything kept, history included.
+    /// Bytes of everything kept, history and its index included.
     pub fn total_bytes(&self) -> u64 {
-        self.total_bytes
+        self.total_bytes + self.changes.len() as u64 * CHANGE_OVERHEAD
     }
 
-    /// Bytes of the versions that are not current: what compacting to now would free.
+    /// Bytes of the versions that are not current and of the change index: what compacting to
+    /// now would free (but for the index entries of the current versions).
     pub fn history_bytes(&self) -> u64 {
-        self.total_bytes
+        self.total_bytes()
             .saturating_sub(self.live_bytes + self.live_keys * VERSION_OVERHEAD)
+    }
+
+    /// The change index from the versions: every version at or after the compaction point.
+    fn rebuild_changes(&mut self) {
+        let mut changes: Vec<(Rev, Arc<[u8]>)> = Vec::new();
+        for (key, versions) in self.keys.iter() {
+            let start = versions.partition_point(|v| v.rev.main < self.compacted);
+            changes.extend(versions[start..].iter().map(|v| (v.rev, key.clone())));
+        }
+        changes.sort_unstable_by_key(|(rev, _)| *rev);
+        self.changes = changes.into_iter().collect();
+    }
+
+    /// Records a change just made to `key` (its revision is the newest so far).
+    fn record_change(&mut self, rev: Rev, key: &[u8]) {
+        if let Some((k, _)) = self.keys.get_key_value(key) {
+            self.changes.push_back((rev, k.clone()));
+        }
     }
 
     /// The revision a read at `revision` (0: `current`) sees, or why it cannot be read.
@@ -854,6 +931,7 @@ impl MvccStore {
             }
         }
         push_exact(versions, v);
+        self.record_change(rev, key);
         if old_lease != lease {
             if let Some((k, _)) = self.keys.get_key_value(key) {
                 let k = k.clone();
@@ -884,6 +962,7 @@ impl MvccStore {
         self.live_keys -= 1;
         self.live_bytes -= (key.len() + old) as u64;
         push_exact(versions, v);
+        self.record_change(rev, key);
         if old_lease != 0 {
             if let Some((k, _)) = self.keys.get_key_value(key) {
                 let k = k.clone();
@@ -957,9 +1036,26 @@ impl MvccStore {
     /// no more revisions once `max_bytes` of keys and values is reached (at least one revision
     /// is returned whatever its size, so a caller always progresses). Returns the events and
     /// the last revision they cover (`to`, or less when cut short). Refused when `from` is
-    /// compacted away. Cost: one pass over the keys in the range, then the events themselves.
+    /// compacted away.
+    ///
+    /// Cost: O(log n) to find the window in the change index, then the cheaper of walking the
+    /// changes in the window (each once over a whole catch-up, whatever the range) or the keys
+    /// of the range (when it holds far fewer keys than the window has changes), plus the
+    /// events returned.
     pub fn history(
         &self,
+        keys: &KeyRange,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<Event>, u64), MvccError> {
+        self.history_by(HistoryWalk::Cheaper, keys, from, to, max_bytes)
+    }
+
+    /// [`MvccStore::history`], walking as told (for tests that hold the walks to each other).
+    pub fn history_by(
+        &self,
+        walk: HistoryWalk,
         keys: &KeyRange,
         from: u64,
         to: u64,
@@ -974,43 +1070,81 @@ impl MvccStore {
         if from > to || keys.is_empty() {
             return Ok((Vec::new(), to));
         }
-        // Positions first (cheap), values only for what is returned.
-        let mut found: Vec<(Rev, &[u8], &History, usize)> = Vec::new();
-        for (key, versions) in self.keys.range::<_, [u8]>(keys.bounds()) {
-            let start = versions.partition_point(|v| v.rev.main < from);
-            for (i, v) in versions.iter().enumerate().skip(start) {
-                if v.rev.main > to {
+        let start = self.change_position(from);
+        let window = self.change_position(to + 1) - start;
+        let mut out = HistoryOut::new(to, max_bytes);
+        let by_keys = match walk {
+            HistoryWalk::Keys => true,
+            HistoryWalk::Changes => false,
+            HistoryWalk::Cheaper => {
+                let few = window / KEY_WALK_RATIO;
+                self.keys.range::<_, [u8]>(keys.bounds()).nth(few).is_none()
+            }
+        };
+        if by_keys {
+            self.history_by_keys(keys, from, to, &mut out);
+        } else {
+            for (rev, key) in self.changes.skip(start).iter().take(window) {
+                if !keys.contains(key) {
+                    continue;
+                }
+                let Some(versions) = self.keys.get(&**key) else {
+                    continue;
+                };
+                // A tombstone at the compaction point itself is gone from the versions (it
+                // answers no read); the key walk does not see it either.
+                let Ok(i) = versions.binary_search_by_key(rev, |v| v.rev) else {
+                    continue;
+                };
+                if !out.add(key, versions, i) {
                     break;
                 }
-                found.push((v.rev, &**key, versions, i));
             }
         }
-        found.sort_unstable_by_key(|(rev, ..)| *rev);
-        let mut events = Vec::new();
-        let mut bytes = 0usize;
-        let mut last = to;
-        for (n, (rev, key, versions, i)) in found.iter().enumerate() {
-            if bytes >= max_bytes && n > 0 && found[n - 1].0.main != rev.main {
-                last = found[n - 1].0.main;
-                break;
+        Ok((out.events, out.last))
+    }
+
+    /// History by merging, in revision order, the versions in the window of every key in the
+    /// range.
+    fn history_by_keys(&self, keys: &KeyRange, from: u64, to: u64, out: &mut HistoryOut) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let cursors: Vec<(&[u8], &History)> = self
+            .keys
+            .range::<_, [u8]>(keys.bounds())
+            .map(|(k, vs)| (&**k, &**vs))
+            .collect();
+        let in_window = |c: usize, i: usize| {
+            cursors[c]
+                .1
+                .get(i)
+                .filter(|v| v.rev.main <= to)
+                .map(|v| Reverse((v.rev, c, i)))
+        };
+        let mut next: BinaryHeap<Reverse<(Rev, usize, usize)>> = cursors
+            .iter()
+            .enumerate()
+            .filter_map(|(c, (_, vs))| in_window(c, vs.partition_point(|v| v.rev.main < from)))
+            .collect();
+        while let Some(Reverse((_, c, i))) = next.pop() {
+            let (key, versions) = cursors[c];
+            if !out.add(key, versions, i) {
+                return;
             }
-            let v = &versions[*i];
-            let prev = i.checked_sub(1).and_then(|p| versions[p].as_kv(key, false));
-            let event = match v.as_kv(key, false) {
-                Some(kv) => Event::Put { kv, prev },
-                None => Event::Delete {
-                    kv: KeyValue {
-                        key: key.to_vec(),
-                        mod_revision: rev.main,
-                        ..KeyValue::default()
-                    },
-                    prev,
-                },
-            };
-            bytes += event.bytes();
-            events.push(event);
+            next.extend(in_window(c, i + 1));
         }
-        Ok((events, last))
+    }
+
+    /// Where the first change at revision `main` or later is (or would be) in the index.
+    fn change_position(&self, main: u64) -> usize {
+        let (Ok(at) | Err(at)) = self.changes.binary_search_by(|(rev, _)| {
+            if rev.main < main {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            }
+        });
+        at
     }
 
     /// Checks a compaction request before it is proposed.
@@ -1058,6 +1192,21 @@ impl MvccStore {
         }
         self.total_bytes -= freed;
         self.compacted = revision;
+        let kept = self.changes.split_off(self.change_position(revision));
+        self.changes = kept;
+        // The compaction point's own revision stays, but for tombstones it dropped.
+        let mut at_point = Vec::new();
+        while let Some((rev, key)) = self.changes.front().filter(|(r, _)| r.main == revision) {
+            let kept = self
+                .keys
+                .get(&**key)
+                .is_some_and(|vs| vs.iter().any(|v| v.rev == *rev));
+            at_point.extend(kept.then(|| (*rev, key.clone())));
+            self.changes.pop_front();
+        }
+        for change in at_point.into_iter().rev() {
+            self.changes.push_front(change);
+        }
         Ok(())
     }
 
@@ -1090,6 +1239,8 @@ impl MvccStore {
             store.revision = store.revision.max(revision);
         }
         store.compacted = store.revision;
+        // The keys came in key order, not revision order.
+        store.rebuild_changes();
         store
     }
 }
@@ -1128,6 +1279,53 @@ where
         }
     }
     d.deserialize_map(Keys)
+}
+
+/// The events a history read collects, in revision order, up to its byte budget.
+struct HistoryOut {
+    events: Vec<Event>,
+    bytes: usize,
+    max_bytes: usize,
+    /// The last revision covered: the window's end until the budget cuts it short.
+    last: u64,
+}
+
+impl HistoryOut {
+    fn new(to: u64, max_bytes: usize) -> HistoryOut {
+        HistoryOut {
+            events: Vec::new(),
+            bytes: 0,
+            max_bytes,
+            last: to,
+        }
+    }
+
+    /// Adds the change that made `versions[i]`; false (and nothing added) when the budget is
+    /// spent and the change starts a new revision: the read ends with whole revisions.
+    fn add(&mut self, key: &[u8], versions: &[Version], i: usize) -> bool {
+        let v = &versions[i];
+        if let Some(prev) = self.events.last().map(Event::revision) {
+            if self.bytes >= self.max_bytes && prev != v.rev.main {
+                self.last = prev;
+                return false;
+            }
+        }
+        let prev = i.checked_sub(1).and_then(|p| versions[p].as_kv(key, false));
+        let event = match v.as_kv(key, false) {
+            Some(kv) => Event::Put { kv, prev },
+            None => Event::Delete {
+                kv: KeyValue {
+                    key: key.to_vec(),
+                    mod_revision: v.rev.main,
+                    ..KeyValue::default()
+                },
+                prev,
+            },
+        };
+        self.bytes += event.bytes();
+        self.events.push(event);
+        true
+    }
 }
 
 /// Hands out the revisions of one Raft entry's changes, and collects their events.
