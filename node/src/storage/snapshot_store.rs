@@ -125,26 +125,35 @@ pub struct SnapshotWriter {
     data_start: u64,
     data_len: u64,
     format: u8,
-    /// Data bytes written since the file was last synced.
-    unsynced: u64,
+    /// Data bytes written since writeback was last started.
+    unpushed: u64,
+    /// The file's bytes whose writeback was started last and not yet waited for.
+    in_flight: (u64, u64),
 }
 
-/// A snapshot is synced every this many bytes as it is written. Left to one fsync at the end,
-/// a large snapshot's dirty pages reach the disk in one burst that the Raft log's own fsyncs
-/// queue behind (measured: write max 76-88 ms at 1M keys while a member snapshotted, 7-27 ms
-/// otherwise).
-const SYNC_EVERY: u64 = 8 << 20;
+/// A snapshot's pages are pushed to the disk in steps of this many bytes as it is written,
+/// each step waited for once the next one is under way. Left to one fsync at the end, a large
+/// snapshot's dirty pages reach the disk in one burst that the Raft log's own fsyncs queue
+/// behind (measured: write max 76-88 ms at 1M keys while a member snapshotted, 7-27 ms
+/// otherwise). Pushed with `sync_file_range` rather than synced: an fdatasync of a growing
+/// file commits the filesystem's journal, which the log's next fsync then waits for, and on
+/// ext4 a journal commit also waits for every data page already being written back, so the
+/// less the snapshot has in flight, the less a log fsync can wait behind it.
+const WRITEBACK_STEP: u64 = 1 << 20;
 
 impl Write for SnapshotWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.out.write(buf)?;
         self.crc.update(&buf[..n]);
         self.data_len += n as u64;
-        self.unsynced += n as u64;
-        if self.unsynced >= SYNC_EVERY {
+        self.unpushed += n as u64;
+        if self.unpushed >= WRITEBACK_STEP {
             self.out.flush()?;
-            self.out.get_ref().as_file().sync_data()?;
-            self.unsynced = 0;
+            let end = self.data_start + self.data_len;
+            let step = (self.in_flight.1, end);
+            writeback(self.out.get_ref().as_file(), step, self.in_flight)?;
+            self.in_flight = step;
+            self.unpushed = 0;
         }
         Ok(n)
     }
@@ -168,7 +177,8 @@ impl SnapshotWriter {
             data_start,
             data_len,
             format,
-            unsynced: _,
+            unpushed: _,
+            in_flight: _,
         } = self;
         let mut tmp = out.into_inner().map_err(|e| e.into_error())?;
         let file = tmp.as_file_mut();
@@ -182,6 +192,43 @@ impl SnapshotWriter {
             format,
         })
     }
+}
+
+/// Starts writing back the file's bytes `step` (start, end) and waits for the bytes `previous`
+/// to be on the disk. Durability still comes from the fsync that finishes the snapshot; this
+/// only spreads the writing out.
+#[cfg(target_os = "linux")]
+fn writeback(file: &File, step: (u64, u64), previous: (u64, u64)) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let range = |(from, to): (u64, u64)| -> (libc::off64_t, libc::off64_t) {
+        let from = libc::off64_t::try_from(from).unwrap_or(libc::off64_t::MAX);
+        let to = libc::off64_t::try_from(to).unwrap_or(libc::off64_t::MAX);
+        (from, to.saturating_sub(from))
+    };
+    let call = |(offset, len): (libc::off64_t, libc::off64_t), flags| {
+        // SAFETY: sync_file_range only reads the descriptor, which `file` keeps open.
+        let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    call(range(step), libc::SYNC_FILE_RANGE_WRITE)?;
+    if previous.1 > previous.0 {
+        call(
+            range(previous),
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn writeback(file: &File, _step: (u64, u64), _previous: (u64, u64)) -> io::Result<()> {
+    file.sync_data()
 }
 
 impl SnapshotStore {
@@ -234,7 +281,8 @@ impl SnapshotStore {
             data_start: HEADER_LEN + meta_bytes.len() as u64,
             data_len: 0,
             format,
-            unsynced: 0,
+            unpushed: 0,
+            in_flight: (0, 0),
         })
     }
 

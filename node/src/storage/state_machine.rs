@@ -140,7 +140,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let snapshots = self.snapshots.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         // A thread of its own rather than the blocking pool, so it can run at a lower CPU
-        // priority (nice 10; niceness cannot be raised back without privileges, and pool
+        // priority (idle; a priority cannot be raised back without privileges, and pool
         // threads are reused): on a busy machine serializing a large store otherwise takes
         // CPU from the threads that answer clients and replicate.
         std::thread::Builder::new()
@@ -175,8 +175,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Lowers the calling thread's CPU priority (Linux: niceness is per thread).
+/// Lowers the calling thread's CPU priority to the least there is: Linux's SCHED_IDLE, which
+/// runs it only on CPU time no other thread wants and lets any waking thread take its CPU at
+/// once (a nice 10 thread still holds a core for a scheduler slice, which a write waiting on a
+/// busy two-core machine felt as tens of milliseconds). A snapshot is never urgent: the log
+/// goes on growing on disk, its memory bounded by eviction. Falls back to nice 10.
 fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler on the calling thread (pid 0) only changes its scheduling.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
+            return;
+        }
+    }
     // SAFETY: setpriority on the calling thread (who = 0) only changes its scheduling.
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
     if rc != 0 {
