@@ -25,6 +25,8 @@ pub struct App {
     pub state: SharedState,
     pub cluster_id: ClusterId,
     pub channels: Channels,
+    /// The ports' TLS (certificates re-read as they change).
+    pub tls: Arc<crate::tls::Tls>,
     pub log: LogReader,
     /// Where snapshots received from a leader are written as they arrive.
     pub snapshots: SnapshotStore,
@@ -73,6 +75,7 @@ impl App {
         raft: Raft,
         cluster_id: ClusterId,
         channels: Channels,
+        tls: Arc<crate::tls::Tls>,
         storage: StorageHandles,
     ) -> App {
         let StorageHandles {
@@ -88,6 +91,7 @@ impl App {
             state,
             cluster_id,
             channels,
+            tls,
             log,
             snapshots,
             watches,

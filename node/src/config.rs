@@ -10,6 +10,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::raft::{node_id_for_name, Member, NodeId};
+use crate::tls::{CertFiles, PeerTlsMode, TlsSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -93,6 +94,53 @@ pub struct Flags {
         env = "CONCORD_AUTO_COMPACTION_RETENTION"
     )]
     pub auto_compaction_retention: Option<String>,
+    /// Certificate (PEM) the client ports (HTTP API and etcd API) serve TLS with, as etcd's.
+    #[arg(long = "cert-file", env = "CONCORD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long = "key-file", env = "CONCORD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA bundle (PEM) client certificates must chain to.
+    #[arg(long = "trusted-ca-file", env = "CONCORD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Client ports require a client certificate from the trusted CA.
+    #[arg(long = "client-cert-auth", env = "CONCORD_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// With --client-cert-auth, whether /livez, /readyz and /metrics on the HTTP API still
+    /// answer clients without a certificate (kubelet, Prometheus). Default: true.
+    #[arg(
+        long = "probes-without-client-cert",
+        env = "CONCORD_PROBES_WITHOUT_CLIENT_CERT",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub probes_without_client_cert: Option<bool>,
+    /// Certificate (PEM) of the peer port (Raft and the admin API); members also present it
+    /// when they dial each other.
+    #[arg(long = "peer-cert-file", env = "CONCORD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long = "peer-key-file", env = "CONCORD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA bundle (PEM) peer certificates must chain to (required with peer TLS).
+    #[arg(long = "peer-trusted-ca-file", env = "CONCORD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Accepted for etcd's command lines: with peer TLS, peers always authenticate each other.
+    #[arg(long = "peer-client-cert-auth", env = "CONCORD_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
+    /// Peers' certificates must carry this common name (or the allowed hostname).
+    #[arg(long = "peer-cert-allowed-cn", env = "CONCORD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// Peers' certificates must carry this DNS name (or the allowed common name).
+    #[arg(
+        long = "peer-cert-allowed-hostname",
+        env = "CONCORD_PEER_CERT_ALLOWED_HOSTNAME"
+    )]
+    pub peer_cert_allowed_hostname: Option<String>,
+    /// Peer port TLS: off, accept (TLS and plaintext accepted, plaintext dialed), prefer (both
+    /// accepted, TLS dialed), on (TLS only). Default: on with peer certificates, else off.
+    #[arg(long = "peer-tls-mode", env = "CONCORD_PEER_TLS_MODE")]
+    pub peer_tls_mode: Option<String>,
 }
 
 /// The YAML file. `server` is the seed's section; `raft` and `limits` are ours. Unknown keys are
@@ -110,6 +158,27 @@ pub struct FileConfig {
     pub compaction: CompactionSection,
     #[serde(default)]
     pub watch: WatchSection,
+    #[serde(default)]
+    pub tls: TlsSection,
+}
+
+/// `tls:` in the YAML file: the flags' settings under etcd's names, in camelCase.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub trusted_ca_file: Option<PathBuf>,
+    pub client_cert_auth: Option<bool>,
+    pub probes_without_client_cert: Option<bool>,
+    pub peer_cert_file: Option<PathBuf>,
+    pub peer_key_file: Option<PathBuf>,
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    pub peer_client_cert_auth: Option<bool>,
+    pub peer_cert_allowed_cn: Option<String>,
+    pub peer_cert_allowed_hostname: Option<String>,
+    pub peer_tls_mode: Option<String>,
+    pub reload_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,6 +352,7 @@ pub struct Config {
     pub member_id: Option<NodeId>,
     pub compaction: Compaction,
     pub watch: WatchSettings,
+    pub tls: TlsSettings,
 }
 
 /// Watch limits (docs/configuration.md, Watch).
@@ -450,6 +520,7 @@ pub fn parse_peer(spec: &str) -> Result<Peer, ConfigError> {
 impl Config {
     /// Resolves flags, environment, file and defaults.
     pub fn resolve(flags: Flags) -> Result<Config, ConfigError> {
+        let flags_tls = TlsFlags::from(&flags);
         let file = match &flags.config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
@@ -636,6 +707,7 @@ impl Config {
             flags.auto_compaction_retention,
             file.compaction,
         )?;
+        let tls = resolve_tls(&flags_tls, file.tls)?;
         let dw = WatchSettings::default();
         let watch = WatchSettings {
             stream_queue_bytes: file
@@ -672,6 +744,7 @@ impl Config {
             member_id,
             compaction,
             watch,
+            tls,
         })
     }
 
@@ -681,6 +754,109 @@ impl Config {
             addr: self.advertise_addr.clone(),
         }
     }
+}
+
+/// The TLS flags, taken out before the rest of the flags are consumed.
+struct TlsFlags {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    client_cert_auth: bool,
+    probes_without_client_cert: Option<bool>,
+    peer_cert: Option<PathBuf>,
+    peer_key: Option<PathBuf>,
+    peer_ca: Option<PathBuf>,
+    peer_allowed_cn: Option<String>,
+    peer_allowed_hostname: Option<String>,
+    peer_mode: Option<String>,
+}
+
+impl From<&Flags> for TlsFlags {
+    fn from(f: &Flags) -> TlsFlags {
+        TlsFlags {
+            cert: f.cert_file.clone(),
+            key: f.key_file.clone(),
+            ca: f.trusted_ca_file.clone(),
+            client_cert_auth: f.client_cert_auth,
+            probes_without_client_cert: f.probes_without_client_cert,
+            peer_cert: f.peer_cert_file.clone(),
+            peer_key: f.peer_key_file.clone(),
+            peer_ca: f.peer_trusted_ca_file.clone(),
+            peer_allowed_cn: f.peer_cert_allowed_cn.clone(),
+            peer_allowed_hostname: f.peer_cert_allowed_hostname.clone(),
+            peer_mode: f.peer_tls_mode.clone(),
+        }
+    }
+}
+
+/// TLS from flags over the file's `tls:` section, refusing combinations that cannot work.
+fn resolve_tls(f: &TlsFlags, t: TlsSection) -> Result<TlsSettings, ConfigError> {
+    let d = TlsSettings::default();
+    let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+    let cert = f.cert.clone().or(t.cert_file);
+    let key = f.key.clone().or(t.key_file);
+    let ca = f.ca.clone().or(t.trusted_ca_file);
+    let client_cert_auth = f.client_cert_auth || t.client_cert_auth.unwrap_or(false);
+    let client = match (cert, key) {
+        (Some(cert), Some(key)) => Some(CertFiles {
+            cert,
+            key,
+            trusted_ca: ca,
+        }),
+        (None, None) => None,
+        _ => return invalid("--cert-file and --key-file (tls.certFile, tls.keyFile) go together"),
+    };
+    if client_cert_auth && client.as_ref().is_none_or(|c| c.trusted_ca.is_none()) {
+        return invalid(
+            "--client-cert-auth needs TLS on the client ports and a CA to check certificates against: --cert-file, --key-file and --trusted-ca-file",
+        );
+    }
+    let peer_cert = f.peer_cert.clone().or(t.peer_cert_file);
+    let peer_key = f.peer_key.clone().or(t.peer_key_file);
+    let peer_ca = f.peer_ca.clone().or(t.peer_trusted_ca_file);
+    let peer = match (peer_cert, peer_key, peer_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(CertFiles {
+            cert,
+            key,
+            trusted_ca: Some(ca),
+        }),
+        (None, None, None) => None,
+        _ => return invalid(
+            "peer TLS needs --peer-cert-file, --peer-key-file and --peer-trusted-ca-file together (peers always authenticate each other)",
+        ),
+    };
+    let peer_mode = match f.peer_mode.clone().or(t.peer_tls_mode).as_deref() {
+        None if peer.is_some() => PeerTlsMode::On,
+        None => PeerTlsMode::Off,
+        Some(m) => PeerTlsMode::parse(m).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "--peer-tls-mode {m:?} must be off, accept, prefer or on"
+            ))
+        })?,
+    };
+    if peer_mode != PeerTlsMode::Off && peer.is_none() {
+        return invalid("--peer-tls-mode other than off needs the peer certificate files");
+    }
+    Ok(TlsSettings {
+        client,
+        client_cert_auth,
+        probes_without_client_cert: f
+            .probes_without_client_cert
+            .or(t.probes_without_client_cert)
+            .unwrap_or(d.probes_without_client_cert),
+        peer,
+        peer_mode,
+        peer_allowed_cn: f.peer_allowed_cn.clone().or(t.peer_cert_allowed_cn),
+        peer_allowed_hostname: f
+            .peer_allowed_hostname
+            .clone()
+            .or(t.peer_cert_allowed_hostname),
+        reload_interval: t
+            .reload_interval_ms
+            .map(Duration::from_millis)
+            .unwrap_or(d.reload_interval)
+            .max(Duration::from_millis(100)),
+    })
 }
 
 /// A member id as etcd prints it: hex, at most 16 digits (an optional `0x`), not zero. Ours

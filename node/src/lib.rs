@@ -23,4 +23,5 @@ pub mod requests;
 pub mod storage;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod watch;

@@ -9,15 +9,27 @@ use concord_proto::raft_peer_client::RaftPeerClient;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::tls::{PeerConnector, Tls};
+
 /// Messages up to this size cross the peer transport (snapshots are chunked below it).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Clone, Default)]
 pub struct Channels {
     by_addr: Arc<Mutex<HashMap<String, Channel>>>,
+    /// How peers are dialed when peer TLS is on (`None`: plaintext).
+    tls: Option<Arc<Tls>>,
 }
 
 impl Channels {
+    /// Channels that dial with TLS when `tls` says this member does.
+    pub fn with_tls(tls: Arc<Tls>) -> Channels {
+        Channels {
+            by_addr: Arc::default(),
+            tls: Some(tls),
+        }
+    }
+
     /// A client for the peer at `addr` (`host:port`), sharing the peer's channel.
     pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, tonic::Status> {
         Ok(RaftPeerClient::new(self.channel(addr)?)
@@ -40,7 +52,14 @@ impl Channels {
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5))
                     .keep_alive_while_idle(true);
-                let c = endpoint.connect_lazy();
+                let c = match &self.tls {
+                    Some(tls) if tls.peer_mode().dials_tls() => endpoint
+                        .connect_with_connector_lazy(PeerConnector {
+                            tls: tls.clone(),
+                            connect_timeout: Duration::from_secs(1),
+                        }),
+                    _ => endpoint.connect_lazy(),
+                };
                 map.insert(addr.to_string(), c.clone());
                 c
             }

@@ -148,7 +148,9 @@ impl Node {
         let repaired_tail_bytes = log.repaired_tail_bytes;
         // A read handle for /api/logs; openraft owns the store itself.
         let reader = openraft::storage::RaftLogStorage::get_log_reader(&mut log).await;
-        let channels = Channels::default();
+        let tls =
+            Arc::new(crate::tls::Tls::load(&config.tls).context("loading the TLS certificates")?);
+        let channels = Channels::with_tls(tls.clone());
         let network = NetworkFactory {
             channels: channels.clone(),
             cluster_id: cluster_id.clone(),
@@ -182,6 +184,7 @@ impl Node {
             raft,
             cluster_id,
             channels,
+            tls.clone(),
             StorageHandles {
                 state,
                 log: reader,
@@ -227,11 +230,11 @@ impl Node {
         let mut grpc_stop = stop_rx.clone();
         let grpc_failed = failed_tx.clone();
         tasks.push(tokio::spawn(async move {
-            // nodelay on accepted peer connections: Raft RPCs are small and latency-bound.
-            let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(30)));
+            // TLS (or plaintext, as the peer TLS mode takes it) before tonic sees a connection.
+            let incoming =
+                crate::tls::PeerIncoming::spawn(grpc_listener, tls.clone(), grpc_stop.clone());
             let res = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .add_service(svc)
                 .add_service(admin)
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -249,8 +252,10 @@ impl Node {
         let http_stop = stop_rx.clone();
         let http_failed = failed_tx.clone();
         let connection_limits = ConnectionLimits::from_limits(&app.config.limits);
+        let http_tls = app.tls.clone();
         tasks.push(tokio::spawn(async move {
-            let res = serve_http(http_listener, router, connection_limits, http_stop).await;
+            let port = (http_tls, crate::tls::ClientPort::Http);
+            let res = serve_http(http_listener, router, connection_limits, port, http_stop).await;
             if let Err(e) = res {
                 let _ = http_failed
                     .send(format!("HTTP API server failed: {e}"))
@@ -279,6 +284,7 @@ impl Node {
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(auto_compact(app.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(app.tls.clone().reload_until(stop_rx.clone())));
         tasks.push(tokio::spawn(measure_data_dir(
             app.config.data_dir.clone(),
             stop_rx.clone(),

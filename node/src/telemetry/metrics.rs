@@ -50,6 +50,9 @@ pub struct Metrics {
     pub http_in_flight_bytes: IntGauge,
     pub http_connections_refused: IntCounterVec,
     pub http_connections_closed: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
+    pub tls_reload_failures: IntCounterVec,
+    pub cert_expiry_timestamp_seconds: IntGaugeVec,
     pub keys: IntGauge,
     pub key_bytes: IntGauge,
     pub store_history_bytes: IntGauge,
@@ -249,6 +252,27 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["reason"]
         )?),
+        tls_handshake_failures: reg!(IntCounterVec::new(
+            Opts::new(
+                "tls_handshake_failures_total",
+                "TLS handshakes refused (untrusted, expired or missing certificate, plaintext to a TLS-only port, timeout), by port"
+            ),
+            &["port"]
+        )?),
+        tls_reload_failures: reg!(IntCounterVec::new(
+            Opts::new(
+                "tls_reload_failures_total",
+                "Changed certificate files that could not be loaded (the previous certificate stays in use), by certificate"
+            ),
+            &["certificate"]
+        )?),
+        cert_expiry_timestamp_seconds: reg!(IntGaugeVec::new(
+            Opts::new(
+                "cert_expiry_timestamp_seconds",
+                "When the certificate in use expires (seconds since the Unix epoch), by certificate (client ports, peer port)"
+            ),
+            &["certificate"]
+        )?),
         keys: reg!(IntGauge::new("store_keys", "Keys held")?),
         key_bytes: reg!(IntGauge::new(
             "store_bytes",
@@ -312,6 +336,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     }
     for reason in ["header_timeout", "idle_timeout"] {
         m.http_connections_closed.with_label_values(&[reason]);
+    }
+    for port in ["api", "etcd", "peer"] {
+        m.tls_handshake_failures.with_label_values(&[port]);
     }
     for method in PEER_METHODS {
         m.peer_rpc_seconds.with_label_values(&[method]);

@@ -39,12 +39,14 @@ pub struct NodeProc {
     pub config: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// `http`, or `https` once the cluster's API speaks TLS ([`Cluster::use_tls`]).
+    pub scheme: &'static str,
     child: Option<Child>,
 }
 
 impl NodeProc {
     pub fn api(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.api_port)
     }
     /// The etcd API endpoint, as etcd clients are given it.
     pub fn etcd(&self) -> String {
@@ -123,6 +125,7 @@ impl Cluster {
                 etcd_port: *etcd_port,
                 config,
                 data_dir,
+                scheme: "http",
                 child: None,
             });
         }
@@ -187,9 +190,19 @@ impl Cluster {
             etcd_port,
             config,
             data_dir,
+            scheme: "http",
             child: None,
         });
         i
+    }
+
+    /// The nodes' HTTP API speaks TLS: the harness uses `client` (which trusts the nodes' CA
+    /// and may present a client certificate) and `https` URLs.
+    pub fn use_tls(&mut self, client: reqwest::Client) {
+        self.http = client;
+        for n in &mut self.nodes {
+            n.scheme = "https";
+        }
     }
 
     /// kill -9 and delete the node's data dir (a lost volume).

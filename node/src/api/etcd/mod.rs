@@ -468,7 +468,8 @@ pub async fn serve(
     ));
     let mut limits = crate::api::http::listener::ConnectionLimits::from_limits(&app.config.limits);
     limits.errors = crate::api::http::listener::ErrorShape::Gateway;
-    crate::api::http::listener::serve(listener, both, limits, stop).await
+    let tls = (app.tls.clone(), crate::tls::ClientPort::Etcd);
+    crate::api::http::listener::serve(listener, both, limits, tls, stop).await
 }
 
 #[cfg(test)]

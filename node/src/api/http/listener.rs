@@ -36,6 +36,7 @@ use tower::ServiceExt;
 
 use crate::config::Limits;
 use crate::telemetry::metrics::{metrics, GaugeGuard};
+use crate::tls::{Acceptor, ClientCert, ClientPort, Tls};
 
 /// What the accept loop enforces; from `limits.*` (docs/api.md, Limits).
 #[derive(Debug, Clone)]
@@ -86,12 +87,13 @@ impl ErrorShape {
 /// How long connections may take to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves `router` on `listener` until `stop` turns true; returns an error only if the listener
-/// itself fails.
+/// Serves `router` on `listener` until `stop` turns true, over TLS if `tls` has a certificate
+/// for this `port`; returns an error only if the listener itself fails.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    (tls, port): (Arc<Tls>, ClientPort),
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let open = Arc::new(Semaphore::new(limits.max_connections));
@@ -144,8 +146,21 @@ pub async fn serve(
         let router = router.clone();
         let stop = stop.clone();
         let limits = limits.clone();
+        // The configuration as it is now: a certificate rotated since applies from here on.
+        let acceptor = tls.client_port(port);
         tokio::spawn(async move {
-            serve_connection(&builder, tcp, peer, router, &limits, stop).await;
+            match acceptor {
+                None => serve_connection(&builder, tcp, peer, None, router, &limits, stop).await,
+                Some(acceptor) => {
+                    // The handshake counts against the header timeout: a client that connects
+                    // and stalls holds nothing longer than one that sends no request.
+                    let deadline = limits.header_read_timeout;
+                    if let Some((tls, cert)) = acceptor.accept(tcp, peer, deadline).await {
+                        let gate = Some(CertGate { acceptor, cert });
+                        serve_connection(&builder, tls, peer, gate, router, &limits, stop).await;
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -202,32 +217,77 @@ fn refuse_connection(mut tcp: TcpStream, limits: &ConnectionLimits, lingering: &
     });
 }
 
-async fn serve_connection(
+/// A TLS connection's client certificate, and whether requests without one are let through.
+struct CertGate {
+    acceptor: Acceptor,
+    cert: Option<ClientCert>,
+}
+
+impl CertGate {
+    /// The answer to a request the port's certificate rule refuses.
+    fn refusal(
+        gate: Option<&CertGate>,
+        path: &str,
+        errors: ErrorShape,
+    ) -> Option<axum::response::Response> {
+        let gate = gate?;
+        if gate.acceptor.admits(path, gate.cert.as_ref()) {
+            return None;
+        }
+        let body = errors.body(
+            "a client certificate from the trusted CA is required (--client-cert-auth)",
+            false,
+            tonic::Code::Unauthenticated,
+        );
+        axum::response::Response::builder()
+            .status(hyper::StatusCode::UNAUTHORIZED)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body))
+            .ok()
+    }
+}
+
+async fn serve_connection<S>(
     builder: &auto::Builder<TokioExecutor>,
-    tcp: TcpStream,
+    stream: S,
     peer: std::net::SocketAddr,
+    gate: Option<CertGate>,
     router: Router,
     limits: &ConnectionLimits,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let _open = GaugeGuard::hold(&metrics().http_connections);
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(WatchedIo {
-        inner: tcp,
+        inner: stream,
         activity: activity.clone(),
         rewrite: None,
         errors: limits.errors,
     });
     let service_activity = activity.clone();
+    let gate = Arc::new(gate);
+    let errors = limits.errors;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let request = RequestGuard::enter(&service_activity);
         let router = router.clone();
+        let gate = gate.clone();
         async move {
             let mut req = req.map(axum::body::Body::new);
             // Who sent it: admission control tells the client hogging the server from others.
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
-            let response = router.oneshot(req).await;
+            let refused = CertGate::refusal(gate.as_ref().as_ref(), req.uri().path(), errors);
+            let response = match refused {
+                Some(refusal) => Ok(refusal),
+                None => {
+                    if let Some(cert) = gate.as_ref().as_ref().and_then(|g| g.cert.clone()) {
+                        req.extensions_mut().insert(cert);
+                    }
+                    router.oneshot(req).await
+                }
+            };
             // Counted as in progress until its body is sent whole: a streamed answer (a
             // watch) is not an idle connection.
             response.map(|r| {
@@ -383,8 +443,8 @@ impl http_body::Body for Answering {
 
 /// The socket as hyper sees it: reads feed the watchdog, and a bare error answer written by
 /// hyper's parser gets our JSON body.
-struct WatchedIo {
-    inner: TcpStream,
+struct WatchedIo<S> {
+    inner: S,
     activity: Arc<Activity>,
     /// Our replacement for an error answer hyper is writing: the bytes, how many are written,
     /// and how many of hyper's bytes it stands for.
@@ -392,7 +452,7 @@ struct WatchedIo {
     errors: ErrorShape,
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -407,7 +467,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

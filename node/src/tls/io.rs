@@ -1,0 +1,211 @@
+//! Connections that may or may not be TLS: the peer port's accept loop (which, while a cluster
+//! switches to TLS, takes both) and the dialer members reach their peers with.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{handshake_failed, server_name, Tls};
+
+/// A connection as a server sees it: plaintext, or TLS over it.
+pub enum MaybeTls<S> {
+    Plain(S),
+    Tls(Box<tokio_rustls::server::TlsStream<S>>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for MaybeTls<TcpStream> {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            MaybeTls::Plain(s) => s.connect_info(),
+            MaybeTls::Tls(s) => s.get_ref().0.connect_info(),
+        }
+    }
+}
+
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// How long a peer connection has to complete its TLS handshake.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The peer port's connections, TLS or plaintext as the member's [`super::PeerTlsMode`] takes
+/// them, as the stream tonic's server serves. Handshakes run on their own tasks, so a slow or
+/// hostile one holds up no other connection.
+pub struct PeerIncoming;
+
+impl PeerIncoming {
+    pub fn spawn(
+        listener: TcpListener,
+        tls: Arc<Tls>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> ReceiverStream<io::Result<MaybeTls<TcpStream>>> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tx.closed() => return,
+                };
+                let (tcp, from) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "peer accept failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Raft RPCs are small and latency-bound.
+                let _ = tcp.set_nodelay(true);
+                let Some(config) = tls.peer_server() else {
+                    if tx.send(Ok(MaybeTls::Plain(tcp))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
+                let plaintext_ok = tls.peer_mode().accepts_plaintext();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let accepted = tokio::time::timeout(HANDSHAKE_DEADLINE, async {
+                        let mut first = [0u8; 1];
+                        let n = tcp.peek(&mut first).await.map_err(|e| e.to_string())?;
+                        if n == 1 && first[0] != TLS_HANDSHAKE {
+                            return if plaintext_ok {
+                                Ok(MaybeTls::Plain(tcp))
+                            } else {
+                                Err("a plaintext connection to a TLS-only peer port".to_string())
+                            };
+                        }
+                        let tls = tokio_rustls::TlsAcceptor::from(config)
+                            .accept(tcp)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok(MaybeTls::Tls(Box::new(tls)))
+                    })
+                    .await
+                    .unwrap_or_else(|_| Err("handshake timed out".to_string()));
+                    match accepted {
+                        Ok(conn) => {
+                            let _ = tx.send(Ok(conn)).await;
+                        }
+                        Err(why) => handshake_failed("peer", from, &why),
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+/// Dials peers with TLS, presenting this member's peer certificate; the configuration is
+/// looked up at each connect, so a reconnection after a rotation uses the new certificate.
+#[derive(Clone)]
+pub struct PeerConnector {
+    pub tls: Arc<Tls>,
+    pub connect_timeout: Duration,
+}
+
+impl tower::Service<http::Uri> for PeerConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        let timeout = self.connect_timeout;
+        Box::pin(async move {
+            let authority = uri
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .ok_or_else(|| io::Error::other(format!("peer address {uri} has no host")))?;
+            let config = tls
+                .peer_dialer()
+                .ok_or_else(|| io::Error::other("peer TLS is not configured"))?;
+            let name = server_name(&authority).map_err(io::Error::other)?;
+            let dial = async {
+                let tcp = TcpStream::connect(&authority).await?;
+                let _ = tcp.set_nodelay(true);
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+            };
+            let stream = tokio::time::timeout(timeout, dial)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer connect timed out"))??;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
