@@ -282,6 +282,39 @@ async fn every_port_speaks_tls_and_lets_in_only_the_trusted() {
         "etcdctl without a certificate got {refused:?}"
     );
 
+    // concordctl with the same flags against the HTTP API.
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(CTL_BIN)
+            .arg(format!("--endpoints={base}"))
+            .args(&tls_args)
+            .args(args)
+            .output()
+            .expect("concordctl runs")
+    };
+    let out = ctl(&["set", "ctl-key", "ctl-value"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ctl(&["get", "ctl-key"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ctl-value");
+    let out = std::process::Command::new(CTL_BIN)
+        .arg(format!("--endpoints={base}"))
+        .arg(&ca_only)
+        .args(["get", "ctl-key"])
+        .output()
+        .expect("concordctl runs");
+    assert!(
+        !out.status.success(),
+        "concordctl without a certificate was let in"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A member of another cluster with a certificate from another CA, told to be a peer of
     // these three: its messages never get past the handshake, so the cluster keeps its leader
     // and term, and every member counts and logs the refusals.
@@ -459,9 +492,24 @@ async fn every_members_certificate_rotates_under_load_with_no_failed_request() {
         "writes stalled across the rotation: {before_rotation} -> {total}"
     );
     assert_eq!(failed.load(Ordering::Relaxed), 0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as f64;
     for i in 0..3 {
-        let r = metric(&c, i, "concord_tls_reload_failures_total", "").await;
-        assert_eq!(r, 0.0, "member {i} failed a reload");
+        for certificate in ["client", "peer"] {
+            let label = format!("certificate=\"{certificate}\"");
+            let r = metric(&c, i, "concord_tls_reload_failures_total", &label).await;
+            assert_eq!(
+                r, 0.0,
+                "member {i} failed a reload of the {certificate} certificate"
+            );
+            let expiry = metric(&c, i, "concord_cert_expiry_timestamp_seconds", &label).await;
+            assert!(
+                expiry > now,
+                "member {i}: {certificate} certificate expiry {expiry}"
+            );
+        }
     }
 }
 

@@ -30,6 +30,15 @@ struct Cli {
     /// Per-request timeout in seconds.
     #[arg(long, global = true, default_value = "10")]
     timeout: u64,
+    /// CA bundle (PEM) that signed the servers' certificates, for https:// endpoints.
+    #[arg(long, global = true, env = "CONCORD_CACERT")]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for servers that require one (--client-cert-auth).
+    #[arg(long, global = true, env = "CONCORD_CERT")]
+    cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long = "key", global = true, env = "CONCORD_KEY")]
+    client_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -224,7 +233,12 @@ fn fail(e: ClientError) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let client = match Client::new(&cli.endpoints, Duration::from_secs(cli.timeout)) {
+    let tls = concord_node::client::ClientTls {
+        cacert: cli.cacert.clone(),
+        cert: cli.cert.clone(),
+        key: cli.client_key.clone(),
+    };
+    let client = match Client::with_tls(&cli.endpoints, Duration::from_secs(cli.timeout), tls) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -389,6 +403,7 @@ async fn main() -> ExitCode {
         } => {
             let args = concord_node::cli::watch::WatchArgs {
                 endpoints: client.endpoints(),
+                tls: client.tls(),
                 key: &key,
                 prefix,
                 from_revision,

@@ -114,7 +114,7 @@ pub async fn acquire(
         let Some((_, predecessor)) = before else {
             return Ok((key, mine));
         };
-        crate::cli::watch::until_deleted(client.endpoints(), predecessor, mine).await?;
+        crate::cli::watch::until_deleted(client, predecessor, mine).await?;
     }
 }
 

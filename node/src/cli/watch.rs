@@ -66,6 +66,7 @@ pub fn line(f: &Frame) -> String {
 
 pub struct WatchArgs<'a> {
     pub endpoints: &'a [String],
+    pub tls: &'a crate::client::ClientTls,
     pub key: &'a str,
     pub prefix: bool,
     pub from_revision: Option<u64>,
@@ -76,7 +77,10 @@ pub struct WatchArgs<'a> {
 /// Streams until the server ends the stream (a compacted start) or the process is stopped.
 pub async fn run(args: WatchArgs<'_>) -> Result<(), String> {
     // No overall timeout: a watch lasts. Connecting and each read are bounded instead.
-    let http = reqwest::Client::builder()
+    let http = args
+        .tls
+        .http_builder()
+        .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(5))
         .read_timeout(Duration::from_secs(60))
         .build()
@@ -137,8 +141,16 @@ pub async fn run(args: WatchArgs<'_>) -> Result<(), String> {
 }
 
 /// Waits until `key` is deleted at or after revision `from` (an SSE watch on any endpoint).
-pub async fn until_deleted(endpoints: &[String], key: &str, from: u64) -> Result<(), String> {
-    let http = reqwest::Client::builder()
+pub async fn until_deleted(
+    client: &crate::client::Client,
+    key: &str,
+    from: u64,
+) -> Result<(), String> {
+    let endpoints = client.endpoints();
+    let http = client
+        .tls()
+        .http_builder()
+        .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| e.to_string())?;

@@ -1,9 +1,52 @@
 //! A small HTTP client for the `/api/...` endpoints, used by concordctl and the tests.
 //! Tries each endpoint in turn when one is unreachable or has no leader.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+
+/// How a client reaches endpoints that speak TLS: the CA bundle that signed the servers'
+/// certificates and, for servers that ask for one, a client certificate and key (concordctl's
+/// `--cacert`, `--cert`, `--key`, as etcdctl's).
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// An HTTP client builder set up with these files.
+    pub fn http_builder(&self) -> Result<reqwest::ClientBuilder, ClientError> {
+        let read = |what: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                ClientError::Tls(format!("cannot read {what} {}: {e}", path.display()))
+            })
+        };
+        let mut b = reqwest::Client::builder().use_rustls_tls();
+        if let Some(ca) = &self.cacert {
+            let certs = reqwest::Certificate::from_pem_bundle(&read("--cacert", ca)?)
+                .map_err(|e| ClientError::Tls(format!("--cacert {}: {e}", ca.display())))?;
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read("--cert", cert)?;
+                pem.push(b'\n');
+                pem.extend(read("--key", key)?);
+                let identity = reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| ClientError::Tls(format!("--cert/--key: {e}")))?;
+                b = b.identity(identity);
+            }
+            (None, None) => {}
+            _ => return Err(ClientError::Tls("--cert and --key go together".into())),
+        }
+        Ok(b)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -13,12 +56,15 @@ pub enum ClientError {
     Status { status: u16, body: Value },
     #[error("request failed: {0}")]
     Transport(String),
+    #[error("TLS settings: {0}")]
+    Tls(String),
 }
 
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     endpoints: Vec<String>,
+    tls: ClientTls,
 }
 
 fn normalize(endpoint: &str) -> Result<String, ClientError> {
@@ -35,6 +81,15 @@ fn normalize(endpoint: &str) -> Result<String, ClientError> {
 
 impl Client {
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<Client, ClientError> {
+        Client::with_tls(endpoints, timeout, ClientTls::default())
+    }
+
+    /// A client for endpoints that may speak TLS (`https://`).
+    pub fn with_tls(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: ClientTls,
+    ) -> Result<Client, ClientError> {
         let endpoints = endpoints
             .iter()
             .map(|e| normalize(e))
@@ -42,15 +97,24 @@ impl Client {
         if endpoints.is_empty() {
             return Err(ClientError::Endpoint(String::new()));
         }
-        let http = reqwest::Client::builder()
+        let http = tls
+            .http_builder()?
             .timeout(timeout)
             .build()
             .map_err(|e| ClientError::Transport(e.to_string()))?;
-        Ok(Client { http, endpoints })
+        Ok(Client {
+            http,
+            endpoints,
+            tls,
+        })
     }
 
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
+    }
+
+    pub fn tls(&self) -> &ClientTls {
+        &self.tls
     }
 
     /// Sends to each endpoint in turn until one answers without a retryable failure.
