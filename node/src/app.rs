@@ -27,6 +27,8 @@ pub struct App {
     pub channels: Channels,
     /// The ports' TLS (certificates re-read as they change).
     pub tls: Arc<crate::tls::Tls>,
+    /// Failed sign-ins per source address, to hold guessers back.
+    pub failed_logins: crate::auth::FailedLogins,
     pub log: LogReader,
     /// Where snapshots received from a leader are written as they arrive.
     pub snapshots: SnapshotStore,
@@ -92,6 +94,7 @@ impl App {
             cluster_id,
             channels,
             tls,
+            failed_logins: crate::auth::FailedLogins::default(),
             log,
             snapshots,
             watches,

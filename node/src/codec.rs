@@ -9,7 +9,7 @@
 //! |-------------------------------|-----------------------------------|---------|-----------|
 //! | log segments (`storage/segments`)| 8-byte segment header             | 1       | 0: no header (before versioning) |
 //! | state files (vote, log meta, identity, cluster id) | 10-byte file header | 1  | 0: `[crc32][payload]` (cluster id: bare text) |
-//! | snapshot files                | last byte of the 8-byte magic     | 3       | 2: the store without leases; 1: the pre-MVCC map |
+//! | snapshot files                | last byte of the 8-byte magic     | 4       | 3: without users and roles; 2: the store without leases; 1: the pre-MVCC map |
 //! | peer messages                 | the `wire_version` field          | 1       | 0: sender from before versioning |
 //!
 //! Versions 0 and 1 encode payloads identically (bincode 1 of openraft 0.10.0-alpha.37's types,
@@ -29,10 +29,11 @@ pub const LOG_FORMAT: u16 = 1;
 /// State file format written by this build.
 pub const STATE_FILE_FORMAT: u16 = 1;
 /// Snapshot file format written by this build.
-/// Snapshot format written by this build: 3, the data is the MVCC store (`store::mvcc`) then
-/// its leases' ids and TTLs; 2 was the store alone (from before leases) and 1 the pre-MVCC map
-/// (`store::KvMap`), both still read, and upgraded as they are loaded.
-pub const SNAPSHOT_FORMAT: u8 = 3;
+/// Snapshot format written by this build: 4, the data is the MVCC store (`store::mvcc`), its
+/// leases' ids and TTLs, then the auth state (`auth::store`); 3 was the first two (from before
+/// auth), 2 the store alone (from before leases) and 1 the pre-MVCC map (`store::KvMap`), all
+/// still read, and upgraded as they are loaded.
+pub const SNAPSHOT_FORMAT: u8 = 4;
 /// Peer message encoding sent by this build. Receivers accept 0 (same encoding) up to this.
 pub const WIRE_VERSION: u32 = 1;
 
@@ -362,10 +363,10 @@ mod tests {
             SegmentStart::Legacy
         );
 
-        let e = check_snapshot_magic(b"CKVSNAP4........", Path::new("snap"))
+        let e = check_snapshot_magic(b"CKVSNAP5........", Path::new("snap"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("snap") && e.contains("format 4"), "{e}");
+        assert!(e.contains("snap") && e.contains("format 5"), "{e}");
         assert_eq!(
             check_snapshot_magic(&snapshot_magic(SNAPSHOT_FORMAT), Path::new("snap")).ok(),
             Some(SNAPSHOT_FORMAT)

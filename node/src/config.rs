@@ -137,6 +137,10 @@ pub struct Flags {
         env = "CONCORD_PEER_CERT_ALLOWED_HOSTNAME"
     )]
     pub peer_cert_allowed_hostname: Option<String>,
+    /// How long a token from Authenticate is valid, in seconds (etcd's --auth-token-ttl).
+    /// Default 300.
+    #[arg(long = "auth-token-ttl", env = "CONCORD_AUTH_TOKEN_TTL")]
+    pub auth_token_ttl: Option<u64>,
     /// Peer port TLS: off, accept (TLS and plaintext accepted, plaintext dialed), prefer (both
     /// accepted, TLS dialed), on (TLS only). Default: on with peer certificates, else off.
     #[arg(long = "peer-tls-mode", env = "CONCORD_PEER_TLS_MODE")]
@@ -160,6 +164,15 @@ pub struct FileConfig {
     pub watch: WatchSection,
     #[serde(default)]
     pub tls: TlsSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+}
+
+/// `auth:` in the YAML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthSection {
+    pub token_ttl_seconds: Option<u64>,
 }
 
 /// `tls:` in the YAML file: the flags' settings under etcd's names, in camelCase.
@@ -353,6 +366,8 @@ pub struct Config {
     pub compaction: Compaction,
     pub watch: WatchSettings,
     pub tls: TlsSettings,
+    /// How long a token from Authenticate is valid.
+    pub auth_token_ttl: Duration,
 }
 
 /// Watch limits (docs/configuration.md, Watch).
@@ -521,6 +536,7 @@ impl Config {
     /// Resolves flags, environment, file and defaults.
     pub fn resolve(flags: Flags) -> Result<Config, ConfigError> {
         let flags_tls = TlsFlags::from(&flags);
+        let auth_token_ttl = flags.auth_token_ttl;
         let file = match &flags.config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
@@ -745,6 +761,12 @@ impl Config {
             compaction,
             watch,
             tls,
+            auth_token_ttl: Duration::from_secs(
+                auth_token_ttl
+                    .or(file.auth.token_ttl_seconds)
+                    .unwrap_or(300)
+                    .max(1),
+            ),
         })
     }
 

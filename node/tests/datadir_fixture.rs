@@ -1,7 +1,9 @@
 //! Every data dir a released format wrote must open in every later build and serve what it
 //! held. The fixtures under `tests/fixtures/datadir-v*/` are made by `make-datadir.sh` and kept
 //! forever: one per on-disk format change. `datadir-v0` was written by the last release before
-//! formats were versioned (commit bad0571), `datadir-v1` by the first versioned one.
+//! formats were versioned (commit bad0571), `datadir-v1` by the first versioned one, `datadir-v2`
+//! by the first MVCC store (snapshot format 2), `datadir-v3` by the first with users and roles
+//! (snapshot format 4).
 
 mod common;
 

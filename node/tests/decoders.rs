@@ -136,6 +136,7 @@ fn valid_snapshot_file() -> Vec<u8> {
     for i in 1..20u64 {
         concord_node::store::apply(
             &mut kv,
+            &mut concord_node::auth::AuthStore::default(),
             i,
             &Command::Set {
                 key: format!("k{i}"),

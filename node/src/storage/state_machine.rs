@@ -13,6 +13,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use super::snapshot_store::{SnapshotFile, SnapshotStore};
+use crate::auth::AuthStore;
 use crate::lease::LeaseClock;
 use crate::raft::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::store::leases::LeaseId;
@@ -27,6 +28,8 @@ pub struct StateData {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
     pub kv: MvccStore,
+    /// Users, roles and whether auth is on.
+    pub auth: AuthStore,
 }
 
 /// Read access for the API layer.
@@ -74,25 +77,35 @@ impl StateMachineStore {
     }
 }
 
-/// A snapshot's data (format 3): the store, then each lease's id and TTL (their keys are in
-/// the store's versions).
+/// A snapshot's data (format 4): the store, each lease's id and TTL (their keys are in the
+/// store's versions), then users and roles.
 #[derive(Serialize)]
 struct SnapshotOut<'a> {
     kv: &'a MvccStore,
     leases: Vec<(LeaseId, i64)>,
+    auth: &'a AuthStore,
 }
 
 #[derive(Deserialize)]
 struct SnapshotIn {
     kv: MvccStore,
     leases: Vec<(LeaseId, i64)>,
+    auth: AuthStore,
 }
 
-/// Writes the data of a snapshot of `kv` in the current format.
-fn write_data(out: impl io::Write, kv: &MvccStore) -> io::Result<()> {
+/// Format 3: from before auth.
+#[derive(Deserialize)]
+struct SnapshotInV3 {
+    kv: MvccStore,
+    leases: Vec<(LeaseId, i64)>,
+}
+
+/// Writes the data of a snapshot of `kv` and `auth` in the current format.
+fn write_data(out: impl io::Write, kv: &MvccStore, auth: &AuthStore) -> io::Result<()> {
     let data = SnapshotOut {
         kv,
         leases: kv.leases().ttls().collect(),
+        auth,
     };
     crate::codec::to_writer(out, &data)
 }
@@ -100,24 +113,38 @@ fn write_data(out: impl io::Write, kv: &MvccStore) -> io::Result<()> {
 fn restore(meta: &SnapshotMeta, file: &SnapshotFile) -> io::Result<StateData> {
     let what = format_args!("the data of {}", file.describe());
     let (reader, len) = (file.data_reader(), file.data_len());
-    let kv = match file.format() {
+    let (kv, auth) = match file.format() {
         1 => {
             let legacy: KvMap = crate::codec::from_reader(reader, len, what)?;
             tracing::info!(snapshot = %file.describe(), "upgrading a pre-MVCC snapshot");
-            legacy.upgrade()
+            (legacy.upgrade(), AuthStore::default())
         }
         // From before leases: none existed.
-        2 => crate::codec::from_reader(reader, len, what)?,
-        _ => {
-            let SnapshotIn { mut kv, leases } = crate::codec::from_reader(reader, len, what)?;
+        2 => (
+            crate::codec::from_reader(reader, len, what)?,
+            AuthStore::default(),
+        ),
+        // From before auth: no users, auth off.
+        3 => {
+            let SnapshotInV3 { mut kv, leases } = crate::codec::from_reader(reader, len, what)?;
             kv.restore_leases(leases);
-            kv
+            (kv, AuthStore::default())
+        }
+        _ => {
+            let SnapshotIn {
+                mut kv,
+                leases,
+                auth,
+            } = crate::codec::from_reader(reader, len, what)?;
+            kv.restore_leases(leases);
+            (kv, auth)
         }
     };
     Ok(StateData {
         last_applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
         kv,
+        auth,
     })
 }
 
@@ -153,7 +180,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                         last_membership: copy.membership.clone(),
                     };
                     let mut writer = snapshots.create(&meta)?;
-                    write_data(&mut writer, &copy.kv)?;
+                    write_data(&mut writer, &copy.kv, &copy.auth)?;
                     drop(copy);
                     let file = snapshots.install(&meta, writer.finish()?)?;
                     Ok::<_, io::Error>((meta, file))
@@ -216,7 +243,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 state.last_applied = Some(entry.log_id);
                 match &entry.payload {
                     EntryPayload::Blank => (CommandResult::None, Vec::new()),
-                    EntryPayload::Normal(cmd) => crate::store::apply(&mut state.kv, index, cmd),
+                    EntryPayload::Normal(cmd) => {
+                        let StateData { kv, auth, .. } = &mut *state;
+                        crate::store::apply(kv, auth, index, cmd)
+                    }
                     EntryPayload::Membership(m) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         (CommandResult::None, Vec::new())
@@ -316,7 +346,8 @@ mod tests {
 
     fn store_with_a_leased_key() -> MvccStore {
         let mut kv = MvccStore::default();
-        apply(&mut kv, 1, &Command::LeaseGrant { id: 5, ttl: 30 });
+        let auth = &mut AuthStore::default();
+        apply(&mut kv, auth, 1, &Command::LeaseGrant { id: 5, ttl: 30 });
         let txn = crate::store::mvcc::TxnRequest {
             compare: vec![],
             success: vec![crate::store::mvcc::Op::Put(
@@ -331,24 +362,51 @@ mod tests {
             )],
             failure: vec![],
         };
-        apply(&mut kv, 2, &Command::Txn(txn));
+        apply(&mut kv, auth, 2, &Command::Txn(txn));
         kv
     }
 
     #[test]
-    fn a_snapshot_keeps_leases_and_one_from_before_leases_still_loads() {
+    fn a_snapshot_keeps_leases_and_users_and_older_formats_still_load() {
         let dir = tempfile::tempdir().unwrap();
         let snapshots = SnapshotStore::open(dir.path()).unwrap();
         let kv = store_with_a_leased_key();
+        let mut auth = AuthStore::default();
+        auth.apply(&crate::auth::AuthCommand::UserAdd {
+            name: "app".into(),
+            password_hash: Some("$argon2id$stand-in".into()),
+        })
+        .unwrap();
         let m = meta(2);
         let mut w = snapshots.create(&m).unwrap();
-        write_data(&mut w, &kv).unwrap();
+        write_data(&mut w, &kv, &auth).unwrap();
         snapshots.install(&m, w.finish().unwrap()).unwrap();
         let sm = StateMachineStore::open(snapshots, Default::default()).unwrap();
         let state = sm.shared();
-        let loaded = &state.read().kv;
-        assert_eq!(loaded.leases(), kv.leases());
-        assert_eq!(loaded.leases().get(5).map(|l| l.keys.len()), Some(1));
+        let loaded = &state.read();
+        assert_eq!(loaded.kv.leases(), kv.leases());
+        assert_eq!(loaded.kv.leases().get(5).map(|l| l.keys.len()), Some(1));
+        assert_eq!(loaded.auth, auth);
+
+        // Format 3: without users and roles.
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = SnapshotStore::open(dir.path()).unwrap();
+        let mut w = snapshots.create_in(&m, 3).unwrap();
+        #[derive(Serialize)]
+        struct V3<'a> {
+            kv: &'a MvccStore,
+            leases: Vec<(LeaseId, i64)>,
+        }
+        let v3 = V3 {
+            kv: &kv,
+            leases: kv.leases().ttls().collect(),
+        };
+        crate::codec::to_writer(&mut w, &v3).unwrap();
+        snapshots.install(&m, w.finish().unwrap()).unwrap();
+        let sm = StateMachineStore::open(snapshots, Default::default()).unwrap();
+        let state = sm.shared();
+        assert_eq!(state.read().kv.leases(), kv.leases());
+        assert_eq!(state.read().auth, AuthStore::default());
 
         // Format 2: the store alone.
         let dir = tempfile::tempdir().unwrap();
@@ -356,6 +414,7 @@ mod tests {
         let mut plain = MvccStore::default();
         apply(
             &mut plain,
+            &mut AuthStore::default(),
             3,
             &Command::Set {
                 key: "a".into(),

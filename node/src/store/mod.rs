@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use leases::LeaseId;
 
+use crate::auth::{AuthCommand, AuthError, AuthStore};
+
 use mvcc::{
     Compare, CompareResult, CompareTarget, DeleteRequest, KeyRange, MvccError, MvccStore, Op,
     PutRequest, TxnRequest, TxnResult,
@@ -50,6 +52,8 @@ pub enum Command {
     LeaseRevoke {
         id: LeaseId,
     },
+    /// A change to users, roles or the auth switch (passwords already hashed).
+    Auth(AuthCommand),
 }
 
 impl std::fmt::Display for Command {
@@ -74,6 +78,7 @@ impl std::fmt::Display for Command {
             Command::Compact { revision } => write!(f, "compact({revision})"),
             Command::LeaseGrant { id, ttl } => write!(f, "lease_grant({id}, {ttl}s)"),
             Command::LeaseRevoke { id } => write!(f, "lease_revoke({id})"),
+            Command::Auth(a) => write!(f, "auth({})", a.name()),
         }
     }
 }
@@ -88,7 +93,8 @@ impl Command {
             Command::Delete { .. }
             | Command::Compact { .. }
             | Command::LeaseGrant { .. }
-            | Command::LeaseRevoke { .. } => false,
+            | Command::LeaseRevoke { .. }
+            | Command::Auth(_) => false,
         }
     }
 
@@ -104,7 +110,10 @@ impl Command {
                 value,
             } => key.len() + value.len() + expected.as_ref().map_or(0, String::len),
             Command::Txn(t) => return t.payload_bytes(),
-            Command::Compact { .. } | Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 0,
+            Command::Compact { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::Auth(_) => 0,
         };
         bytes as u64
     }
@@ -150,6 +159,7 @@ pub enum CommandResult {
         result: Result<(), MvccError>,
         revision: u64,
     },
+    Auth(Result<(), AuthError>),
 }
 
 fn put(key: &str, value: &str) -> Op {
@@ -171,14 +181,16 @@ fn one(op: Op) -> TxnRequest {
     }
 }
 
-/// Applies a command as the Raft entry at `index`; returns its result and the changes it made,
-/// in order (what watchers are sent).
+/// Applies a command as the Raft entry at `index` to the key space or the auth state; returns
+/// its result and the changes it made to keys, in order (what watchers are sent).
 pub fn apply(
     store: &mut MvccStore,
+    auth: &mut AuthStore,
     index: u64,
     cmd: &Command,
 ) -> (CommandResult, Vec<mvcc::Event>) {
     match cmd {
+        Command::Auth(a) => (CommandResult::Auth(auth.apply(a)), Vec::new()),
         Command::Set { key, value } => {
             let (_, events) = store.apply_txn(index, &one(put(key, value)));
             (CommandResult::Set { revision: index }, events)
@@ -305,14 +317,19 @@ mod tests {
     fn seed_commands_keep_their_results_on_the_mvcc_store() {
         let mut s = MvccStore::default();
         assert_eq!(
-            apply(&mut s, 3, &set("a", "xy")).0,
+            apply(&mut s, &mut AuthStore::default(), 3, &set("a", "xy")).0,
             CommandResult::Set { revision: 3 }
         );
         assert_eq!(s.get(b"a").map(|kv| kv.mod_revision), Some(3));
         assert_eq!(s.live_bytes(), 3);
-        apply(&mut s, 4, &set("a", "xyz"));
+        apply(&mut s, &mut AuthStore::default(), 4, &set("a", "xyz"));
         assert_eq!(s.live_bytes(), 4);
-        let (r, events) = apply(&mut s, 5, &Command::Delete { key: "a".into() });
+        let (r, events) = apply(
+            &mut s,
+            &mut AuthStore::default(),
+            5,
+            &Command::Delete { key: "a".into() },
+        );
         assert_eq!(
             r,
             CommandResult::Delete {
@@ -321,7 +338,12 @@ mod tests {
             }
         );
         assert_eq!(events.len(), 1);
-        let (r, events) = apply(&mut s, 6, &Command::Delete { key: "a".into() });
+        let (r, events) = apply(
+            &mut s,
+            &mut AuthStore::default(),
+            6,
+            &Command::Delete { key: "a".into() },
+        );
         assert_eq!(
             r,
             CommandResult::Delete {
@@ -343,10 +365,10 @@ mod tests {
             value: v.into(),
         };
         assert!(matches!(
-            apply(&mut s, 1, &cas(None, "a")).0,
+            apply(&mut s, &mut AuthStore::default(), 1, &cas(None, "a")).0,
             CommandResult::Cas { swapped: true, .. }
         ));
-        match apply(&mut s, 2, &cas(None, "b")).0 {
+        match apply(&mut s, &mut AuthStore::default(), 2, &cas(None, "b")).0 {
             CommandResult::Cas {
                 swapped: false,
                 current: Some(cur),
@@ -355,11 +377,11 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(matches!(
-            apply(&mut s, 3, &cas(Some("a"), "c")).0,
+            apply(&mut s, &mut AuthStore::default(), 3, &cas(Some("a"), "c")).0,
             CommandResult::Cas { swapped: true, .. }
         ));
         assert!(matches!(
-            apply(&mut s, 4, &cas(Some("zz"), "d")).0,
+            apply(&mut s, &mut AuthStore::default(), 4, &cas(Some("zz"), "d")).0,
             CommandResult::Cas { swapped: false, .. }
         ));
         let kv = s.get(b"k").expect("present");
@@ -390,7 +412,7 @@ mod tests {
         let mut s = legacy.upgrade();
         assert_eq!(s.revision(), 12);
         assert_eq!(s.get(b"a").map(|kv| kv.mod_revision), Some(7));
-        apply(&mut s, 20, &set("a", "3"));
+        apply(&mut s, &mut AuthStore::default(), 20, &set("a", "3"));
         let kv = s.get(b"a").expect("a");
         assert_eq!(
             (kv.mod_revision, kv.create_revision, kv.version),

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub http_connections_refused: IntCounterVec,
     pub http_connections_closed: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
+    pub auth_failures: IntCounterVec,
     pub tls_reload_failures: IntCounterVec,
     pub cert_expiry_timestamp_seconds: IntGaugeVec,
     pub keys: IntGauge,
@@ -259,6 +260,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             ),
             &["port"]
         )?),
+        auth_failures: reg!(IntCounterVec::new(
+            Opts::new(
+                "auth_failures_total",
+                "Requests refused by authentication or authorization, by reason (bad_password, rate_limited, no_credentials, invalid_token, denied)"
+            ),
+            &["reason"]
+        )?),
         tls_reload_failures: reg!(IntCounterVec::new(
             Opts::new(
                 "tls_reload_failures_total",
@@ -339,6 +347,18 @@ fn build() -> Result<Metrics, prometheus::Error> {
     }
     for port in ["api", "etcd", "peer"] {
         m.tls_handshake_failures.with_label_values(&[port]);
+    }
+    for reason in [
+        "bad_password",
+        "rate_limited",
+        "no_credentials",
+        "invalid_token",
+        "denied",
+    ] {
+        m.auth_failures.with_label_values(&[reason]);
+    }
+    for certificate in ["client", "peer"] {
+        m.tls_reload_failures.with_label_values(&[certificate]);
     }
     for method in PEER_METHODS {
         m.peer_rpc_seconds.with_label_values(&[method]);

@@ -377,7 +377,11 @@ mod tests {
         /// Applies `cmd` as apply does: store first, then the watchers.
         fn run(&mut self, cmd: Command) -> u64 {
             self.index += 1;
-            let events = apply(&mut self.state.write().kv, self.index, &cmd).1;
+            let events = {
+                let mut state = self.state.write();
+                let state = &mut *state;
+                apply(&mut state.kv, &mut state.auth, self.index, &cmd).1
+            };
             if !events.is_empty() {
                 self.hub.publish(Batch::new(self.index, events));
             }
@@ -586,6 +590,7 @@ mod tests {
         let mut leader = crate::store::mvcc::MvccStore::default();
         apply(
             &mut leader,
+            &mut crate::auth::AuthStore::default(),
             1,
             &Command::Set {
                 key: "a".into(),
@@ -594,6 +599,7 @@ mod tests {
         );
         apply(
             &mut leader,
+            &mut crate::auth::AuthStore::default(),
             2,
             &Command::Set {
                 key: "b".into(),
@@ -602,6 +608,7 @@ mod tests {
         );
         apply(
             &mut leader,
+            &mut crate::auth::AuthStore::default(),
             3,
             &Command::Set {
                 key: "c".into(),

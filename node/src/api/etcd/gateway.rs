@@ -18,6 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use concord_proto::etcd::etcdserverpb::auth_server::Auth;
 use concord_proto::etcd::etcdserverpb::cluster_server::Cluster;
 use concord_proto::etcd::etcdserverpb::kv_server::Kv;
 use concord_proto::etcd::etcdserverpb::lease_server::Lease;
@@ -43,7 +44,18 @@ pub struct Services {
     pub lease: Arc<LeaseService>,
     pub lock: Arc<super::recipes::LockService>,
     pub election: Arc<super::recipes::ElectionService>,
+    pub auth: Arc<super::auth::AuthService>,
     pub app: Arc<App>,
+}
+
+/// A unary route: the body decoded as the request, `service.method` called, its answer
+/// encoded.
+macro_rules! unary {
+    ($service:ident . $method:ident) => {
+        post(|State(s): State<Services>, b| async move {
+            call(b, |r| async move { s.$service.$method(r).await }).await
+        })
+    };
 }
 
 /// grpc-gateway's HTTP status for a gRPC code (`runtime.HTTPStatusFromCode`).
@@ -335,6 +347,23 @@ pub fn router(services: Services) -> Router {
         .route("/v3/kv/lease/timetolive", post(lease_time_to_live))
         .route("/v3/lease/leases", post(lease_leases))
         .route("/v3/kv/lease/leases", post(lease_leases))
+        .route("/v3/auth/authenticate", unary!(auth.authenticate))
+        .route("/v3/auth/enable", unary!(auth.auth_enable))
+        .route("/v3/auth/disable", unary!(auth.auth_disable))
+        .route("/v3/auth/status", unary!(auth.auth_status))
+        .route("/v3/auth/user/add", unary!(auth.user_add))
+        .route("/v3/auth/user/get", unary!(auth.user_get))
+        .route("/v3/auth/user/list", unary!(auth.user_list))
+        .route("/v3/auth/user/delete", unary!(auth.user_delete))
+        .route("/v3/auth/user/changepw", unary!(auth.user_change_password))
+        .route("/v3/auth/user/grant", unary!(auth.user_grant_role))
+        .route("/v3/auth/user/revoke", unary!(auth.user_revoke_role))
+        .route("/v3/auth/role/add", unary!(auth.role_add))
+        .route("/v3/auth/role/get", unary!(auth.role_get))
+        .route("/v3/auth/role/list", unary!(auth.role_list))
+        .route("/v3/auth/role/delete", unary!(auth.role_delete))
+        .route("/v3/auth/role/grant", unary!(auth.role_grant_permission))
+        .route("/v3/auth/role/revoke", unary!(auth.role_revoke_permission))
         .route("/version", get(version))
         .route("/health", get(health))
         .fallback(|| async { error(&Status::not_found("no such endpoint")) })

@@ -11,7 +11,8 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, mvcc_status};
 use super::{header, service_status};
 use crate::app::App;
-use crate::store::mvcc::{MvccError, Op, OpResult, TxnRequest, TxnResult};
+use crate::auth::Access;
+use crate::store::mvcc::{KeyRange, MvccError, Op, OpResult, TxnRequest, TxnResult};
 use crate::store::{Command, CommandResult};
 
 pub struct KvService {
@@ -41,6 +42,37 @@ pub(super) async fn write_txn(app: &App, txn: TxnRequest) -> Result<(TxnResult, 
     }
 }
 
+/// Refuses the request being served unless its caller may `access` every key of `keys`.
+pub(super) fn authorize(app: &App, access: Access, keys: &KeyRange) -> Result<(), Status> {
+    let state = app.state.read();
+    crate::auth::caller(&state.auth)
+        .and_then(|c| c.check(&state.auth, access, keys))
+        .map_err(|r| super::auth::refused(&r))
+}
+
+/// Refuses the request being served unless its caller has the root role.
+pub(super) fn authorize_root(app: &App) -> Result<(), Status> {
+    let state = app.state.read();
+    crate::auth::caller(&state.auth)
+        .and_then(|c| c.check_root(&state.auth))
+        .map_err(|r| super::auth::refused(&r))
+}
+
+/// What a transaction reads (its compares and ranges) and writes (its puts and deletes), in
+/// both branches and nested transactions, as etcd checks it: all of it must be permitted,
+/// whichever branch runs.
+fn txn_access(txn: &TxnRequest, out: &mut Vec<(Access, KeyRange)>) {
+    out.extend(txn.compare.iter().map(|c| (Access::Read, c.keys.clone())));
+    for op in txn.success.iter().chain(&txn.failure) {
+        match op {
+            Op::Range(r) => out.extend(r.keys.clone().map(|k| (Access::Read, k))),
+            Op::Put(p) => out.push((Access::Write, KeyRange::One(p.key.clone()))),
+            Op::Delete(d) => out.push((Access::Write, d.keys.clone())),
+            Op::Txn(t) => txn_access(t, out),
+        }
+    }
+}
+
 impl KvService {
     async fn write_txn(&self, txn: TxnRequest) -> Result<(TxnResult, u64), Status> {
         write_txn(&self.app, txn).await
@@ -64,6 +96,9 @@ impl Kv for KvService {
         let req = req.into_inner();
         let serializable = req.serializable;
         let range = convert::range_request(req, &self.app.config.limits)?;
+        if let Some(keys) = &range.keys {
+            authorize(&self.app, Access::Read, keys)?;
+        }
         if !serializable {
             self.app.linearize().await.map_err(|e| service_status(&e))?;
         }
@@ -108,6 +143,10 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let put = convert::put_request(req.into_inner(), &self.app.config.limits)?;
+        authorize(&self.app, Access::Write, &KeyRange::One(put.key.clone()))?;
+        if put.prev_kv {
+            authorize(&self.app, Access::Read, &KeyRange::One(put.key.clone()))?;
+        }
         let (result, revision) = self.write_txn(Self::one(Op::Put(put))).await?;
         let prev_kv = match result.responses.into_iter().next() {
             Some(OpResult::Put { prev_kv }) => prev_kv.map(convert::kv),
@@ -124,6 +163,10 @@ impl Kv for KvService {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let delete = convert::delete_request(req.into_inner(), &self.app.config.limits)?;
+        authorize(&self.app, Access::Write, &delete.keys)?;
+        if delete.prev_kv {
+            authorize(&self.app, Access::Read, &delete.keys)?;
+        }
         let (result, revision) = self.write_txn(Self::one(Op::Delete(delete))).await?;
         let (deleted, prev_kvs) = match result.responses.into_iter().next() {
             Some(OpResult::Delete { deleted, prev_kvs }) => (deleted, prev_kvs),
@@ -138,6 +181,11 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let txn = convert::txn_request(req.into_inner(), &self.app.config.limits)?;
+        let mut access = Vec::new();
+        txn_access(&txn, &mut access);
+        for (a, keys) in &access {
+            authorize(&self.app, *a, keys)?;
+        }
         if !txn.writes() {
             // Only reads (no put or delete in any branch): answered from this member's state
             // once it is linearizable, under one read lock, so compares and reads see one
@@ -158,6 +206,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        authorize_root(&self.app)?;
         let revision = u64::try_from(req.into_inner().revision)
             .map_err(|_| Status::invalid_argument("etcdserver: revision must not be negative"))?;
         // Refused here only when this member already knows it would be: a compacted revision

@@ -52,9 +52,27 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let id = req.into_inner().id;
+        // Revoking deletes the lease's keys: the caller must be allowed to write each (etcd).
+        let keys: Vec<Vec<u8>> = self
+            .app
+            .state
+            .read()
+            .kv
+            .leases()
+            .get(id)
+            .map(|l| l.keys.iter().map(|k| k.to_vec()).collect())
+            .unwrap_or_default();
+        for key in keys {
+            super::kv::authorize(
+                &self.app,
+                crate::auth::Access::Write,
+                &crate::store::mvcc::KeyRange::One(key),
+            )?;
+        }
         let revision = self
             .app
-            .lease_revoke(req.into_inner().id)
+            .lease_revoke(id)
             .await
             .map_err(|e| service_status(&e))?
             .map_err(|e| mvcc_status(&e))?;

@@ -7,6 +7,7 @@
 //! serves every request: writes are forwarded to the leader, reads are linearizable (through
 //! the leader's read index) unless `serializable`.
 
+pub mod auth;
 pub mod convert;
 pub mod gateway;
 pub mod kv;
@@ -392,6 +393,97 @@ impl Maintenance for MaintenanceService {
     }
 }
 
+/// Who sent a request to the etcd port (a `token` or `authorization` header, else the client
+/// certificate's common name) and, with auth on, the refusal of a request that only root may
+/// make from anyone else. Requests each handler checks itself (keys, sign-in, users and roles)
+/// and those etcd answers without credentials pass; everything else needs root.
+fn front_door(
+    app: &App,
+    req: &axum::extract::Request,
+) -> (
+    Result<crate::auth::Caller, crate::auth::Refusal>,
+    Option<std::net::IpAddr>,
+    Option<Status>,
+) {
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let state = app.state.read();
+    if !state.auth.enabled() {
+        return (Ok(crate::auth::Caller::Anyone), source, None);
+    }
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let token = header("token").or_else(|| header("authorization"));
+    let token = token.map(|t| t.strip_prefix("Bearer ").unwrap_or(t));
+    let cert = req.extensions().get::<crate::tls::ClientCert>();
+    let caller =
+        crate::auth::Caller::identify(&state.auth, token, cert, std::time::SystemTime::now());
+    let path = req.uri().path();
+    let refusal = match path_rule(path) {
+        PathRule::Open | PathRule::Handler => None,
+        PathRule::SignedIn => caller.as_ref().err().map(auth::refused),
+        PathRule::Root => caller
+            .clone()
+            .and_then(|c| c.check_root(&state.auth))
+            .err()
+            .map(|r| auth::refused(&r)),
+    };
+    (caller, source, refusal)
+}
+
+/// Who may call what on the etcd port while auth is on.
+#[derive(Debug, PartialEq, Eq)]
+enum PathRule {
+    /// Answered without credentials (health, version, sign-in, status, member list).
+    Open,
+    /// The handler checks the caller against the keys (or users) the request names.
+    Handler,
+    /// Any signed-in user (leases: a lease names no keys until one is attached).
+    SignedIn,
+    /// Only root (membership, maintenance, and locks and elections until their own checks
+    /// exist).
+    Root,
+}
+
+fn path_rule(path: &str) -> PathRule {
+    const OPEN: &[&str] = &[
+        "/etcdserverpb.Auth/Authenticate",
+        "/etcdserverpb.Auth/AuthStatus",
+        "/etcdserverpb.Maintenance/Status",
+        "/etcdserverpb.Cluster/MemberList",
+        "/v3/auth/authenticate",
+        "/v3/auth/status",
+        "/v3/maintenance/status",
+        "/v3/cluster/member/list",
+        "/version",
+        "/health",
+    ];
+    if OPEN.contains(&path) || path.starts_with("/grpc.health.v1.Health/") {
+        PathRule::Open
+    } else if matches!(
+        path,
+        "/etcdserverpb.Lease/LeaseRevoke" | "/v3/lease/revoke" | "/v3/kv/lease/revoke"
+    ) {
+        PathRule::Handler
+    } else if path.starts_with("/etcdserverpb.Lease/")
+        || path.starts_with("/v3/lease/")
+        || path.starts_with("/v3/kv/lease/")
+    {
+        PathRule::SignedIn
+    } else if path.starts_with("/etcdserverpb.KV/")
+        || path.starts_with("/etcdserverpb.Auth/")
+        || path.starts_with("/etcdserverpb.Watch/")
+        || path.starts_with("/v3/kv/")
+        || path.starts_with("/v3/auth/")
+        || path == "/v3/watch"
+    {
+        PathRule::Handler
+    } else {
+        PathRule::Root
+    }
+}
+
 /// Serves the etcd API on `listener` until `stop`: gRPC and the JSON gateway on one port, told
 /// apart by content type, as etcd serves them; through the same accept loop as the HTTP API,
 /// with its connection limits and timeouts.
@@ -408,6 +500,7 @@ pub async fn serve(
     let lease = Arc::new(lease::LeaseService { app: app.clone() });
     let lock = Arc::new(recipes::LockService { app: app.clone() });
     let election = Arc::new(recipes::ElectionService { app: app.clone() });
+    let auth = Arc::new(auth::AuthService { app: app.clone() });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<KvServer<kv::KvService>>()
@@ -439,6 +532,10 @@ pub async fn serve(
             )
             .max_decoding_message_size(limit),
         )
+        .add_service(
+            concord_proto::etcd::etcdserverpb::auth_server::AuthServer::from_arc(auth.clone())
+                .max_decoding_message_size(limit),
+        )
         .add_service(ClusterServer::from_arc(cluster.clone()))
         .add_service(MaintenanceServer::from_arc(maintenance.clone()))
         .into_axum_router();
@@ -449,8 +546,10 @@ pub async fn serve(
         lease,
         lock,
         election,
+        auth,
         app: app.clone(),
     });
+    let door_app = app.clone();
     let both = axum::Router::new().fallback_service(tower::service_fn(
         move |req: axum::extract::Request| {
             let grpc_request = req
@@ -463,7 +562,17 @@ pub async fn serve(
             } else {
                 gateway.clone()
             };
-            async move { target.oneshot(req).await }
+            let (caller, source, refusal) = front_door(&door_app, &req);
+            async move {
+                if let Some(status) = refusal {
+                    return Ok(if grpc_request {
+                        status.into_http::<axum::body::Body>()
+                    } else {
+                        gateway::error(&status)
+                    });
+                }
+                crate::auth::serving(caller, source, target.oneshot(req)).await
+            }
         },
     ));
     let mut limits = crate::api::http::listener::ConnectionLimits::from_limits(&app.config.limits);

@@ -59,7 +59,9 @@ where
     S: Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin + 'static,
 {
     let (tx, rx) = mpsc::channel(SEND_QUEUE);
-    tokio::spawn(run(app, requests, tx));
+    // Who opened the stream: each watch it creates is checked against their permissions.
+    let identity = crate::auth::identity();
+    tokio::spawn(run(app, identity, requests, tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
@@ -67,14 +69,19 @@ type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
 
 struct Session {
     app: Arc<App>,
+    identity: Result<crate::auth::Caller, crate::auth::Refusal>,
     feed: Feed,
     /// Watches whose client takes a large response in fragments.
     fragmented: HashSet<WatchId>,
     next_auto_id: WatchId,
 }
 
-async fn run<S>(app: Arc<App>, mut requests: S, tx: Out)
-where
+async fn run<S>(
+    app: Arc<App>,
+    identity: Result<crate::auth::Caller, crate::auth::Refusal>,
+    mut requests: S,
+    tx: Out,
+) where
     S: Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin,
 {
     let feed = Feed::new(
@@ -85,6 +92,7 @@ where
     );
     let mut s = Session {
         app,
+        identity,
         feed,
         fragmented: HashSet::new(),
         next_auto_id: 0,
@@ -163,6 +171,18 @@ impl Session {
             cancel_reason: reason,
             ..Default::default()
         };
+        let range = KeyRange::from_etcd(c.key.clone(), c.range_end.clone());
+        let permitted = {
+            let state = self.app.state.read();
+            crate::auth::caller_of(&state.auth, &self.identity)
+                .and_then(|caller| caller.check(&state.auth, crate::auth::Access::Read, &range))
+        };
+        if let Err(r) = permitted {
+            // etcd's answer: the watch is created and canceled with the reason.
+            let current = self.app.state.read().kv.revision();
+            let reason = super::auth::refused(&r).message().to_string();
+            return self.send(tx, refuse(reason, current)).await;
+        }
         let current = self.app.state.read().kv.revision();
         if self.feed.contains(id) {
             return self
@@ -187,7 +207,7 @@ impl Session {
         }
         let filters = |f: pb::watch_create_request::FilterType| c.filters.contains(&(f as i32));
         let spec = WatchSpec {
-            range: KeyRange::from_etcd(c.key.clone(), c.range_end.clone()),
+            range,
             start_revision,
             prev_kv: c.prev_kv,
             no_put: filters(pb::watch_create_request::FilterType::Noput),

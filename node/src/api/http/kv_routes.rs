@@ -11,14 +11,17 @@ use openraft::EntryPayload;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth_routes::{authorize, reader};
 use super::error::{json_object, ApiError};
 use super::schema::{
     CasConflict, CasRequest, CasResponse, Current, DeleteResponse, ErrorBody, GetResponse,
     KeysResponse, SetRequest, SetResponse,
 };
 use crate::app::App;
+use crate::auth::Access;
 use crate::config::Limits;
 use crate::requests::Consistency;
+use crate::store::mvcc::KeyRange;
 use crate::store::{Command, CommandResult};
 
 type ApiResult = Result<Json<Value>, ApiError>;
@@ -66,6 +69,10 @@ pub struct KeyQuery {
 
 /// The seed API speaks text: bytes the etcd API stored that are not UTF-8 are refused, never
 /// shown mangled.
+fn one(key: &str) -> KeyRange {
+    KeyRange::One(key.as_bytes().to_vec())
+}
+
 fn not_text(what: &str) -> ApiError {
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -114,6 +121,7 @@ pub async fn set(
     } = SetRequest::from_body(body)?;
     check_key(&app.config.limits, &key)?;
     check_value(&app.config.limits, &value)?;
+    authorize(&app, Access::Write, &one(&key))?;
     let lease = match (lease, ttl) {
         (Some(id), _) => Some(lease_id(id)?),
         (None, Some(ttl)) => Some(super::lease_routes::grant(&app, 0, ttl).await?.0),
@@ -190,6 +198,7 @@ pub async fn get(
 ) -> Result<Json<GetResponse>, ApiError> {
     let key = query_key(&q)?;
     check_key(&app.config.limits, key)?;
+    authorize(&app, Access::Read, &one(key))?;
     let c = consistency(q.consistency.as_deref())?;
     let revision = match q.revision.as_deref() {
         None | Some("") => 0,
@@ -225,6 +234,7 @@ pub async fn delete(
 ) -> Result<Json<DeleteResponse>, ApiError> {
     let key = query_key(&q)?.to_string();
     check_key(&app.config.limits, &key)?;
+    authorize(&app, Access::Write, &one(&key))?;
     let written = app.write(Command::Delete { key: key.clone() }).await?;
     match written.result {
         CommandResult::Delete {
@@ -263,6 +273,9 @@ pub async fn cas(
     } = CasRequest::from_body(body)?;
     check_key(&app.config.limits, &key)?;
     check_value(&app.config.limits, &value)?;
+    // A compare reads the key (a failed one answers its value): both accesses.
+    authorize(&app, Access::Read, &one(&key))?;
+    authorize(&app, Access::Write, &one(&key))?;
     if let Some(e) = &expected {
         check_value(&app.config.limits, e)?;
     }
@@ -349,12 +362,25 @@ pub async fn keys(
     let c = consistency(q.consistency.as_deref())?;
     let prefix = q.prefix.unwrap_or_default();
     let start_after = q.continue_token.unwrap_or_default();
+    let caller = reader(&app)?;
     let (keys, more) = app.list(&prefix, &start_after, limit, c).await?;
+    // A listing shows only the keys its caller may read (a page may come back short; `next`
+    // still continues after the last key scanned).
+    let last_scanned = keys.last().cloned();
+    let keys: Vec<Vec<u8>> = {
+        let state = app.state.read();
+        keys.into_iter()
+            .filter(|k| caller.may_read(&state.auth, k))
+            .collect()
+    };
     let keys = keys
         .into_iter()
         .map(|k| String::from_utf8(k).map_err(|_| not_text("a key in this page")))
         .collect::<Result<Vec<_>, _>>()?;
-    let next = if more { keys.last().cloned() } else { None };
+    let next = match (more, last_scanned) {
+        (true, Some(k)) => Some(String::from_utf8(k).map_err(|_| not_text("a key in this page"))?),
+        _ => None,
+    };
     Ok(Json(KeysResponse { keys, next }))
 }
 

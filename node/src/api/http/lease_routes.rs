@@ -98,6 +98,22 @@ pub async fn lease_revoke(
         app.config.limits.max_request_bytes,
         false,
     )?)?;
+    // Revoking deletes the lease's keys: the caller must be allowed to write each.
+    let keys: Vec<Vec<u8>> = app
+        .state
+        .read()
+        .kv
+        .leases()
+        .get(lease_id(req.id)?)
+        .map(|l| l.keys.iter().map(|k| k.to_vec()).collect())
+        .unwrap_or_default();
+    for key in keys {
+        super::auth_routes::authorize(
+            &app,
+            crate::auth::Access::Write,
+            &crate::store::mvcc::KeyRange::One(key),
+        )?;
+    }
     let revision = app
         .lease_revoke(lease_id(req.id)?)
         .await?

@@ -3,6 +3,7 @@
 
 pub mod admin_routes;
 pub mod admission;
+pub mod auth_routes;
 pub mod error;
 pub mod kv_routes;
 pub mod lease_routes;
@@ -36,6 +37,7 @@ use error::ApiError;
 /// document (`openapi.rs`) are both made from this list, so neither has a route the other lacks.
 pub fn served_routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::new()
+        .routes(routes!(auth_routes::authenticate))
         .routes(routes!(kv_routes::set))
         .routes(routes!(kv_routes::get))
         .routes(routes!(kv_routes::delete))
@@ -71,6 +73,10 @@ pub fn router(app: Arc<App>) -> Router {
     let routes = routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth_routes::front_door,
+        ))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app);
     // Outside the routes: axum adds `Allow` to a 405 after the routes' own layers.

@@ -23,6 +23,7 @@ use super::schema::ErrorBody;
     components(schemas(ErrorBody)),
     tags(
         (name = "kv", description = "The seed's key-value API"),
+        (name = "auth", description = "Signing in: a user name and password for a token (once auth is enabled through etcd's Auth service)"),
         (name = "lease", description = "Leases: keys that are deleted when their owner stops renewing"),
         (name = "admin", description = "Membership and node state (what concordctl and the operator use)"),
         (name = "probes", description = "Kubernetes probes and Prometheus metrics, in text"),
@@ -65,6 +66,14 @@ const ANY_API_REQUEST: &[(u16, &str)] = &[
     (
         504,
         "No answer within the request deadline; for a write, its outcome is unknown",
+    ),
+    (
+        401,
+        "Auth is on and the request has no valid token (Authorization: Bearer) or client certificate; or, on a TLS port with --client-cert-auth, no certificate",
+    ),
+    (
+        403,
+        "Auth is on and the caller's roles do not permit this (the admin API needs root)",
     ),
 ];
 

@@ -68,6 +68,29 @@ impl SetRequest {
     }
 }
 
+/// `POST /api/auth/authenticate`.
+#[derive(ToSchema)]
+pub struct AuthenticateRequest {
+    pub name: String,
+    pub password: String,
+}
+
+impl AuthenticateRequest {
+    pub fn from_body(mut map: Map<String, Value>) -> Result<AuthenticateRequest, ApiError> {
+        Ok(AuthenticateRequest {
+            name: take_string(&mut map, "name")?,
+            password: take_string(&mut map, "password")?,
+        })
+    }
+}
+
+/// A token: sent as `Authorization: Bearer TOKEN` (HTTP API) or as the `token` metadata or
+/// `Authorization` header (etcd API), on any member, until it expires.
+#[derive(Serialize, ToSchema)]
+pub struct AuthenticateResponse {
+    pub token: String,
+}
+
 /// `POST /api/lease/grant`.
 #[derive(ToSchema)]
 pub struct LeaseGrantRequest {

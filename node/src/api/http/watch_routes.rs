@@ -98,6 +98,7 @@ pub async fn watch(
             ))
         }
     };
+    super::auth_routes::authorize(&app, crate::auth::Access::Read, &range)?;
     let last_event = headers
         .get("last-event-id")
         .map(|v| {

@@ -1,0 +1,153 @@
+//! `POST /api/auth/authenticate`: a user name and password for a token, as etcd's
+//! Authenticate, and what the seed API checks of every request once auth is on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::error::{json_object, ApiError};
+use super::schema::{AuthenticateRequest, AuthenticateResponse, ErrorBody};
+use crate::app::App;
+use crate::auth::sign_in::{sign_in, SignInError};
+use crate::auth::{self, Access, Caller, Refusal};
+use crate::store::mvcc::KeyRange;
+use crate::telemetry::metrics::metrics;
+
+#[utoipa::path(post, path = "/api/auth/authenticate", tag = "auth",
+    request_body(content = AuthenticateRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Signed in: the token to send as `Authorization: Bearer TOKEN`", body = AuthenticateResponse),
+        (status = 400, description = "Not a JSON object with string `name` and `password`", body = ErrorBody),
+        (status = 401, description = "Wrong user name or password (the same answer for both)", body = ErrorBody),
+        (status = 409, description = "Authentication is not enabled", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts from this address: retry later", body = ErrorBody),
+    ))]
+pub async fn authenticate(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<AuthenticateResponse>, ApiError> {
+    let req = AuthenticateRequest::from_body(json_object(
+        body,
+        app.config.limits.max_request_bytes,
+        false,
+    )?)?;
+    match sign_in(&app, &req.name, req.password, auth::source()).await {
+        Ok(token) => Ok(Json(AuthenticateResponse { token })),
+        Err(e) => Err(ApiError::new(
+            match e {
+                SignInError::NotEnabled => StatusCode::CONFLICT,
+                SignInError::Failed => StatusCode::UNAUTHORIZED,
+                SignInError::TooMany => StatusCode::TOO_MANY_REQUESTS,
+                SignInError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            e.to_string(),
+            matches!(e, SignInError::TooMany),
+        )),
+    }
+}
+
+/// The answer to a refused request: 401 without (valid) credentials, 403 without permission.
+pub fn refusal(r: &Refusal) -> ApiError {
+    let reason = match r {
+        Refusal::NoCredentials => "no_credentials",
+        Refusal::InvalidToken => "invalid_token",
+        Refusal::Denied => "denied",
+    };
+    metrics().auth_failures.with_label_values(&[reason]).inc();
+    let (status, message) = match r {
+        Refusal::NoCredentials => (
+            StatusCode::UNAUTHORIZED,
+            "authentication required: send Authorization: Bearer TOKEN (POST /api/auth/authenticate) or a client certificate".to_string(),
+        ),
+        Refusal::InvalidToken => (
+            StatusCode::UNAUTHORIZED,
+            "the token is invalid or expired: authenticate again".to_string(),
+        ),
+        Refusal::Denied => (StatusCode::FORBIDDEN, "permission denied".to_string()),
+    };
+    ApiError::new(status, message, false)
+}
+
+/// Refuses the request being served unless its caller may `access` every key of `keys`.
+pub fn authorize(app: &App, access: Access, keys: &KeyRange) -> Result<(), ApiError> {
+    let state = app.state.read();
+    auth::caller(&state.auth)
+        .and_then(|c| c.check(&state.auth, access, keys))
+        .map_err(|r| refusal(&r))
+}
+
+/// The caller of the request being served, to filter what it may see.
+pub fn reader(app: &App) -> Result<Caller, ApiError> {
+    auth::caller(&app.state.read().auth).map_err(|r| refusal(&r))
+}
+
+/// Who may call what on the HTTP API while auth is on.
+#[derive(Debug, PartialEq, Eq)]
+enum PathRule {
+    /// Probes, metrics, the API's description, sign-in and the node's status.
+    Open,
+    /// The handler checks the caller against the keys the request names.
+    Handler,
+    /// Any signed-in user (leases: a lease names no keys until one is attached).
+    SignedIn,
+    /// Only root: the admin API, the log and the metrics summary.
+    Root,
+}
+
+fn path_rule(path: &str) -> PathRule {
+    match path {
+        "/livez"
+        | "/readyz"
+        | "/healthz"
+        | "/metrics"
+        | "/openapi.json"
+        | "/api/status"
+        | "/api/auth/authenticate" => PathRule::Open,
+        _ if path.starts_with("/readyz/") => PathRule::Open,
+        "/api/get" | "/api/set" | "/api/delete" | "/api/cas" | "/api/keys" | "/api/watch"
+        | "/api/lease/revoke" => PathRule::Handler,
+        _ if path.starts_with("/api/lease/") => PathRule::SignedIn,
+        _ => PathRule::Root,
+    }
+}
+
+/// The HTTP API's front door: identifies the caller (a bearer token, else the client
+/// certificate's common name) and serves the request as theirs, refusing at once what its
+/// path's rule does not let through.
+pub async fn front_door(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let (caller, refused) = {
+        let state = app.state.read();
+        if !state.auth.enabled() {
+            (Ok(Caller::Anyone), None)
+        } else {
+            let token = req
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|t| t.strip_prefix("Bearer ").unwrap_or(t));
+            let cert = req.extensions().get::<crate::tls::ClientCert>();
+            let caller = Caller::identify(&state.auth, token, cert, std::time::SystemTime::now());
+            let refused = match path_rule(req.uri().path()) {
+                PathRule::Open | PathRule::Handler => None,
+                PathRule::SignedIn => caller.as_ref().err().cloned(),
+                PathRule::Root => caller.clone().and_then(|c| c.check_root(&state.auth)).err(),
+            };
+            (caller, refused)
+        }
+    };
+    if let Some(r) = refused {
+        return refusal(&r).into_response();
+    }
+    auth::serving(caller, source, next.run(req)).await
+}
