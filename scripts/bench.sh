@@ -8,6 +8,8 @@
 #   scripts/bench.sh            # full run (a few minutes)
 #   QUICK=1 scripts/bench.sh    # fewer requests, for a smoke run
 #   ONLY=watch scripts/bench.sh # the watch and lease part alone
+#   ONLY=tls scripts/bench.sh   # etcd gRPC in plaintext and over TLS (client and peer ports)
+#                               # on both: what TLS costs each, from certificates made here
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-prereqs.sh
@@ -63,43 +65,107 @@ run_watch() { # label etcd-endpoints pid-of-the-first-member
     | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' >>"$RESULTS"
 }
 
-wait_http() { # url
-  for _ in $(seq 100); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+wait_http() { # url [ca]
+  for _ in $(seq 100); do curl -sf ${2:+--cacert "$2"} "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "timed out waiting for $1" >&2; return 1
 }
 
-echo "== ConcordKV: 3 nodes"
-peers="c1:127.0.0.1:19080,c2:127.0.0.1:19082,c3:127.0.0.1:19084"
-for i in 1 2 3; do
-  p=$((19078 + 2 * i)); a=$((p + 1))
-  "$NODE" --node-id "c$i" --listen "127.0.0.1:$p" --api "127.0.0.1:$a" --peers "$peers" \
-    --etcd-listen "127.0.0.1:$((p + 100))" \
-    --data-dir "$WORK/concord/c$i" >"$WORK/c$i.log" 2>&1 &
-  PIDS+=($!)
-done
-for a in 19081 19083 19085; do wait_http "http://127.0.0.1:$a/readyz"; done
-run_matrix concord concord "127.0.0.1:19081,127.0.0.1:19083,127.0.0.1:19085"
-run_matrix concord-grpc etcd-grpc "127.0.0.1:19180,127.0.0.1:19182,127.0.0.1:19184"
-run_watch concord "127.0.0.1:19180,127.0.0.1:19182,127.0.0.1:19184" "${PIDS[0]}"
-for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-wait 2>/dev/null || true
-PIDS=()
+# A CA and one certificate for every server and peer (127.0.0.1), made with openssl.
+make_certs() { # dir
+  local d=$1
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -subj "/CN=bench CA" -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=bench" \
+    -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >"$d/ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+    -days 30 -extfile "$d/ext" -out "$d/server.crt" 2>/dev/null
+}
 
-echo "== etcd $(etcd --version | head -1 | awk '{print $3}'): 3 members"
-cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
-for i in 1 2 3; do
-  ETCD_UNSUPPORTED_ARCH=${ETCD_UNSUPPORTED_ARCH:-} etcd --name "e$i" --data-dir "$WORK/etcd/e$i" \
-    --listen-client-urls "http://127.0.0.1:2379$i" --advertise-client-urls "http://127.0.0.1:2379$i" \
-    --listen-peer-urls "http://127.0.0.1:2380$i" --initial-advertise-peer-urls "http://127.0.0.1:2380$i" \
-    --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token bench \
-    --log-level error >"$WORK/e$i.log" 2>&1 &
-  PIDS+=($!)
-  disown $! 2>/dev/null || true
-done
-for i in 1 2 3; do wait_http "http://127.0.0.1:2379$i/health"; done
-run_matrix etcd etcd "127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793"
-run_matrix etcd-grpc etcd-grpc "127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793"
-run_watch etcd "127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793" "${PIDS[0]}"
+stop_all() {
+  for p in "${PIDS[@]:-}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  PIDS=()
+}
+
+start_concord() { # tls: "" or a certificate dir
+  local tls=$1 scheme=http flags=()
+  rm -rf "$WORK/concord"
+  if [ -n "$tls" ]; then
+    scheme=https
+    flags=(--cert-file "$tls/server.crt" --key-file "$tls/server.key"
+      --peer-cert-file "$tls/server.crt" --peer-key-file "$tls/server.key"
+      --peer-trusted-ca-file "$tls/ca.crt")
+  fi
+  local peers="c1:127.0.0.1:19080,c2:127.0.0.1:19082,c3:127.0.0.1:19084"
+  for i in 1 2 3; do
+    local p=$((19078 + 2 * i)); local a=$((p + 1))
+    "$NODE" --node-id "c$i" --listen "127.0.0.1:$p" --api "127.0.0.1:$a" --peers "$peers" \
+      --etcd-listen "127.0.0.1:$((p + 100))" "${flags[@]}" \
+      --data-dir "$WORK/concord/c$i" >"$WORK/c$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for a in 19081 19083 19085; do wait_http "$scheme://127.0.0.1:$a/readyz" ${tls:+"$tls/ca.crt"}; done
+}
+
+start_etcd() { # tls: "" or a certificate dir
+  local tls=$1 scheme=http flags=()
+  rm -rf "$WORK/etcd"
+  if [ -n "$tls" ]; then
+    scheme=https
+    flags=(--cert-file "$tls/server.crt" --key-file "$tls/server.key"
+      --peer-cert-file "$tls/server.crt" --peer-key-file "$tls/server.key"
+      --peer-trusted-ca-file "$tls/ca.crt" --peer-client-cert-auth)
+  fi
+  local cluster="e1=$scheme://127.0.0.1:23801,e2=$scheme://127.0.0.1:23802,e3=$scheme://127.0.0.1:23803"
+  for i in 1 2 3; do
+    ETCD_UNSUPPORTED_ARCH=${ETCD_UNSUPPORTED_ARCH:-} etcd --name "e$i" --data-dir "$WORK/etcd/e$i" \
+      --listen-client-urls "$scheme://127.0.0.1:2379$i" --advertise-client-urls "$scheme://127.0.0.1:2379$i" \
+      --listen-peer-urls "$scheme://127.0.0.1:2380$i" --initial-advertise-peer-urls "$scheme://127.0.0.1:2380$i" \
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token bench \
+      "${flags[@]}" --log-level error >"$WORK/e$i.log" 2>&1 &
+    PIDS+=($!)
+    disown $! 2>/dev/null || true
+  done
+  for i in 1 2 3; do wait_http "$scheme://127.0.0.1:2379$i/health" ${tls:+"$tls/ca.crt"}; done
+}
+
+concord_grpc="127.0.0.1:19180,127.0.0.1:19182,127.0.0.1:19184"
+etcd_eps="127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793"
+https_eps() { echo "$1" | sed 's|\([^,]*\)|https://\1|g'; }
+
+if [ "${ONLY:-}" = tls ]; then
+  make_certs "$WORK/certs"
+  export CONCORD_CACERT="$WORK/certs/ca.crt"
+  echo "== ConcordKV: 3 nodes, plaintext then TLS"
+  start_concord ""
+  run_matrix concord-grpc etcd-grpc "$concord_grpc"
+  stop_all
+  start_concord "$WORK/certs"
+  run_matrix concord-grpc-tls etcd-grpc "$(https_eps "$concord_grpc")"
+  stop_all
+  echo "== etcd $(etcd --version | head -1 | awk '{print $3}'): 3 members, plaintext then TLS"
+  start_etcd ""
+  run_matrix etcd-grpc etcd-grpc "$etcd_eps"
+  stop_all
+  start_etcd "$WORK/certs"
+  run_matrix etcd-grpc-tls etcd-grpc "$(https_eps "$etcd_eps")"
+  stop_all
+else
+  echo "== ConcordKV: 3 nodes"
+  start_concord ""
+  run_matrix concord concord "127.0.0.1:19081,127.0.0.1:19083,127.0.0.1:19085"
+  run_matrix concord-grpc etcd-grpc "$concord_grpc"
+  run_watch concord "$concord_grpc" "${PIDS[0]}"
+  stop_all
+
+  echo "== etcd $(etcd --version | head -1 | awk '{print $3}'): 3 members"
+  start_etcd ""
+  run_matrix etcd etcd "$etcd_eps"
+  run_matrix etcd-grpc etcd-grpc "$etcd_eps"
+  run_watch etcd "$etcd_eps" "${PIDS[0]}"
+fi
 
 python3 - "$RESULTS" <<'PY'
 import json, sys
@@ -130,27 +196,46 @@ for title, ours, theirs in (
 if by:
     print("\nthru x = ConcordKV throughput / etcd throughput; p99 x = etcd p99 / ConcordKV p99 (higher is better for ConcordKV)")
 
-w = {(r["target"], r["mode"], r.get("writers")): r for r in watch}
-print("\nWatch and leases, etcd v3 gRPC on both")
-for writers in (1, 16):
-    a, b = w.get(("concord", "delivery", writers)), w.get(("etcd", "delivery", writers))
+if any(t == "concord-grpc-tls" for (t, _, _) in by):
+    print("\nWhat TLS costs each (etcd v3 gRPC; TLS on the client and peer ports): throughput over TLS / plaintext")
+    print(f'{"op":6} {"conns":>5} | {"ConcordKV TLS ops/s":>19} {"of plain":>8} | {"etcd TLS ops/s":>14} {"of plain":>8} | {"TLS ConcordKV/etcd":>18}')
+    print("-" * 90)
+    for op in ("write", "read"):
+        for c in (1, 16, 64):
+            ct, cp = by.get(("concord-grpc-tls", op, c)), by.get(("concord-grpc", op, c))
+            et, ep = by.get(("etcd-grpc-tls", op, c)), by.get(("etcd-grpc", op, c))
+            if not (ct and cp and et and ep):
+                continue
+            cr = ct["throughput"] / max(cp["throughput"], 1e-9)
+            er = et["throughput"] / max(ep["throughput"], 1e-9)
+            print(f'{op:6} {c:>5} | {ct["throughput"]:>19.0f} {cr:>7.2f}x | {et["throughput"]:>14.0f} {er:>7.2f}x | '
+                  f'{ct["throughput"] / max(et["throughput"], 1e-9):>17.2f}x')
+            if ct["errors"] or et["errors"]:
+                print(f'        errors: concord {ct["errors"]}, etcd {et["errors"]}')
+    print("of plain: the system's own throughput over TLS / in plaintext (closer to 1 is cheaper TLS)")
+
+if watch:
+    w = {(r["target"], r["mode"], r.get("writers")): r for r in watch}
+    print("\nWatch and leases, etcd v3 gRPC on both")
+    for writers in (1, 16):
+        a, b = w.get(("concord", "delivery", writers)), w.get(("etcd", "delivery", writers))
+        if a and b:
+            print(f'1,000 watchers, {writers:>2} writer(s): delivery p50/p99 ConcordKV {a["p50_ms"]:.2f}/{a["p99_ms"]:.2f} ms, '
+                  f'etcd {b["p50_ms"]:.2f}/{b["p99_ms"]:.2f} ms (p99 x {b["p99_ms"] / max(a["p99_ms"], 1e-9):.2f}); '
+                  f'events/s {a["events_per_s"]:.0f} vs {b["events_per_s"]:.0f}; delivered {a["delivered"]}/{a["expected"]} vs {b["delivered"]}/{b["expected"]}')
+    a, b = w.get(("concord", "idle", None)), w.get(("etcd", "idle", None))
     if a and b:
-        print(f'1,000 watchers, {writers:>2} writer(s): delivery p50/p99 ConcordKV {a["p50_ms"]:.2f}/{a["p99_ms"]:.2f} ms, '
-              f'etcd {b["p50_ms"]:.2f}/{b["p99_ms"]:.2f} ms (p99 x {b["p99_ms"] / max(a["p99_ms"], 1e-9):.2f}); '
-              f'events/s {a["events_per_s"]:.0f} vs {b["events_per_s"]:.0f}; delivered {a["delivered"]}/{a["expected"]} vs {b["delivered"]}/{b["expected"]}')
-a, b = w.get(("concord", "idle", None)), w.get(("etcd", "idle", None))
-if a and b:
-    pa = (a["rss_after_kb"] - a["rss_before_kb"]) * 1024 / a["watchers"]
-    pb = (b["rss_after_kb"] - b["rss_before_kb"]) * 1024 / b["watchers"]
-    print(f'10,000 idle watchers on one member: ConcordKV +{(a["rss_after_kb"] - a["rss_before_kb"]) / 1024:.1f} MB ({pa:.0f} B/watcher), '
-          f'etcd +{(b["rss_after_kb"] - b["rss_before_kb"]) / 1024:.1f} MB ({pb:.0f} B/watcher); ratio {pb / max(pa, 1e-9):.2f}x')
-a, b = w.get(("concord", "keepalive", None)), w.get(("etcd", "keepalive", None))
-if a and b:
-    print(f'lease renewals/s (1,000 leases, 16 streams): ConcordKV {a["renewals_per_s"]:.0f}, etcd {b["renewals_per_s"]:.0f} '
-          f'({a["renewals_per_s"] / max(b["renewals_per_s"], 1e-9):.2f}x)')
+        pa = (a["rss_after_kb"] - a["rss_before_kb"]) * 1024 / a["watchers"]
+        pb = (b["rss_after_kb"] - b["rss_before_kb"]) * 1024 / b["watchers"]
+        print(f'10,000 idle watchers on one member: ConcordKV +{(a["rss_after_kb"] - a["rss_before_kb"]) / 1024:.1f} MB ({pa:.0f} B/watcher), '
+              f'etcd +{(b["rss_after_kb"] - b["rss_before_kb"]) / 1024:.1f} MB ({pb:.0f} B/watcher); ratio {pb / max(pa, 1e-9):.2f}x')
+    a, b = w.get(("concord", "keepalive", None)), w.get(("etcd", "keepalive", None))
+    if a and b:
+        print(f'lease renewals/s (1,000 leases, 16 streams): ConcordKV {a["renewals_per_s"]:.0f}, etcd {b["renewals_per_s"]:.0f} '
+              f'({a["renewals_per_s"] / max(b["renewals_per_s"], 1e-9):.2f}x)')
 PY
 
-[ "${ONLY:-}" = watch ] && exit 0
+[ -n "${ONLY:-}" ] && exit 0
 echo
 echo "== write unavailability after kill -9 of the leader (scripts/failover.py)"
 python3 scripts/failover.py "$NODE" "${FAILOVER_ROUNDS:-5}"

@@ -28,7 +28,7 @@ async fn sign_in(c: &Cluster, i: usize, name: &str, password: &str) -> (u16, Val
     .await
 }
 
-/// A request to member `i`'s HTTP API with `token` (if any); (status, body).
+/// A request with `token` (if any) as a bearer token; (status, body).
 async fn as_user(
     c: &Cluster,
     token: Option<&str>,
@@ -43,17 +43,7 @@ async fn as_user(
     if let Some(b) = body {
         req = req.json(&b);
     }
-    match req.send().await {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            let text = r.text().await.unwrap_or_default();
-            (
-                status,
-                serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            )
-        }
-        Err(e) => (0, Value::String(e.to_string())),
-    }
+    c.send(req).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,6 +375,31 @@ async fn etcdctl_users_roles_and_permissions_hold_on_every_api() {
     }
     let err = ctl(&endpoint, &["get", "app/x"]).expect_err("anonymous after restart");
     assert!(err.contains("user name is empty"), "{err}");
+
+    // The admin gRPC service on the peer port: a root token, or nothing.
+    let peer = format!("http://127.0.0.1:{}", c.nodes[a].peer_port);
+    let mut admin = concord_proto::admin_client::AdminClient::connect(peer)
+        .await
+        .expect("admin client");
+    let refused = admin
+        .members(concord_proto::MembersRequest {})
+        .await
+        .expect_err("admin without credentials");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    let mut with_token = tonic::Request::new(concord_proto::MembersRequest {});
+    with_token
+        .metadata_mut()
+        .insert("token", root_token.parse().expect("metadata"));
+    admin
+        .members(with_token)
+        .await
+        .expect("admin with root's token");
+    let mut as_app = tonic::Request::new(concord_proto::MembersRequest {});
+    as_app
+        .metadata_mut()
+        .insert("token", app_token.parse().expect("metadata"));
+    let refused = admin.members(as_app).await.expect_err("admin as app");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
 
     // Disabling auth lets anyone in again.
     ctl(&ep, &["--user=root:rootpw", "auth", "disable"]).expect("auth disable");

@@ -97,6 +97,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Counts it (`concord_auth_failures_total{reason}`).
+    pub fn count(&self) {
+        let reason = match self {
+            Refusal::NoCredentials => "no_credentials",
+            Refusal::InvalidToken => "invalid_token",
+            Refusal::Denied => "denied",
+        };
+        crate::telemetry::metrics::metrics()
+            .auth_failures
+            .with_label_values(&[reason])
+            .inc();
+    }
+
     pub fn grpc(&self) -> tonic::Status {
         match self {
             Refusal::NoCredentials | Refusal::InvalidToken => {
@@ -115,6 +128,21 @@ impl Refusal {
 }
 
 impl Caller {
+    /// Who sent a request with these headers over a connection with this client certificate:
+    /// a token in `token` (etcd's gRPC metadata) or `Authorization` (with or without `Bearer`),
+    /// else the certificate's common name.
+    pub fn of_request(
+        auth: &AuthStore,
+        headers: &http::HeaderMap,
+        cert: Option<&ClientCert>,
+    ) -> Result<Caller, Refusal> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let token = header("token")
+            .or_else(|| header("authorization"))
+            .map(|t| t.strip_prefix("Bearer ").unwrap_or(t));
+        Caller::identify(auth, token, cert, SystemTime::now())
+    }
+
     /// Who presents `token` or `cert` under `auth` (tokens first, as etcd does).
     pub fn identify(
         auth: &AuthStore,
@@ -296,12 +324,13 @@ impl Default for FailedLogins {
 mod tests {
     use super::*;
 
-    fn enabled_store() -> AuthStore {
+    /// Auth on with root and `app`, tokens signed with `key`.
+    fn enabled_store_with(key: u8, hash: impl Fn(&str) -> Option<String>) -> AuthStore {
         let mut s = AuthStore::default();
         for cmd in [
             AuthCommand::UserAdd {
                 name: ROOT.into(),
-                password_hash: Some(hash_password("rootpw").unwrap()),
+                password_hash: hash("rootpw"),
             },
             AuthCommand::RoleAdd { name: ROOT.into() },
             AuthCommand::UserGrantRole {
@@ -310,15 +339,19 @@ mod tests {
             },
             AuthCommand::UserAdd {
                 name: "app".into(),
-                password_hash: Some(hash_password("apppw").unwrap()),
+                password_hash: hash("apppw"),
             },
             AuthCommand::Enable {
-                token_key: vec![42; 32],
+                token_key: vec![key; 32],
             },
         ] {
             s.apply(&cmd).unwrap();
         }
         s
+    }
+
+    fn enabled_store() -> AuthStore {
+        enabled_store_with(42, |p| Some(hash_password(p).unwrap()))
     }
 
     #[test]
@@ -353,27 +386,7 @@ mod tests {
             Caller::identify(&s, Some(&tampered), None, now),
             Err(Refusal::InvalidToken)
         );
-        let mut other = AuthStore::default();
-        for cmd in [
-            AuthCommand::UserAdd {
-                name: ROOT.into(),
-                password_hash: None,
-            },
-            AuthCommand::RoleAdd { name: ROOT.into() },
-            AuthCommand::UserGrantRole {
-                user: ROOT.into(),
-                role: ROOT.into(),
-            },
-            AuthCommand::UserAdd {
-                name: "app".into(),
-                password_hash: None,
-            },
-            AuthCommand::Enable {
-                token_key: vec![1; 32],
-            },
-        ] {
-            other.apply(&cmd).unwrap();
-        }
+        let other = enabled_store_with(1, |_| None);
         assert_eq!(
             Caller::identify(&other, Some(&token), None, now),
             Err(Refusal::InvalidToken)

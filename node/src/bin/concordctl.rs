@@ -427,7 +427,8 @@ async fn main() -> ExitCode {
             Ok(v) => print(out, &v, || v.to_string()),
             Err(e) => return fail_text(&format!("{e:#}")),
         },
-        Cmd::Bench(args) => {
+        Cmd::Bench(mut args) => {
+            args.tls = client.tls().clone();
             let started = Instant::now();
             let endpoints = if args.endpoints.is_empty() {
                 client.endpoints().to_vec()

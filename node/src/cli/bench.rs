@@ -54,6 +54,9 @@ pub struct BenchArgs {
     /// earlier one wrote.
     #[arg(long)]
     pub key_prefix: Option<String>,
+    /// TLS for https endpoints: concordctl's global --cacert/--cert/--key.
+    #[arg(skip)]
+    pub tls: crate::client::ClientTls,
 }
 
 #[derive(Debug)]
@@ -145,19 +148,37 @@ struct HttpOp {
 }
 
 impl Op {
-    async fn connect(target: Target, endpoint: &str) -> anyhow::Result<Op> {
+    async fn connect(
+        target: Target,
+        endpoint: &str,
+        tls: &crate::client::ClientTls,
+    ) -> anyhow::Result<Op> {
         let endpoint = normalize(endpoint);
         if target == Target::EtcdGrpc {
-            let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+            // Over TLS the connection is ours (rustls); tonic speaks HTTP/2 over it.
+            let (url, tls_config) = match endpoint.strip_prefix("https://") {
+                Some(rest) => (format!("http://{rest}"), tls.grpc_config()?),
+                None => (endpoint.clone(), None),
+            };
+            let ep = tonic::transport::Endpoint::from_shared(url)
                 .with_context(|| format!("endpoint {endpoint}"))?
                 .tcp_nodelay(true)
-                .timeout(Duration::from_secs(30))
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {endpoint}"))?;
+                .timeout(Duration::from_secs(30));
+            let channel = match tls_config {
+                Some(config) => {
+                    ep.connect_with_connector(crate::tls::TlsConnector {
+                        config,
+                        connect_timeout: Duration::from_secs(10),
+                    })
+                    .await
+                }
+                None => ep.connect().await,
+            }
+            .with_context(|| format!("connecting to {endpoint}"))?;
             return Ok(Op::Grpc(EtcdKv::new(channel)));
         }
-        let http = reqwest::Client::builder()
+        let http = tls
+            .http_builder()?
             .pool_max_idle_per_host(1)
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(30))
@@ -261,7 +282,7 @@ pub async fn run_against(args: &BenchArgs, endpoints: &[String]) -> anyhow::Resu
     let value = "x".repeat(args.value_size);
     let mut ops = Vec::new();
     for i in 0..args.connections {
-        let op = Op::connect(args.target, &endpoints[i % endpoints.len()]).await?;
+        let op = Op::connect(args.target, &endpoints[i % endpoints.len()], &args.tls).await?;
         ops.push(Arc::new(op));
     }
     let read_keys = args.requests.min(1000);

@@ -17,6 +17,30 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
+    /// The rustls configuration for gRPC clients (etcd's API over TLS), if a CA is given.
+    pub fn grpc_config(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, ClientError> {
+        let Some(ca) = &self.cacert else {
+            return Ok(None);
+        };
+        let read = |what: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                ClientError::Tls(format!("cannot read {what} {}: {e}", path.display()))
+            })
+        };
+        let ca = read("--cacert", ca)?;
+        let identity = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((read("--cert", c)?, read("--key", k)?)),
+            (None, None) => None,
+            _ => return Err(ClientError::Tls("--cert and --key go together".into())),
+        };
+        crate::tls::grpc_client_config(
+            &ca,
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+        .map(Some)
+        .map_err(ClientError::Tls)
+    }
+
     /// An HTTP client builder set up with these files.
     pub fn http_builder(&self) -> Result<reqwest::ClientBuilder, ClientError> {
         let read = |what: &str, path: &PathBuf| {

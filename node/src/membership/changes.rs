@@ -15,7 +15,7 @@ use openraft::{ChangeMembers, RaftMetrics, ServerState};
 
 use super::error::{from_status, result, write_error, AdminError};
 use super::view::View;
-use super::{forwarded, Hop};
+use super::Hop;
 use crate::app::App;
 use crate::raft::{Member, NodeId, TypeConfig};
 
@@ -137,7 +137,7 @@ impl App {
         if !self.is_leader() {
             let mut c = self.leader_admin_client(hop).await?;
             return Ok(c
-                .add_learner(forwarded(req))
+                .add_learner(self.forwarded(req))
                 .await
                 .map_err(from_status)?
                 .into_inner());
@@ -197,7 +197,7 @@ impl App {
         if !self.is_leader() {
             let mut c = self.leader_admin_client(hop).await?;
             return Ok(c
-                .promote(forwarded(req))
+                .promote(self.forwarded(req))
                 .await
                 .map_err(from_status)?
                 .into_inner());
@@ -248,7 +248,7 @@ impl App {
         if !self.is_leader() {
             let mut c = self.leader_admin_client(hop).await?;
             return Ok(c
-                .remove_member(forwarded(req))
+                .remove_member(self.forwarded(req))
                 .await
                 .map_err(from_status)?
                 .into_inner());
@@ -321,7 +321,7 @@ impl App {
             self.transfer_leadership_to(to).await?;
             let mut c = self.leader_admin_client(Hop::Client).await?;
             let mut r = c
-                .remove_member(forwarded(req))
+                .remove_member(self.forwarded(req))
                 .await
                 .map_err(from_status)?
                 .into_inner();
@@ -345,7 +345,7 @@ impl App {
         if !self.is_leader() {
             let mut c = self.leader_admin_client(hop).await?;
             return Ok(c
-                .transfer_leader(forwarded(req))
+                .transfer_leader(self.forwarded(req))
                 .await
                 .map_err(from_status)?
                 .into_inner());
@@ -427,7 +427,7 @@ impl App {
         if !self.is_leader() {
             let mut c = self.leader_admin_client(hop).await?;
             return Ok(c
-                .members(forwarded(MembersRequest {}))
+                .members(self.forwarded(MembersRequest {}))
                 .await
                 .map_err(from_status)?
                 .into_inner());

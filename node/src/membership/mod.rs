@@ -28,14 +28,30 @@ pub enum Hop {
 /// gRPC metadata a member sets on a request it forwards to the leader.
 pub const FORWARDED_HEADER: &str = "x-concord-forwarded";
 
-/// `msg` as a request forwarded by this member.
-pub(crate) fn forwarded<T>(msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        FORWARDED_HEADER,
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
-    req
+impl crate::app::App {
+    /// `msg` as a request forwarded by this member. With auth on it carries a token for the
+    /// caller of the request being served (signed here, valid for a minute), so the leader
+    /// checks the same user the front door identified.
+    pub(crate) fn forwarded<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert(
+            FORWARDED_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        let state = self.state.read();
+        if let Ok(crate::auth::Caller::User(user)) = crate::auth::caller(&state.auth) {
+            let token = crate::auth::issue_token(
+                &state.auth,
+                &user,
+                std::time::Duration::from_secs(60),
+                std::time::SystemTime::now(),
+            );
+            if let Some(value) = token.ok().and_then(|t| t.parse().ok()) {
+                req.metadata_mut().insert("token", value);
+            }
+        }
+        req
+    }
 }
 
 /// How a gRPC request reached this node.

@@ -217,7 +217,10 @@ impl Node {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
-        let admin = AdminServer::new(AdminService { app: app.clone() });
+        let admin = tonic::service::interceptor::InterceptedService::new(
+            AdminServer::new(AdminService { app: app.clone() }),
+            crate::membership::admin_service::admin_gate(app.clone()),
+        );
         let svc = tonic::service::interceptor::InterceptedService::new(
             RaftPeerServer::new(PeerService { app: app.clone() })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -80,13 +80,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
     }
 }
 
+/// What the peer port knows of a connection: its addresses and whether the other end
+/// presented a certificate the peer CA signed (a member, or the operator).
+#[derive(Debug, Clone)]
+pub struct PeerConnectInfo {
+    pub tcp: tonic::transport::server::TcpConnectInfo,
+    pub peer_certificate: bool,
+}
+
 impl tonic::transport::server::Connected for MaybeTls<TcpStream> {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = PeerConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         match self {
-            MaybeTls::Plain(s) => s.connect_info(),
-            MaybeTls::Tls(s) => s.get_ref().0.connect_info(),
+            MaybeTls::Plain(s) => PeerConnectInfo {
+                tcp: s.connect_info(),
+                peer_certificate: false,
+            },
+            MaybeTls::Tls(s) => PeerConnectInfo {
+                tcp: s.get_ref().0.connect_info(),
+                // The peer port's verifier refuses any connection without one.
+                peer_certificate: s.get_ref().1.peer_certificates().is_some(),
+            },
         }
     }
 }
@@ -166,6 +181,39 @@ impl PeerIncoming {
     }
 }
 
+/// Dials `authority` (`host:port`) and makes a TLS connection over it with `config`, checking
+/// the server's certificate against `host`, all within `timeout`.
+pub async fn dial_tls(
+    authority: &str,
+    config: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>> {
+    let name = server_name(authority).map_err(io::Error::other)?;
+    let dial = async {
+        let tcp = TcpStream::connect(authority).await?;
+        let _ = tcp.set_nodelay(true);
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+    };
+    let stream = tokio::time::timeout(timeout, dial)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS connect timed out"))??;
+    Ok(TokioIo::new(stream))
+}
+
+fn authority_of(uri: &http::Uri) -> io::Result<String> {
+    uri.authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or_else(|| io::Error::other(format!("address {uri} has no host")))
+}
+
+type Dialed = Pin<
+    Box<
+        dyn Future<Output = io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>> + Send,
+    >,
+>;
+
 /// Dials peers with TLS, presenting this member's peer certificate; the configuration is
 /// looked up at each connect, so a reconnection after a rotation uses the new certificate.
 #[derive(Clone)]
@@ -177,7 +225,7 @@ pub struct PeerConnector {
 impl tower::Service<http::Uri> for PeerConnector {
     type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
     type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+    type Future = Dialed;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
@@ -187,25 +235,33 @@ impl tower::Service<http::Uri> for PeerConnector {
         let tls = self.tls.clone();
         let timeout = self.connect_timeout;
         Box::pin(async move {
-            let authority = uri
-                .authority()
-                .map(|a| a.as_str().to_string())
-                .ok_or_else(|| io::Error::other(format!("peer address {uri} has no host")))?;
+            let authority = authority_of(&uri)?;
             let config = tls
                 .peer_dialer()
                 .ok_or_else(|| io::Error::other("peer TLS is not configured"))?;
-            let name = server_name(&authority).map_err(io::Error::other)?;
-            let dial = async {
-                let tcp = TcpStream::connect(&authority).await?;
-                let _ = tcp.set_nodelay(true);
-                tokio_rustls::TlsConnector::from(config)
-                    .connect(name, tcp)
-                    .await
-            };
-            let stream = tokio::time::timeout(timeout, dial)
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer connect timed out"))??;
-            Ok(TokioIo::new(stream))
+            dial_tls(&authority, config, timeout).await
         })
+    }
+}
+
+/// Dials with one fixed TLS configuration (a client of the etcd port: concordctl's bench).
+#[derive(Clone)]
+pub struct TlsConnector {
+    pub config: Arc<rustls::ClientConfig>,
+    pub connect_timeout: Duration,
+}
+
+impl tower::Service<http::Uri> for TlsConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = io::Error;
+    type Future = Dialed;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let (config, timeout) = (self.config.clone(), self.connect_timeout);
+        Box::pin(async move { dial_tls(&authority_of(&uri)?, config, timeout).await })
     }
 }

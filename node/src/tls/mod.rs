@@ -26,7 +26,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 pub use files::{describe, CertFiles, CertInfo, Material};
-pub use io::{MaybeTls, PeerConnector, PeerIncoming};
+pub use io::{dial_tls, MaybeTls, PeerConnectInfo, PeerConnector, PeerIncoming, TlsConnector};
 pub use verify::ClientCert;
 
 use crate::telemetry::metrics::metrics;
@@ -375,6 +375,38 @@ pub fn handshake_failed(port: &str, from: std::net::SocketAddr, why: &str) {
         .with_label_values(&[port])
         .inc();
     tracing::warn!(port, %from, reason = why, "TLS handshake refused");
+}
+
+/// A client's TLS configuration for gRPC (HTTP/2): the servers' CA bundle and, if given, a
+/// client certificate and key, all PEM.
+pub fn grpc_client_config(
+    ca_pem: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<Arc<ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
+    let ca = CertificateDer::pem_slice_iter(ca_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("CA bundle: {e}"))?;
+    let roots = roots(&ca).map_err(|e| e.to_string())?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("client certificate: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("client key: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -445,7 +445,9 @@ impl Cluster {
             .await
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
+    /// Sends a request built on [`Cluster::http`]; (status, JSON body or its text), status 0
+    /// when nothing answered.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
         match req.send().await {
             Ok(r) => {
                 let status = r.status().as_u16();

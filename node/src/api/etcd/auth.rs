@@ -14,7 +14,6 @@ use super::{header, service_status};
 use crate::app::App;
 use crate::auth::{self, AuthCommand, AuthError, Caller, PermType, Permission, Refusal, ROOT};
 use crate::store::{Command, CommandResult};
-use crate::telemetry::metrics::metrics;
 
 pub struct AuthService {
     pub app: Arc<App>,
@@ -74,12 +73,7 @@ impl AuthService {
 
 /// The status for a refused request, counted.
 pub fn refused(r: &Refusal) -> Status {
-    let reason = match r {
-        Refusal::NoCredentials => "no_credentials",
-        Refusal::InvalidToken => "invalid_token",
-        Refusal::Denied => "denied",
-    };
-    metrics().auth_failures.with_label_values(&[reason]).inc();
+    r.count();
     r.grpc()
 }
 

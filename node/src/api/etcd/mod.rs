@@ -413,12 +413,8 @@ fn front_door(
     if !state.auth.enabled() {
         return (Ok(crate::auth::Caller::Anyone), source, None);
     }
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let token = header("token").or_else(|| header("authorization"));
-    let token = token.map(|t| t.strip_prefix("Bearer ").unwrap_or(t));
     let cert = req.extensions().get::<crate::tls::ClientCert>();
-    let caller =
-        crate::auth::Caller::identify(&state.auth, token, cert, std::time::SystemTime::now());
+    let caller = crate::auth::Caller::of_request(&state.auth, req.headers(), cert);
     let path = req.uri().path();
     let refusal = match path_rule(path) {
         PathRule::Open | PathRule::Handler => None,

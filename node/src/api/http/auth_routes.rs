@@ -18,7 +18,6 @@ use crate::app::App;
 use crate::auth::sign_in::{sign_in, SignInError};
 use crate::auth::{self, Access, Caller, Refusal};
 use crate::store::mvcc::KeyRange;
-use crate::telemetry::metrics::metrics;
 
 #[utoipa::path(post, path = "/api/auth/authenticate", tag = "auth",
     request_body(content = AuthenticateRequest, content_type = "application/json"),
@@ -55,12 +54,7 @@ pub async fn authenticate(
 
 /// The answer to a refused request: 401 without (valid) credentials, 403 without permission.
 pub fn refusal(r: &Refusal) -> ApiError {
-    let reason = match r {
-        Refusal::NoCredentials => "no_credentials",
-        Refusal::InvalidToken => "invalid_token",
-        Refusal::Denied => "denied",
-    };
-    metrics().auth_failures.with_label_values(&[reason]).inc();
+    r.count();
     let (status, message) = match r {
         Refusal::NoCredentials => (
             StatusCode::UNAUTHORIZED,
@@ -131,13 +125,8 @@ pub async fn front_door(State(app): State<Arc<App>>, req: Request, next: Next) -
         if !state.auth.enabled() {
             (Ok(Caller::Anyone), None)
         } else {
-            let token = req
-                .headers()
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .map(|t| t.strip_prefix("Bearer ").unwrap_or(t));
             let cert = req.extensions().get::<crate::tls::ClientCert>();
-            let caller = Caller::identify(&state.auth, token, cert, std::time::SystemTime::now());
+            let caller = Caller::of_request(&state.auth, req.headers(), cert);
             let refused = match path_rule(req.uri().path()) {
                 PathRule::Open | PathRule::Handler => None,
                 PathRule::SignedIn => caller.as_ref().err().cloned(),
