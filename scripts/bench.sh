@@ -86,6 +86,11 @@ make_certs() { # dir
 stop_all() {
   for p in "${PIDS[@]:-}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # etcd's members are disowned (wait does not see them): until each is gone, its ports are taken.
+  for p in "${PIDS[@]:-}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
   PIDS=()
 }
 

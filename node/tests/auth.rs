@@ -185,6 +185,22 @@ async fn etcdctl_users_roles_and_permissions_hold_on_every_api() {
     let err = ctl(&ep, &["lease", "grant", "60"]).expect_err("anonymous grant");
     assert!(err.contains("user name is empty"), "{err}");
 
+    // etcd's lock recipe as the caller: app locks under its prefix; the reader (no write) and
+    // app outside its prefix are refused.
+    let held = ctl(
+        &ep,
+        &["--user=app:apppw", "lock", "app/lock", "echo", "held"],
+    )
+    .expect("app locks");
+    assert!(held.contains("held"), "{held}");
+    for (user, name) in [
+        ("--user=reader:readerpw", "app/lock"),
+        ("--user=app:apppw", "global-lock"),
+    ] {
+        let err = ctl(&ep, &[user, "lock", name, "echo", "held"]).expect_err("lock refused");
+        assert!(err.contains("permission denied"), "{user} {name}: {err}");
+    }
+
     // The seed API: a token from member A works on member B; the same rules.
     let a = (leader + 1) % 3;
     let b = (leader + 2) % 3;

@@ -437,8 +437,7 @@ enum PathRule {
     Handler,
     /// Any signed-in user (leases: a lease names no keys until one is attached).
     SignedIn,
-    /// Only root (membership, maintenance, and locks and elections until their own checks
-    /// exist).
+    /// Only root (membership, maintenance).
     Root,
 }
 
@@ -470,8 +469,12 @@ fn path_rule(path: &str) -> PathRule {
     } else if path.starts_with("/etcdserverpb.KV/")
         || path.starts_with("/etcdserverpb.Auth/")
         || path.starts_with("/etcdserverpb.Watch/")
+        || path.starts_with("/v3lockpb.Lock/")
+        || path.starts_with("/v3electionpb.Election/")
         || path.starts_with("/v3/kv/")
         || path.starts_with("/v3/auth/")
+        || path.starts_with("/v3/lock/")
+        || path.starts_with("/v3/election/")
         || path == "/v3/watch"
     {
         PathRule::Handler

@@ -17,9 +17,10 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, mvcc_status};
-use super::kv::write_txn;
+use super::kv::{authorize, write_txn};
 use super::{header, service_status};
 use crate::app::App;
+use crate::auth::Access;
 use crate::store::mvcc::{
     Compare, CompareResult, CompareTarget, DeleteRequest, KeyRange, KeyValue, Op, OpResult,
     PutRequest, RangeRequest, SortOrder, SortTarget, TxnRequest,
@@ -150,6 +151,10 @@ async fn acquire(
     value: &[u8],
 ) -> Result<(Vec<u8>, u64), Status> {
     let key = contender_key(name, lease)?;
+    // The recipe writes its own key and reads the others under the name (etcd checks the
+    // KV requests its recipe server makes as the caller's).
+    authorize(app, Access::Write, &KeyRange::One(key.clone()))?;
+    authorize(app, Access::Read, &KeyRange::prefix(&prefix_of(name)))?;
     let mine = enqueue(app, &key, value, lease).await?;
     wait_turn(app, &prefix_of(name), mine).await?;
     Ok((key, mine))
@@ -193,7 +198,9 @@ impl lpb::lock_server::Lock for LockService {
         &self,
         req: Request<lpb::UnlockRequest>,
     ) -> Result<Response<lpb::UnlockResponse>, Status> {
-        let revision = delete_key(&self.app, &req.into_inner().key).await?;
+        let key = req.into_inner().key;
+        authorize(&self.app, Access::Write, &KeyRange::One(key.clone()))?;
+        let revision = delete_key(&self.app, &key).await?;
         Ok(Response::new(lpb::UnlockResponse {
             header: Some(header(&self.app, revision)),
         }))
@@ -221,6 +228,9 @@ impl ElectionService {
     async fn as_leader(&self, leader: Option<epb::LeaderKey>, op: Op) -> Result<u64, Status> {
         let leader =
             leader.ok_or_else(|| Status::invalid_argument("etcdserver: no leader key given"))?;
+        let own = KeyRange::One(leader.key.clone());
+        authorize(&self.app, Access::Read, &own)?;
+        authorize(&self.app, Access::Write, &own)?;
         let t = TxnRequest {
             compare: vec![Compare {
                 keys: KeyRange::One(leader.key.clone()),
@@ -282,9 +292,10 @@ impl epb::election_server::Election for ElectionService {
         &self,
         req: Request<epb::LeaderRequest>,
     ) -> Result<Response<epb::LeaderResponse>, Status> {
+        let prefix = prefix_of(&req.into_inner().name);
+        authorize(&self.app, Access::Read, &KeyRange::prefix(&prefix))?;
         self.app.linearize().await.map_err(|e| service_status(&e))?;
-        let kv =
-            neighbour(&self.app, &prefix_of(&req.into_inner().name), 0)?.ok_or_else(no_leader)?;
+        let kv = neighbour(&self.app, &prefix, 0)?.ok_or_else(no_leader)?;
         Ok(Response::new(epb::LeaderResponse {
             header: Some(header(&self.app, self.app.state.read().kv.revision())),
             kv: Some(convert::kv(kv)),
@@ -300,6 +311,7 @@ impl epb::election_server::Election for ElectionService {
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let app = self.app.clone();
         let prefix = prefix_of(&req.into_inner().name);
+        authorize(&self.app, Access::Read, &KeyRange::prefix(&prefix))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut last: Option<mvccpb::KeyValue> = None;
