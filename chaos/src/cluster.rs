@@ -23,11 +23,13 @@ pub struct Proc {
     log: PathBuf,
     child: Option<Child>,
     pub paused: bool,
+    /// `http`, or `https` when the run has TLS on.
+    scheme: &'static str,
 }
 
 impl Proc {
     pub fn api(&self) -> String {
-        format!("http://{}:{}", self.ip, self.api_port)
+        format!("{}://{}:{}", self.scheme, self.ip, self.api_port)
     }
     /// `host:port` of etcd's v3 API.
     pub fn etcd_addr(&self) -> String {
@@ -49,6 +51,8 @@ pub struct ChaosCluster {
     pub hosts: Option<crate::netns::Hosts>,
     /// Each data dir is its own small tmpfs (for the full-disk fault).
     pub tmpfs: bool,
+    /// How clients reach the members (TLS and a root certificate when the run is secure).
+    pub clients: crate::security::Clients,
 }
 
 /// A free port this process has not handed out before: a port is free again once its probe
@@ -79,6 +83,7 @@ impl ChaosCluster {
         node_bin: &Path,
         hosts: Option<crate::netns::Hosts>,
         tmpfs: bool,
+        secure: bool,
     ) -> anyhow::Result<ChaosCluster> {
         let dir = tempfile::tempdir()?;
         let mut ports = Vec::new();
@@ -94,6 +99,17 @@ impl ChaosCluster {
             .enumerate()
             .map(|(i, (p, _, _))| format!("    - \"n{}:{}:{p}\"", i + 1, ip(i)))
             .collect();
+        let security = if secure {
+            let ips: Vec<String> = (0..n).map(ip).collect();
+            Some(crate::security::Security::mint(
+                &dir.path().join("certs"),
+                &ips,
+            )?)
+        } else {
+            None
+        };
+        let tls_yaml = security.as_ref().map(|s| s.yaml()).unwrap_or_default();
+        let clients = crate::security::Clients { security };
         let mut nodes = Vec::new();
         for (i, (peer_port, api_port, etcd_port)) in ports.into_iter().enumerate() {
             let name = format!("n{}", i + 1);
@@ -105,7 +121,7 @@ impl ChaosCluster {
             fs::write(
                 &config,
                 format!(
-                    "server:\n  nodeId: {name}\n  listenAddr: \"{host}:{peer_port}\"\n  apiAddr: \"{host}:{api_port}\"\n  etcdAddr: \"{host}:{etcd_port}\"\n  dataDir: \"{}\"\n  peers:\n{}\nraft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 300\n  electionTimeoutMaxMs: 600\n  snapshotThreshold: 300\n  logsToKeepAfterSnapshot: 50\n  maxPromoteLag: 100\nlimits:\n  requestTimeoutMs: 2000\n",
+                    "server:\n  nodeId: {name}\n  listenAddr: \"{host}:{peer_port}\"\n  apiAddr: \"{host}:{api_port}\"\n  etcdAddr: \"{host}:{etcd_port}\"\n  dataDir: \"{}\"\n  peers:\n{}\nraft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 300\n  electionTimeoutMaxMs: 600\n  snapshotThreshold: 300\n  logsToKeepAfterSnapshot: 50\n  maxPromoteLag: 100\nlimits:\n  requestTimeoutMs: 2000\n{tls_yaml}",
                     data_dir.display(),
                     peers.join("\n")
                 ),
@@ -122,6 +138,7 @@ impl ChaosCluster {
                 config,
                 child: None,
                 paused: false,
+                scheme: clients.scheme(),
             });
         }
         let mut c = ChaosCluster {
@@ -130,6 +147,7 @@ impl ChaosCluster {
             node_bin: node_bin.to_path_buf(),
             hosts,
             tmpfs: false,
+            clients,
         };
         if tmpfs {
             for i in 0..n {

@@ -29,6 +29,8 @@ pub struct RunConfig {
     pub interval: Duration,
     pub node_bin: PathBuf,
     pub report_path: Option<PathBuf>,
+    /// TLS on every port, client certificates required, and auth on (clients act as root).
+    pub secure: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -112,6 +114,7 @@ fn classify(op: &Op, res: &Result<(u16, Value), reqwest::Error>) -> Result<Outco
 /// Each client's operations go to a random member through a random API: seed HTTP or etcd
 /// gRPC, on the same keys, so the check covers both and their agreement.
 async fn client_loop(
+    http: reqwest::Client,
     id: usize,
     seed: u64,
     apis: Vec<String>,
@@ -119,10 +122,6 @@ async fn client_loop(
     keys: usize,
     shared: Arc<Shared>,
 ) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .expect("http client");
     let mut rng = StdRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut last_seen: Vec<Option<String>> = vec![None; keys];
     let mut seq = 0u64;
@@ -398,6 +397,38 @@ async fn strike(
     Ok(())
 }
 
+/// Turns auth on as etcd's users do (a root user with the root role, then enable), through the
+/// first member's etcd API. The run's client certificate names `root`, so every client then
+/// acts as root.
+async fn enable_auth(
+    clients: &crate::security::Clients,
+    cluster: &ChaosCluster,
+) -> anyhow::Result<()> {
+    use concord_proto::etcd::{authpb, etcdserverpb as pb};
+    let channel = clients
+        .endpoint(&cluster.nodes[0].etcd_addr())?
+        .connect()
+        .await?;
+    let mut auth = pb::auth_client::AuthClient::new(channel);
+    auth.user_add(pb::AuthUserAddRequest {
+        name: "root".into(),
+        options: Some(authpb::UserAddOptions { no_password: true }),
+        ..Default::default()
+    })
+    .await?;
+    auth.role_add(pb::AuthRoleAddRequest {
+        name: "root".into(),
+    })
+    .await?;
+    auth.user_grant_role(pb::AuthUserGrantRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    })
+    .await?;
+    auth.auth_enable(pb::AuthEnableRequest {}).await?;
+    Ok(())
+}
+
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     anyhow::ensure!(cfg.nodes >= 3, "need at least 3 nodes");
     let mut nemeses = cfg.nemeses.clone();
@@ -419,7 +450,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         None
     };
     let want_tmpfs = nemeses.contains(&NemesisKind::DiskFull);
-    let mut cluster = match ChaosCluster::start(cfg.nodes, &cfg.node_bin, hosts, want_tmpfs) {
+    let mut cluster = match ChaosCluster::start(
+        cfg.nodes,
+        &cfg.node_bin,
+        hosts,
+        want_tmpfs,
+        cfg.secure,
+    ) {
         Ok(c) => c,
         Err(e) if want_tmpfs => {
             let note = format!("FULL-DISK FAULT DISABLED: cannot mount tmpfs data dirs ({e:#}); running the other nemeses only");
@@ -431,18 +468,20 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             } else {
                 None
             };
-            ChaosCluster::start(cfg.nodes, &cfg.node_bin, hosts, false)?
+            ChaosCluster::start(cfg.nodes, &cfg.node_bin, hosts, false, cfg.secure)?
         }
         Err(e) => return Err(e),
     };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()?;
+    let clients = cluster.clients.clone();
+    let http = clients.http(Duration::from_secs(3))?;
     anyhow::ensure!(
         wait_ready(&http, &cluster, Duration::from_secs(30)).await,
         "cluster did not become ready:\n{}",
         cluster.log_text(0)
     );
+    if cfg.secure {
+        enable_auth(&clients, &cluster).await?;
+    }
     let shared = Arc::new(Shared {
         started: Instant::now(),
         history: Mutex::default(),
@@ -456,21 +495,31 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         .nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| tokio::spawn(crate::watchers::record(i, n.etcd_addr(), 1, finish.clone())))
+        .map(|(i, n)| {
+            tokio::spawn(crate::watchers::record(
+                clients.clone(),
+                i,
+                n.etcd_addr(),
+                1,
+                finish.clone(),
+            ))
+        })
         .collect();
     let lease_stop = Arc::new(AtomicBool::new(false));
     let keeper = tokio::spawn(crate::watchers::keep_lease(
+        clients.clone(),
         apis.clone(),
         lease_stop.clone(),
     ));
-    let mut clients = Vec::new();
+    let mut workers = Vec::new();
     for id in 0..cfg.clients {
         let etcd = cluster
             .nodes
             .iter()
-            .map(|n| etcd_ops::client(&n.etcd_addr(), Duration::from_secs(3)))
+            .map(|n| etcd_ops::client(&clients, &n.etcd_addr(), Duration::from_secs(3)))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        clients.push(tokio::spawn(client_loop(
+        workers.push(tokio::spawn(client_loop(
+            http.clone(),
             id,
             cfg.seed,
             apis.clone(),
@@ -516,7 +565,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     }
     tokio::time::sleep(end.saturating_duration_since(Instant::now())).await;
     shared.stop.store(true, Ordering::Relaxed);
-    for c in clients {
+    for c in workers {
         let _ = c.await;
     }
     lease_stop.store(true, Ordering::Relaxed);
@@ -549,7 +598,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let mut target = 0i64;
     for attempt in 0..50 {
         let node = attempt % cluster.nodes.len();
-        if let Ok(r) = etcd_ops::client(&cluster.nodes[node].etcd_addr(), Duration::from_secs(3)) {
+        if let Ok(r) = etcd_ops::client(
+            &clients,
+            &cluster.nodes[node].etcd_addr(),
+            Duration::from_secs(3),
+        ) {
             let mut kv = r.clone();
             let req = concord_proto::etcd::etcdserverpb::RangeRequest {
                 key: b"k0".to_vec(),
@@ -576,8 +629,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             records.push(r);
         }
     }
-    let reference =
-        crate::watchers::record(0, cluster.nodes[0].etcd_addr(), 1, finish.clone()).await;
+    let reference = crate::watchers::record(
+        clients.clone(),
+        0,
+        cluster.nodes[0].etcd_addr(),
+        1,
+        finish.clone(),
+    )
+    .await;
     give_up.abort();
     {
         let acked: Vec<(String, String)> = shared

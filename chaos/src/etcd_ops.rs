@@ -16,8 +16,13 @@ use crate::history::{Op, Outcome};
 pub type Client = KvClient<Channel>;
 
 /// A client for one member's etcd port; connects on first use and reconnects after a fault.
-pub fn client(addr: &str, timeout: Duration) -> anyhow::Result<Client> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+pub fn client(
+    clients: &crate::security::Clients,
+    addr: &str,
+    timeout: Duration,
+) -> anyhow::Result<Client> {
+    let channel = clients
+        .endpoint(addr)?
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect_lazy();

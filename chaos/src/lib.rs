@@ -8,4 +8,5 @@ pub mod etcd_ops;
 pub mod history;
 pub mod nemesis;
 pub mod netns;
+pub mod security;
 pub mod watchers;

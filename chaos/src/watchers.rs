@@ -45,7 +45,13 @@ pub struct Finish {
 }
 
 /// Records every change through `addr`'s Watch API from `start` until told to finish.
-pub async fn record(member: usize, addr: String, start: i64, finish: Arc<Finish>) -> Recorded {
+pub async fn record(
+    clients: crate::security::Clients,
+    member: usize,
+    addr: String,
+    start: i64,
+    finish: Arc<Finish>,
+) -> Recorded {
     let mut r = Recorded {
         member,
         ..Recorded::default()
@@ -56,7 +62,7 @@ pub async fn record(member: usize, addr: String, start: i64, finish: Arc<Finish>
         if (target > 0 && next > target) || finish.abandon.load(Ordering::SeqCst) {
             return r;
         }
-        if let Err(e) = follow(&addr, &mut next, &mut r, &finish).await {
+        if let Err(e) = follow(&clients, &addr, &mut next, &mut r, &finish).await {
             r.anomalies.push(e);
             return r;
         }
@@ -67,12 +73,13 @@ pub async fn record(member: usize, addr: String, start: i64, finish: Arc<Finish>
 
 /// One watch stream, until it breaks (Ok) or says something a watcher must never hear (Err).
 async fn follow(
+    clients: &crate::security::Clients,
     addr: &str,
     next: &mut i64,
     r: &mut Recorded,
     finish: &Finish,
 ) -> Result<(), String> {
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+    let Ok(endpoint) = clients.endpoint(addr) else {
         return Err(format!("bad address {addr}"));
     };
     let Ok(channel) = endpoint
@@ -181,12 +188,13 @@ async fn post(
 }
 
 /// Grants the kept and abandoned leases with a key each, then renews the kept one until `stop`.
-pub async fn keep_lease(apis: Vec<String>, stop: Arc<AtomicBool>) -> LeaseReport {
+pub async fn keep_lease(
+    clients: crate::security::Clients,
+    apis: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> LeaseReport {
     let mut r = LeaseReport::default();
-    let http = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-    {
+    let http = match clients.http(Duration::from_secs(2)) {
         Ok(h) => h,
         Err(e) => {
             r.anomalies.push(e.to_string());

@@ -28,6 +28,7 @@ async fn short_chaos_run_is_linearizable() {
         interval: Duration::from_secs(3),
         node_bin: env!("CARGO_BIN_EXE_concord-node").into(),
         report_path: Some(report_path.clone()),
+        secure: false,
     };
     let report = run(cfg).await.expect("chaos run");
     eprintln!(
@@ -66,6 +67,56 @@ async fn short_chaos_run_is_linearizable() {
                 .unwrap_or(0);
             assert!(n > 100, "only {n} {api}:{what}: {:?}", report.by_outcome);
         }
+    }
+    assert!(
+        report.passed(),
+        "seed {seed} failed:\n{}",
+        std::fs::read_to_string(&report_path).unwrap_or_default()
+    );
+}
+
+/// A shorter run with TLS on every port (client certificates required, peers mutually
+/// authenticated) and auth on: every operation goes through the handshakes and the permission
+/// checks while the faults run, and the history must still be linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_chaos_run_with_tls_and_auth_is_linearizable() {
+    let seed = 20261205;
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("chaos-report.json");
+    let cfg = RunConfig {
+        nodes: 3,
+        clients: 4,
+        keys: 4,
+        duration: Duration::from_secs(20),
+        seed,
+        nemeses: ALL.to_vec(),
+        interval: Duration::from_secs(3),
+        node_bin: env!("CARGO_BIN_EXE_concord-node").into(),
+        report_path: Some(report_path.clone()),
+        secure: true,
+    };
+    let report = run(cfg).await.expect("chaos run with TLS and auth");
+    eprintln!(
+        "secure chaos seed {seed}: {} operations {:?}; {} faults",
+        report.operations,
+        report.by_outcome,
+        report.nemesis_events.len()
+    );
+    for a in &report.anomalies {
+        eprintln!("anomaly: {a}");
+    }
+    assert!(
+        report.operations > 300,
+        "too few operations: {}",
+        report.operations
+    );
+    for api in ["seed", "etcd"] {
+        let n = report
+            .by_outcome
+            .get(&format!("{api}:write-ok"))
+            .copied()
+            .unwrap_or(0);
+        assert!(n > 30, "only {n} {api}:write-ok: {:?}", report.by_outcome);
     }
     assert!(
         report.passed(),

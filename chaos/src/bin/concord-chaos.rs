@@ -39,6 +39,9 @@ struct Args {
     /// Where to write the JSON report.
     #[arg(long, default_value = "chaos-report.json")]
     report: PathBuf,
+    /// TLS on every port (client certificates required) and auth on; the clients act as root.
+    #[arg(long)]
+    secure: bool,
 }
 
 #[tokio::main]
@@ -78,6 +81,7 @@ async fn main() -> ExitCode {
         interval: Duration::from_secs(a.interval),
         node_bin,
         report_path: Some(a.report.clone()),
+        secure: a.secure,
     };
     match run(cfg).await {
         Ok(r) => {
