@@ -75,6 +75,30 @@ pub fn caller_of(auth: &AuthStore, identity: &Result<Caller, Refusal>) -> Result
     }
 }
 
+/// What a front door asks of a request's caller before its handler runs, while auth is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Nothing (probes, sign-in, status).
+    Open,
+    /// Nothing here: the handler checks the caller against the keys or users the request names.
+    Handler,
+    /// Any signed-in user (leases: a lease names no keys until one is attached).
+    SignedIn,
+    /// The root role (membership, maintenance, the admin API).
+    Root,
+}
+
+impl Gate {
+    /// Why `caller` may not pass, if it may not.
+    pub fn refuses(self, auth: &AuthStore, caller: &Result<Caller, Refusal>) -> Option<Refusal> {
+        match self {
+            Gate::Open | Gate::Handler => None,
+            Gate::SignedIn => caller.as_ref().err().cloned(),
+            Gate::Root => caller.clone().and_then(|c| c.check_root(auth)).err(),
+        }
+    }
+}
+
 /// Who sent a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {

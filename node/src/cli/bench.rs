@@ -167,7 +167,7 @@ impl Op {
             let channel = match tls_config {
                 Some(config) => {
                     ep.connect_with_connector(crate::tls::TlsConnector {
-                        config,
+                        config: crate::tls::DialConfig::Fixed(config),
                         connect_timeout: Duration::from_secs(10),
                     })
                     .await

@@ -9,7 +9,7 @@ use concord_proto::raft_peer_client::RaftPeerClient;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::tls::{PeerConnector, Tls};
+use crate::tls::{DialConfig, Tls, TlsConnector};
 
 /// Messages up to this size cross the peer transport (snapshots are chunked below it).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -54,8 +54,8 @@ impl Channels {
                     .keep_alive_while_idle(true);
                 let c = match &self.tls {
                     Some(tls) if tls.peer_mode().dials_tls() => endpoint
-                        .connect_with_connector_lazy(PeerConnector {
-                            tls: tls.clone(),
+                        .connect_with_connector_lazy(TlsConnector {
+                            config: DialConfig::Peer(tls.clone()),
                             connect_timeout: Duration::from_secs(1),
                         }),
                     _ => endpoint.connect_lazy(),

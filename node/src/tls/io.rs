@@ -214,40 +214,20 @@ type Dialed = Pin<
     >,
 >;
 
-/// Dials peers with TLS, presenting this member's peer certificate; the configuration is
-/// looked up at each connect, so a reconnection after a rotation uses the new certificate.
+/// Where a dialer's TLS configuration comes from.
 #[derive(Clone)]
-pub struct PeerConnector {
-    pub tls: Arc<Tls>,
-    pub connect_timeout: Duration,
+pub enum DialConfig {
+    /// This member's peer configuration, looked up at each connect, so a reconnection after a
+    /// rotation presents the new certificate.
+    Peer(Arc<Tls>),
+    /// One fixed configuration (a client of the etcd port: concordctl's bench).
+    Fixed(Arc<rustls::ClientConfig>),
 }
 
-impl tower::Service<http::Uri> for PeerConnector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
-    type Error = io::Error;
-    type Future = Dialed;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let tls = self.tls.clone();
-        let timeout = self.connect_timeout;
-        Box::pin(async move {
-            let authority = authority_of(&uri)?;
-            let config = tls
-                .peer_dialer()
-                .ok_or_else(|| io::Error::other("peer TLS is not configured"))?;
-            dial_tls(&authority, config, timeout).await
-        })
-    }
-}
-
-/// Dials with one fixed TLS configuration (a client of the etcd port: concordctl's bench).
+/// Dials TLS connections for tonic's channels.
 #[derive(Clone)]
 pub struct TlsConnector {
-    pub config: Arc<rustls::ClientConfig>,
+    pub config: DialConfig,
     pub connect_timeout: Duration,
 }
 
@@ -261,7 +241,15 @@ impl tower::Service<http::Uri> for TlsConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let (config, timeout) = (self.config.clone(), self.connect_timeout);
-        Box::pin(async move { dial_tls(&authority_of(&uri)?, config, timeout).await })
+        let (source, timeout) = (self.config.clone(), self.connect_timeout);
+        Box::pin(async move {
+            let config = match source {
+                DialConfig::Peer(tls) => tls
+                    .peer_dialer()
+                    .ok_or_else(|| io::Error::other("peer TLS is not configured"))?,
+                DialConfig::Fixed(config) => config,
+            };
+            dial_tls(&authority_of(&uri)?, config, timeout).await
+        })
     }
 }

@@ -26,7 +26,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 pub use files::{describe, CertFiles, CertInfo, Material};
-pub use io::{dial_tls, MaybeTls, PeerConnectInfo, PeerConnector, PeerIncoming, TlsConnector};
+pub use io::{dial_tls, DialConfig, MaybeTls, PeerConnectInfo, PeerIncoming, TlsConnector};
 pub use verify::ClientCert;
 
 use crate::telemetry::metrics::metrics;

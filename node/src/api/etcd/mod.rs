@@ -415,33 +415,15 @@ fn front_door(
     }
     let cert = req.extensions().get::<crate::tls::ClientCert>();
     let caller = crate::auth::Caller::of_request(&state.auth, req.headers(), cert);
-    let path = req.uri().path();
-    let refusal = match path_rule(path) {
-        PathRule::Open | PathRule::Handler => None,
-        PathRule::SignedIn => caller.as_ref().err().map(auth::refused),
-        PathRule::Root => caller
-            .clone()
-            .and_then(|c| c.check_root(&state.auth))
-            .err()
-            .map(|r| auth::refused(&r)),
-    };
+    let refusal = path_rule(req.uri().path())
+        .refuses(&state.auth, &caller)
+        .map(|r| auth::refused(&r));
     (caller, source, refusal)
 }
 
-/// Who may call what on the etcd port while auth is on.
-#[derive(Debug, PartialEq, Eq)]
-enum PathRule {
-    /// Answered without credentials (health, version, sign-in, status, member list).
-    Open,
-    /// The handler checks the caller against the keys (or users) the request names.
-    Handler,
-    /// Any signed-in user (leases: a lease names no keys until one is attached).
-    SignedIn,
-    /// Only root (membership, maintenance).
-    Root,
-}
-
-fn path_rule(path: &str) -> PathRule {
+/// What the etcd port asks of a request's caller while auth is on.
+fn path_rule(path: &str) -> crate::auth::Gate {
+    use crate::auth::Gate;
     const OPEN: &[&str] = &[
         "/etcdserverpb.Auth/Authenticate",
         "/etcdserverpb.Auth/AuthStatus",
@@ -455,17 +437,17 @@ fn path_rule(path: &str) -> PathRule {
         "/health",
     ];
     if OPEN.contains(&path) || path.starts_with("/grpc.health.v1.Health/") {
-        PathRule::Open
+        Gate::Open
     } else if matches!(
         path,
         "/etcdserverpb.Lease/LeaseRevoke" | "/v3/lease/revoke" | "/v3/kv/lease/revoke"
     ) {
-        PathRule::Handler
+        Gate::Handler
     } else if path.starts_with("/etcdserverpb.Lease/")
         || path.starts_with("/v3/lease/")
         || path.starts_with("/v3/kv/lease/")
     {
-        PathRule::SignedIn
+        Gate::SignedIn
     } else if path.starts_with("/etcdserverpb.KV/")
         || path.starts_with("/etcdserverpb.Auth/")
         || path.starts_with("/etcdserverpb.Watch/")
@@ -477,9 +459,9 @@ fn path_rule(path: &str) -> PathRule {
         || path.starts_with("/v3/election/")
         || path == "/v3/watch"
     {
-        PathRule::Handler
+        Gate::Handler
     } else {
-        PathRule::Root
+        Gate::Root
     }
 }
 

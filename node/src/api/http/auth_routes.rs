@@ -82,20 +82,9 @@ pub fn reader(app: &App) -> Result<Caller, ApiError> {
     auth::caller(&app.state.read().auth).map_err(|r| refusal(&r))
 }
 
-/// Who may call what on the HTTP API while auth is on.
-#[derive(Debug, PartialEq, Eq)]
-enum PathRule {
-    /// Probes, metrics, the API's description, sign-in and the node's status.
-    Open,
-    /// The handler checks the caller against the keys the request names.
-    Handler,
-    /// Any signed-in user (leases: a lease names no keys until one is attached).
-    SignedIn,
-    /// Only root: the admin API, the log and the metrics summary.
-    Root,
-}
-
-fn path_rule(path: &str) -> PathRule {
+/// What the HTTP API asks of a request's caller while auth is on.
+fn path_rule(path: &str) -> auth::Gate {
+    use auth::Gate;
     match path {
         "/livez"
         | "/readyz"
@@ -103,12 +92,12 @@ fn path_rule(path: &str) -> PathRule {
         | "/metrics"
         | "/openapi.json"
         | "/api/status"
-        | "/api/auth/authenticate" => PathRule::Open,
-        _ if path.starts_with("/readyz/") => PathRule::Open,
+        | "/api/auth/authenticate" => Gate::Open,
+        _ if path.starts_with("/readyz/") => Gate::Open,
         "/api/get" | "/api/set" | "/api/delete" | "/api/cas" | "/api/keys" | "/api/watch"
-        | "/api/lease/revoke" => PathRule::Handler,
-        _ if path.starts_with("/api/lease/") => PathRule::SignedIn,
-        _ => PathRule::Root,
+        | "/api/lease/revoke" => Gate::Handler,
+        _ if path.starts_with("/api/lease/") => Gate::SignedIn,
+        _ => Gate::Root,
     }
 }
 
@@ -127,11 +116,7 @@ pub async fn front_door(State(app): State<Arc<App>>, req: Request, next: Next) -
         } else {
             let cert = req.extensions().get::<crate::tls::ClientCert>();
             let caller = Caller::of_request(&state.auth, req.headers(), cert);
-            let refused = match path_rule(req.uri().path()) {
-                PathRule::Open | PathRule::Handler => None,
-                PathRule::SignedIn => caller.as_ref().err().cloned(),
-                PathRule::Root => caller.clone().and_then(|c| c.check_root(&state.auth)).err(),
-            };
+            let refused = path_rule(req.uri().path()).refuses(&state.auth, &caller);
             (caller, refused)
         }
     };
