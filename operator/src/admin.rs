@@ -11,8 +11,11 @@ use concord_proto::{
     NodeStatusRequest, NodeStatusResponse, PromoteRequest, RemoveMemberRequest,
     TransferLeaderRequest,
 };
+use std::sync::Arc;
+
 use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use sha2::{Digest, Sha256};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminCallError {
@@ -41,11 +44,50 @@ pub trait NodeAdmin: Send + Sync {
     async fn promote(&self, addr: &str, id: u64) -> Result<AdminResult, AdminCallError>;
     async fn remove(&self, addr: &str, id: u64) -> Result<AdminResult, AdminCallError>;
     async fn transfer_leader(&self, addr: &str, to: u64) -> Result<AdminResult, AdminCallError>;
+    /// The same client, presenting `tls` to one cluster's members (None: plaintext).
+    fn scoped(&self, tls: Option<AdminTls>) -> Arc<dyn NodeAdmin>;
 }
 
-/// gRPC admin client with one lazily connected channel per address.
+/// What the operator presents to a cluster's admin API, and what it expects back: a member
+/// certificate from `ca_pem` naming `domain` (members are reached by IP, so the name checked
+/// is one every member's certificate carries).
+#[derive(Clone, PartialEq)]
+pub struct AdminTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub domain: String,
+}
+
+impl std::fmt::Debug for AdminTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminTls")
+            .field("domain", &self.domain)
+            .field("key_pem", &"<secret>")
+            .finish()
+    }
+}
+
+impl AdminTls {
+    /// Names this identity in the channel cache: a renewed certificate gets new channels.
+    fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [&self.ca_pem, &self.cert_pem, &self.domain] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// gRPC admin client with one lazily connected channel per address (and identity).
+#[derive(Clone)]
 pub struct GrpcAdmin {
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<Arc<AdminTls>>,
     /// Status reads answer fast or not at all; changes may wait for a leader to move.
     read_timeout: Duration,
     change_timeout: Duration,
@@ -54,7 +96,8 @@ pub struct GrpcAdmin {
 impl Default for GrpcAdmin {
     fn default() -> Self {
         GrpcAdmin {
-            channels: Mutex::new(HashMap::new()),
+            channels: Arc::new(Mutex::new(HashMap::new())),
+            tls: None,
             read_timeout: Duration::from_secs(3),
             change_timeout: Duration::from_secs(30),
         }
@@ -62,20 +105,37 @@ impl Default for GrpcAdmin {
 }
 
 impl GrpcAdmin {
+    fn key(&self, addr: &str) -> String {
+        match &self.tls {
+            Some(t) => format!("{addr} tls {}", t.fingerprint()),
+            None => addr.to_string(),
+        }
+    }
+
     fn client(&self, addr: &str) -> Result<AdminClient<Channel>, AdminCallError> {
+        let key = self.key(addr);
         let mut channels = self.channels.lock();
-        if let Some(c) = channels.get(addr) {
+        if let Some(c) = channels.get(&key) {
             return Ok(AdminClient::new(c.clone()));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| AdminCallError::Unreachable {
-                addr: addr.into(),
-                message: format!("bad address: {e}"),
-            })?
+        let bad = |e: &dyn std::fmt::Display| AdminCallError::Unreachable {
+            addr: addr.into(),
+            message: format!("bad address or TLS settings: {e}"),
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| bad(&e))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
+        if let Some(t) = &self.tls {
+            let config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&t.ca_pem))
+                .identity(Identity::from_pem(&t.cert_pem, &t.key_pem))
+                .domain_name(t.domain.clone());
+            endpoint = endpoint.tls_config(config).map_err(|e| bad(&e))?;
+        }
         let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
+        channels.insert(key, channel.clone());
         Ok(AdminClient::new(channel))
     }
 
@@ -87,7 +147,7 @@ impl GrpcAdmin {
         r: Result<T, AdminCallError>,
     ) -> Result<T, AdminCallError> {
         if matches!(r, Err(AdminCallError::Unreachable { .. })) {
-            self.channels.lock().remove(addr);
+            self.channels.lock().remove(&self.key(addr));
         }
         r
     }
@@ -180,6 +240,12 @@ impl NodeAdmin for GrpcAdmin {
             c.transfer_leader(request(TransferLeaderRequest { to }, t)),
         )
         .await
+    }
+    fn scoped(&self, tls: Option<AdminTls>) -> Arc<dyn NodeAdmin> {
+        Arc::new(GrpcAdmin {
+            tls: tls.map(Arc::new),
+            ..self.clone()
+        })
     }
 }
 

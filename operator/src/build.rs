@@ -9,9 +9,11 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, SeccompProfile, SecretProjection, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -20,8 +22,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::crd::ConcordCluster;
+use crate::crd::{ConcordCluster, PeerTls};
 use crate::naming::{self, API_PORT, ETCD_PORT, PEER_PORT};
+use crate::tls::{self, Source};
 use crate::validate::ValidatedCluster;
 
 /// Non-root user of the node image (distroless "nonroot").
@@ -36,25 +39,39 @@ pub struct Desired {
     pub stateful_set: StatefulSet,
     /// None when the spec turns the PDB off (the reconciler then deletes ours).
     pub pdb: Option<PodDisruptionBudget>,
+    /// cert-manager `Certificate`s (mode certManager; empty otherwise).
+    pub certificates: Vec<serde_json::Value>,
 }
 
-/// `sts_replicas` is the StatefulSet size the membership planner currently allows; it is not
-/// `spec.replicas`, which the planner approaches one safe step at a time.
 /// Every object for a validated cluster: invalid specs never reach the builders.
-pub fn desired(valid: &ValidatedCluster, sts_replicas: i32) -> Desired {
+/// `sts_replicas` is the StatefulSet size the membership planner currently allows; it is not
+/// `spec.replicas`, which the planner approaches one safe step at a time. `peer` is the step
+/// of a TLS switch the members are to run (`tls::next_peer`).
+pub fn desired(valid: &ValidatedCluster, sts_replicas: i32, peer: PeerTls) -> Desired {
     let cluster = &valid.cluster;
-    let config_map = config_map(cluster);
+    let config_map = config_map(cluster, valid, peer);
     let hash = config_hash(&config_map);
+    let certificates = match &valid.tls.source {
+        Some(Source::CertManager(issuer)) => {
+            let members = valid.replicas.max(sts_replicas.max(0) as u32);
+            tls::objects::wanted(valid, members)
+                .iter()
+                .map(|w| tls::objects::certificate(valid, w, issuer, &valid.tls))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     Desired {
         peers_service: peers_service(cluster),
         client_service: client_service(cluster),
-        stateful_set: stateful_set(cluster, sts_replicas, &hash),
+        stateful_set: stateful_set(valid, sts_replicas, &hash, peer),
         pdb: cluster.spec.pdb.enabled.then(|| pdb(cluster)),
         config_map,
+        certificates,
     }
 }
 
-fn meta(cluster: &ConcordCluster, name: String) -> ObjectMeta {
+pub(crate) fn meta(cluster: &ConcordCluster, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: cluster.namespace(),
@@ -72,7 +89,7 @@ fn owner_reference(cluster: &ConcordCluster) -> Option<OwnerReference> {
 
 /// The node's config file. Identity (name, advertised address) comes from the pod's
 /// environment; everything shared lives here.
-fn config_map(cluster: &ConcordCluster) -> ConfigMap {
+fn config_map(cluster: &ConcordCluster, valid: &ValidatedCluster, peer: PeerTls) -> ConfigMap {
     let spec = &cluster.spec;
     let mut raft = serde_yaml_ng::Mapping::new();
     let mut put = |k: &str, v: Option<u64>| {
@@ -107,6 +124,16 @@ fn config_map(cluster: &ConcordCluster) -> ConfigMap {
     doc.insert("server".into(), server.into());
     if !raft.is_empty() {
         doc.insert("raft".into(), raft.into());
+    }
+    // The certificate files come from the environment (their paths name the pod); at `off`
+    // the section is left out, so a plaintext cluster's config is what it was before TLS.
+    if peer != PeerTls::Off {
+        let mut t = serde_yaml_ng::Mapping::new();
+        t.insert("clientCertAuth".into(), valid.tls.client_cert_auth.into());
+        t.insert("probesWithoutClientCert".into(), true.into());
+        t.insert("peerClientCertAuth".into(), true.into());
+        t.insert("peerTlsMode".into(), peer.as_str().into());
+        doc.insert("tls".into(), t.into());
     }
     // A mapping of strings, numbers and booleans always serializes.
     let yaml = serde_yaml_ng::to_string(&doc).unwrap_or_default();
@@ -199,11 +226,12 @@ fn env_field(name: &str, path: &str) -> EnvVar {
     }
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+fn http_probe(path: &str, period: i32, failures: i32, https: bool) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("http".into()),
+            scheme: https.then(|| "HTTPS".into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -244,7 +272,64 @@ fn default_container_security() -> SecurityContext {
 /// Pods start in join mode and wait for the operator: pod 0 is initialised, the others are
 /// added as learners and promoted. Updates are `OnDelete` because the operator restarts pods
 /// itself, followers first and the leader last after handing leadership over.
-fn stateful_set(cluster: &ConcordCluster, replicas: i32, config_hash: &str) -> StatefulSet {
+/// Where each member finds its certificate, key and CA, and the volume that puts them there:
+/// one Secret per member mounted side by side (a pod template is shared, so each pod picks its
+/// own directory by name), or the user's one Secret.
+fn tls_files(valid: &ValidatedCluster) -> Option<(String, Volume)> {
+    let name = &valid.name;
+    let mode = Some(0o440);
+    match valid.tls.source.as_ref()? {
+        Source::Operator | Source::CertManager(_) => {
+            let sources = (0..naming::MAX_REPLICAS)
+                .map(|o| {
+                    let pod = naming::pod_name(name, o);
+                    let item = |key: &str| KeyToPath {
+                        key: key.into(),
+                        path: format!("{pod}/{key}"),
+                        mode: None,
+                    };
+                    VolumeProjection {
+                        secret: Some(SecretProjection {
+                            name: naming::member_secret(name, o),
+                            optional: Some(true),
+                            items: Some(vec![item("tls.crt"), item("tls.key"), item("ca.crt")]),
+                        }),
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            let volume = Volume {
+                name: "tls".into(),
+                projected: Some(ProjectedVolumeSource {
+                    sources: Some(sources),
+                    default_mode: mode,
+                }),
+                ..Default::default()
+            };
+            Some((format!("{}/$(POD_NAME)", naming::TLS_DIR), volume))
+        }
+        Source::Secrets { members, .. } => Some((
+            naming::TLS_DIR.to_string(),
+            Volume {
+                name: "tls".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(members.clone()),
+                    default_mode: mode,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+fn stateful_set(
+    valid: &ValidatedCluster,
+    replicas: i32,
+    config_hash: &str,
+    peer: PeerTls,
+) -> StatefulSet {
+    let cluster = &valid.cluster;
     let name = cluster.name_any();
     let spec = &cluster.spec;
     let pod = &spec.pod;
@@ -257,23 +342,67 @@ fn stateful_set(cluster: &ConcordCluster, replicas: i32, config_hash: &str) -> S
         config_hash.to_string(),
     );
 
+    let mut envs = vec![
+        env_field("POD_NAME", "metadata.name"),
+        env_field("POD_NAMESPACE", "metadata.namespace"),
+        env("CONCORD_NODE_ID", "$(POD_NAME)"),
+        env(
+            "CONCORD_ADVERTISE_ADDR",
+            &naming::peer_address_template(&name),
+        ),
+        env(
+            "CONCORD_CONFIG",
+            &format!("{}/{}", naming::CONFIG_DIR, naming::CONFIG_FILE),
+        ),
+    ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: naming::VOLUME_NAME.into(),
+            mount_path: naming::DATA_DIR.into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "config".into(),
+            mount_path: naming::CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ];
+    let mut volumes = vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: naming::config_map(&name),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let tls = (peer != PeerTls::Off).then(|| tls_files(valid)).flatten();
+    if let Some((dir, volume)) = &tls {
+        for (var, file) in [
+            ("CONCORD_CERT_FILE", "tls.crt"),
+            ("CONCORD_KEY_FILE", "tls.key"),
+            ("CONCORD_TRUSTED_CA_FILE", "ca.crt"),
+            ("CONCORD_PEER_CERT_FILE", "tls.crt"),
+            ("CONCORD_PEER_KEY_FILE", "tls.key"),
+            ("CONCORD_PEER_TRUSTED_CA_FILE", "ca.crt"),
+        ] {
+            envs.push(env(var, &format!("{dir}/{file}")));
+        }
+        mounts.push(VolumeMount {
+            name: "tls".into(),
+            mount_path: naming::TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(volume.clone());
+    }
+    let https = tls.is_some();
+
     let container = Container {
         name: "concord-node".into(),
         image: Some(spec.image()),
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().into()),
-        env: Some(vec![
-            env_field("POD_NAME", "metadata.name"),
-            env_field("POD_NAMESPACE", "metadata.namespace"),
-            env("CONCORD_NODE_ID", "$(POD_NAME)"),
-            env(
-                "CONCORD_ADVERTISE_ADDR",
-                &naming::peer_address_template(&name),
-            ),
-            env(
-                "CONCORD_CONFIG",
-                &format!("{}/{}", naming::CONFIG_DIR, naming::CONFIG_FILE),
-            ),
-        ]),
+        env: Some(envs),
         ports: Some(vec![
             ContainerPort {
                 name: Some("peer".into()),
@@ -295,28 +424,16 @@ fn stateful_set(cluster: &ConcordCluster, replicas: i32, config_hash: &str) -> S
             },
         ]),
         // Generous startup: replaying a long log or loading a big snapshot takes a while.
-        startup_probe: Some(http_probe("/livez", 2, 150)),
-        liveness_probe: Some(http_probe("/livez", 10, 6)),
-        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        startup_probe: Some(http_probe("/livez", 2, 150, https)),
+        liveness_probe: Some(http_probe("/livez", 10, 6, https)),
+        readiness_probe: Some(http_probe("/readyz", 5, 2, https)),
         resources: spec.resources.clone(),
         security_context: Some(
             pod.container_security_context
                 .clone()
                 .unwrap_or_else(default_container_security),
         ),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: naming::VOLUME_NAME.into(),
-                mount_path: naming::DATA_DIR.into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "config".into(),
-                mount_path: naming::CONFIG_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         ..Default::default()
     };
 
@@ -336,14 +453,7 @@ fn stateful_set(cluster: &ConcordCluster, replicas: i32, config_hash: &str) -> S
                 .unwrap_or_else(default_pod_security),
         ),
         termination_grace_period_seconds: Some(30),
-        volumes: Some(vec![Volume {
-            name: "config".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: naming::config_map(&name),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+        volumes: Some(volumes),
         ..Default::default()
     };
 

@@ -71,6 +71,11 @@ pub struct ConcordClusterSpec {
     pub service: ClientServiceSpec,
     #[serde(default)]
     pub pdb: PdbSpec,
+    /// TLS on every port and who issues the certificates. Unset: `mode: operator` for a new
+    /// cluster; a cluster initialized before this field existed stays plaintext until its
+    /// spec names a mode (an operator upgrade never moves clients to TLS unasked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
     /// Stop all changes: no object is applied and no membership step is taken. Status is
     /// still reported.
     #[serde(default)]
@@ -174,6 +179,117 @@ pub struct RaftTuning {
     /// A learner is promoted only when at most this many entries behind the leader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_promote_lag: Option<u64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// `operator`: the operator keeps a cluster CA and issues every certificate itself.
+    /// `certManager`: the operator asks cert-manager for them (`issuerRef`). `secrets`: you
+    /// bring one Secret for the members (`secretName`). `disabled`: plaintext everywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TlsMode>,
+    /// The cert-manager Issuer or ClusterIssuer (mode certManager). Its certificates must carry
+    /// `ca.crt` (a CA or Vault issuer does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+    /// mode secrets: a `kubernetes.io/tls` Secret with `tls.crt`, `tls.key` and `ca.crt`,
+    /// mounted by every member. Its certificate needs the SANs `<name>-peers.<ns>.svc` and
+    /// `*.<name>-peers.<ns>.svc`, and both server and client key usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// mode secrets: the Secret the operator presents to the members' admin API (a certificate
+    /// from the same CA). Default: `secretName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_secret_name: Option<String>,
+    /// Clients must present a certificate from the cluster CA (the client Secret
+    /// `<name>-client` holds one). Probes and /metrics stay reachable without. Default true.
+    #[serde(default = "default_true")]
+    pub client_cert_auth: bool,
+    /// Common name of the client certificate in `<name>-client`: the user name it signs in as
+    /// once auth is enabled. Default `client`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_user: Option<String>,
+    /// Lifetime of the certificates the operator or cert-manager issues. Default 90 days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 3650))]
+    pub certificate_days: Option<u32>,
+    /// Renew this many days before expiry. Default a third of the lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3649))]
+    pub renew_before_days: Option<u32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TlsMode {
+    Operator,
+    CertManager,
+    Secrets,
+    Disabled,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Operator => "operator",
+            TlsMode::CertManager => "certManager",
+            TlsMode::Secrets => "secrets",
+            TlsMode::Disabled => "disabled",
+        }
+    }
+}
+
+/// A cert-manager issuer, as cert-manager's `issuerRef` names it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    pub name: String,
+    /// `Issuer` (default) or `ClusterIssuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Default `cert-manager.io`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// Where the peer port is in a switch to TLS or back, one rolling restart per step: every
+/// member accepts both before any dials TLS, and every member dials TLS before any refuses
+/// plaintext. Client ports serve TLS in every step but `off`.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerTls {
+    Off,
+    Accept,
+    Prefer,
+    On,
+}
+
+impl PeerTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerTls::Off => "off",
+            PeerTls::Accept => "accept",
+            PeerTls::Prefer => "prefer",
+            PeerTls::On => "on",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    /// The mode in force (spec.tls.mode, or what an unset mode means for this cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TlsMode>,
+    /// The step the members' configuration is at (see PeerTls); `on` when TLS is fully on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerTls>,
+    /// Earliest expiry among the certificates the operator issued (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates_not_after: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -316,6 +432,8 @@ pub struct ConcordClusterStatus {
     pub members: Vec<MemberStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -54,6 +54,10 @@ pub fn pod_obs(cluster: &str, pod: &Pod, update_revision: Option<&str>) -> Optio
         .and_then(|c| c.image.clone());
     Some(RuntimePod {
         uid: pod.metadata.uid.clone(),
+        config_hash: pod
+            .annotations()
+            .get(naming::CONFIG_HASH_ANNOTATION)
+            .cloned(),
         image,
         pod: PodObs {
             ordinal,

@@ -12,6 +12,7 @@ pub mod naming;
 pub mod plan;
 pub mod reconcile;
 pub mod status;
+pub mod tls;
 pub mod validate;
 
 /// The CRD as YAML, exactly as committed under `manifests/crds/`.

@@ -19,6 +19,8 @@ pub struct RuntimePod {
     pub image: Option<String>,
     /// The pod object's UID: a restart deletes this pod, never one recreated under its name.
     pub uid: Option<String>,
+    /// Hash of the node config its template carried (`concordkv.io/config-hash`).
+    pub config_hash: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +183,18 @@ impl Observation {
             .iter()
             .filter_map(|p| Some((p.pod.name.clone(), p.image.clone()?)))
             .collect()
+    }
+
+    /// Every pod the StatefulSet should have exists and was created with config `hash`: a
+    /// config change has rolled through (a StatefulSet that has not yet seen its new template
+    /// still calls its pods up to date; their config hash does not).
+    pub fn all_run_config(&self, hash: &str) -> bool {
+        self.runtime.pods.len() as u32 >= self.runtime.sts_replicas
+            && self
+                .runtime
+                .pods
+                .iter()
+                .all(|p| p.config_hash.as_deref() == Some(hash))
     }
 
     /// The cluster id the initialized nodes report (to record once).

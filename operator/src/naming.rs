@@ -13,6 +13,12 @@ pub const ETCD_PORT: i32 = 2379;
 /// Where the node's config file is mounted.
 pub const CONFIG_DIR: &str = "/etc/concord";
 pub const CONFIG_FILE: &str = "concord.yaml";
+/// Where the certificates are mounted: `<pod>/tls.crt` under it (operator and certManager
+/// modes, one Secret per member), or `tls.crt` (one Secret for all).
+pub const TLS_DIR: &str = "/etc/concord-tls";
+/// Most voters a cluster may have (spec.replicas' bound); also how many member Secrets a pod
+/// template can mount.
+pub const MAX_REPLICAS: u32 = 9;
 /// Where the member's volume is mounted.
 pub const DATA_DIR: &str = "/var/lib/concord";
 /// Name of the volume claim template (PVCs are `data-<pod>`).
@@ -38,6 +44,32 @@ pub fn client_service(cluster: &str) -> String {
 
 pub fn config_map(cluster: &str) -> String {
     format!("{cluster}-config")
+}
+
+/// The operator's cluster CA (`mode: operator`): `ca.crt` and `ca.key`.
+pub fn ca_secret(cluster: &str) -> String {
+    format!("{cluster}-ca")
+}
+
+/// One member's certificate (`kubernetes.io/tls` with `ca.crt`), whoever issues it.
+pub fn member_secret(cluster: &str, ordinal: u32) -> String {
+    format!("{cluster}-member-{ordinal}")
+}
+
+/// The client certificate the operator presents to the members' admin API.
+pub fn operator_secret(cluster: &str) -> String {
+    format!("{cluster}-operator-tls")
+}
+
+/// A client certificate for applications to mount.
+pub fn client_secret(cluster: &str) -> String {
+    format!("{cluster}-client-tls")
+}
+
+/// The name every member's certificate carries besides its own, which the operator checks
+/// when it reaches a member by IP.
+pub fn peers_host(cluster: &str, ns: &str) -> String {
+    format!("{}.{ns}.svc", peers_service(cluster))
 }
 
 pub fn pod_name(cluster: &str, ordinal: u32) -> String {

@@ -17,13 +17,14 @@ use serde::Serialize;
 
 use crate::admin::NodeAdmin;
 use crate::build;
-use crate::crd::{ConcordCluster, ConcordClusterStatus, Phase, VolumePolicy};
+use crate::crd::{ConcordCluster, ConcordClusterStatus, PeerTls, Phase, TlsStatus, VolumePolicy};
 use crate::kube_pods::KubePods;
 use crate::membership::{self, Policy};
 use crate::metrics::Metrics;
 use crate::naming::{self, FINALIZER, MANAGER};
 use crate::plan::Step;
 use crate::status::{self, StatusInput};
+use crate::tls::{self, materials::TlsError};
 use crate::validate::{self, Invalid, ValidatedCluster};
 
 /// What a reconcile can fail with: one variant per step of the pipeline, so the error says
@@ -38,6 +39,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("certificates: {0}")]
+    Tls(#[from] TlsError),
     #[error("membership step: {0}")]
     Membership(#[from] membership::RuntimeError),
     #[error("writing the status: {0}")]
@@ -57,6 +60,7 @@ impl Error {
         match self {
             Error::ReadStatefulSet(_) | Error::Kube(_) => "kube_api",
             Error::Apply { .. } => "apply",
+            Error::Tls(_) => "tls",
             Error::Membership(_) => "pods",
             Error::WriteStatus(_) => "status",
             Error::Finalizer(_) => "finalizer",
@@ -143,7 +147,7 @@ async fn publish(
     }
 }
 
-async fn apply_object<K>(client: &Client, ns: &str, obj: &K) -> Result<(), kube::Error>
+pub(crate) async fn apply_object<K>(client: &Client, ns: &str, obj: &K) -> Result<(), kube::Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -178,18 +182,41 @@ async fn apply(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeu
     let mut progress = Progress::default();
     match &checked {
         Ok(valid) if !valid.paused => {
-            progress.warnings = apply_objects(&ctx.client, valid).await?;
+            let peer = tls::current_peer(&cluster, valid.tls.wants_tls());
+            let applied = apply_objects(&ctx.client, valid, peer).await?;
+            progress.warnings = applied.warnings;
+            let admin = admin_for(&ctx, valid, peer).await?;
             let policy = policy(valid, previous.as_ref(), &ctx);
-            let (obs, step, outcome) =
-                membership::step(&runtime, ctx.admin.as_ref(), &policy).await?;
+            let (obs, step, outcome) = membership::step(&runtime, admin.as_ref(), &policy).await?;
             report_step(&ctx, &cluster, previous.as_ref(), &step, outcome).await;
+            let initialized = obs.cluster_id().is_some()
+                || previous.as_ref().is_some_and(|s| s.cluster_id.is_some());
+            let settled = step == Step::Converged && obs.all_run_config(&applied.config_hash);
+            let next = tls::next_peer(peer, valid.tls.wants_tls(), settled, initialized);
+            if next != peer {
+                let note = format!(
+                    "TLS switch: members move from peer TLS {} to {} (one rolling restart)",
+                    peer.as_str(),
+                    next.as_str()
+                );
+                tracing::info!(namespace = %ns, cluster = %cluster.name_any(), %note);
+                publish(&ctx, &cluster, EventType::Normal, "TlsStep", "Tls", note).await;
+            }
+            progress.tls = Some(tls_status(
+                valid,
+                next,
+                applied.not_after,
+                previous.as_ref(),
+            ));
             progress.observation = Some(obs);
             progress.step = Some(step);
         }
         Ok(valid) => {
+            let peer = tls::current_peer(&cluster, valid.tls.wants_tls());
+            let admin = admin_for(&ctx, valid, peer).await?;
             let policy = policy(valid, previous.as_ref(), &ctx);
             progress.observation =
-                Some(membership::observe(&runtime, ctx.admin.as_ref(), &policy).await?);
+                Some(membership::observe(&runtime, admin.as_ref(), &policy).await?);
         }
         Err(_) => {}
     }
@@ -207,9 +234,49 @@ async fn apply(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeu
     Ok(requeue_after(progress.step.as_ref(), checked.is_ok()))
 }
 
+/// The admin client for this cluster: over TLS with the operator's certificate once every
+/// member takes TLS on the peer port.
+async fn admin_for(
+    ctx: &Context,
+    valid: &ValidatedCluster,
+    peer: PeerTls,
+) -> Result<Arc<dyn crate::admin::NodeAdmin>, Error> {
+    let identity = if tls::admin_over_tls(peer) {
+        tls::materials::admin_identity(&ctx.client, valid).await?
+    } else {
+        None
+    };
+    Ok(ctx.admin.scoped(identity))
+}
+
+fn tls_status(
+    valid: &ValidatedCluster,
+    peer: PeerTls,
+    not_after: Option<i64>,
+    previous: Option<&ConcordClusterStatus>,
+) -> TlsStatus {
+    let earliest = not_after
+        .filter(|t| *t != i64::MAX)
+        .and_then(|t| Timestamp::from_second(t).ok())
+        .map(|t| t.to_string())
+        .or_else(|| {
+            previous
+                .and_then(|s| s.tls.as_ref())
+                .and_then(|t| t.certificates_not_after.clone())
+                .filter(|_| valid.tls.wants_tls())
+        });
+    TlsStatus {
+        mode: Some(valid.tls.mode),
+        peer: Some(peer),
+        certificates_not_after: earliest,
+    }
+}
+
 /// What the acting steps found and did, for the status.
 #[derive(Default)]
 struct Progress {
+    /// TLS as it now stands (None: unchanged from the previous status).
+    tls: Option<TlsStatus>,
     observation: Option<membership::Observation>,
     step: Option<Step>,
     /// Warnings that only applying revealed (e.g. a storage change the StatefulSet keeps).
@@ -237,9 +304,22 @@ fn policy(
     }
 }
 
-/// Builds every object (pure) and applies them by server-side apply. The StatefulSet keeps the
-/// size the planner last set; a new one starts at spec.replicas (every pod waits in join mode).
-async fn apply_objects(client: &Client, valid: &ValidatedCluster) -> Result<Vec<String>, Error> {
+/// What applying found: warnings for the status, and the earliest certificate expiry.
+struct Applied {
+    warnings: Vec<String>,
+    /// Hash of the node config just applied (what the pods' template now carries).
+    config_hash: String,
+    not_after: Option<i64>,
+}
+
+/// Builds every object (pure) and applies them by server-side apply; certificates first, so a
+/// pod never starts before its certificate exists. The StatefulSet keeps the size the planner
+/// last set; a new one starts at spec.replicas (every pod waits in join mode).
+async fn apply_objects(
+    client: &Client,
+    valid: &ValidatedCluster,
+    peer: PeerTls,
+) -> Result<Applied, Error> {
     let (ns, name) = (valid.namespace.as_str(), valid.name.as_str());
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
     let current = sts_api
@@ -251,7 +331,9 @@ async fn apply_objects(client: &Client, valid: &ValidatedCluster) -> Result<Vec<
         .and_then(|s| s.spec.as_ref())
         .and_then(|s| s.replicas)
         .unwrap_or(valid.replicas as i32);
-    let mut desired = build::desired(valid, sts_replicas);
+    let mut desired = build::desired(valid, sts_replicas, peer);
+    let members = valid.replicas.max(sts_replicas.max(0) as u32);
+    let not_after = tls::materials::ensure(client, valid, members, &desired.certificates).await?;
     let mut warnings = Vec::new();
     if let Some(current) = &current {
         warnings.extend(build::keep_volume_templates(
@@ -290,7 +372,11 @@ async fn apply_objects(client: &Client, valid: &ValidatedCluster) -> Result<Vec<
             }
         }
     }
-    Ok(warnings)
+    Ok(Applied {
+        warnings,
+        config_hash: build::config_hash(&desired.config_map),
+        not_after,
+    })
 }
 
 /// Logs, counts and publishes the membership step that ran (or the wait that began).
@@ -358,7 +444,7 @@ fn compute_status(
     let observation = progress.observation.as_ref();
     let images = observation.map(|o| o.images()).unwrap_or_default();
     let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH);
-    status::compute(&StatusInput {
+    let mut s = status::compute(&StatusInput {
         generation: cluster.metadata.generation,
         previous,
         selector: naming::selector_string(&cluster.name_any()),
@@ -371,7 +457,12 @@ fn compute_status(
         step: progress.step.as_ref(),
         pod_images: &images,
         now: now.to_string(),
-    })
+    });
+    s.tls = progress
+        .tls
+        .clone()
+        .or_else(|| previous.and_then(|p| p.tls.clone()));
+    s
 }
 
 /// Metrics, logs and the one InvalidSpec event for the new status.

@@ -5,6 +5,7 @@ use kube::ResourceExt;
 
 use crate::crd::{ConcordCluster, ConcordClusterSpec};
 use crate::naming::MAX_NAME_LEN;
+use crate::tls::{self, TlsPlan};
 
 /// Default learner promotion threshold (the node's own default).
 const DEFAULT_MAX_PROMOTE_LAG: u64 = 1000;
@@ -21,6 +22,7 @@ pub struct ValidatedCluster {
     pub replicas: u32,
     pub max_promote_lag: u64,
     pub paused: bool,
+    pub tls: TlsPlan,
     pub warnings: Vec<String>,
 }
 
@@ -34,7 +36,8 @@ pub struct Invalid {
 /// Validates `cluster` into a [`ValidatedCluster`], or says everything that is wrong.
 pub fn check(cluster: &ConcordCluster, namespace: &str) -> Result<ValidatedCluster, Invalid> {
     let name = cluster.name_any();
-    let v = validate(&name, &cluster.spec);
+    let mut v = validate(&name, &cluster.spec);
+    let tls = tls::plan(cluster, &mut v.errors);
     if !v.is_ok() {
         return Err(Invalid {
             errors: v.errors,
@@ -53,6 +56,7 @@ pub fn check(cluster: &ConcordCluster, namespace: &str) -> Result<ValidatedClust
             .max_promote_lag
             .unwrap_or(DEFAULT_MAX_PROMOTE_LAG),
         paused: cluster.spec.paused,
+        tls,
         warnings: v.warnings,
     })
 }

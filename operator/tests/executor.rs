@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_operator::admin::GrpcAdmin;
+use concord_operator::admin::{AdminTls, GrpcAdmin, NodeAdmin};
+use concord_operator::crd::PeerTls;
 use concord_operator::membership::{
     self, PodRuntime, Policy, RuntimeError, RuntimePod, RuntimeView,
 };
@@ -45,6 +46,8 @@ struct ProcPod {
     child: Option<Child>,
     started: Instant,
     revision: u64,
+    /// The TLS step it was started with.
+    tls_step: PeerTls,
 }
 
 /// Pods as local processes. `revision` plays the StatefulSet template revision: bumping it
@@ -58,6 +61,19 @@ struct ProcessPods {
     /// storage.onScaleDown: Retain keeps a removed pod's data dir for when it comes back.
     retain_on_scale_down: AtomicBool,
     http: reqwest::Client,
+    /// The TLS step of the current template (the ConfigMap's `peerTlsMode`), and where the
+    /// certificates are (`kv-N/tls.crt`, `tls.key`, `ca.crt`), once minted.
+    peer: Mutex<PeerTls>,
+    certs: Mutex<Option<Certs>>,
+}
+
+/// Certificates minted by the operator's own code, as its Secrets would hold them.
+#[derive(Clone)]
+struct Certs {
+    dir: PathBuf,
+    ca: String,
+    operator: (String, String),
+    client: (String, String),
 }
 
 impl ProcessPods {
@@ -71,9 +87,73 @@ impl ProcessPods {
             retain_on_scale_down: AtomicBool::new(false),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
+                .danger_accept_invalid_certs(true)
                 .build()
                 .expect("http client"),
+            peer: Mutex::new(PeerTls::Off),
+            certs: Mutex::new(None),
         }
+    }
+
+    /// Mints the cluster's certificates with the operator's code (CA, members, the operator's
+    /// and a client's), written as the member Secrets are mounted.
+    fn mint_certificates(&self, members: u32) -> Certs {
+        use concord_operator::tls::certs::{Ca, Leaf};
+        use concord_operator::tls::objects::member_leaf;
+        let ca = Ca::generate("kv").expect("ca");
+        let dir = self.dir.path().join("tls");
+        let life = Duration::from_secs(86_400);
+        for o in 0..members {
+            let issued = ca
+                .issue(&member_leaf("kv", "default", o), life)
+                .expect("member");
+            let d = dir.join(format!("kv-{o}"));
+            std::fs::create_dir_all(&d).expect("dir");
+            std::fs::write(d.join("tls.crt"), &issued.cert_pem).expect("crt");
+            std::fs::write(d.join("tls.key"), &issued.key_pem).expect("key");
+            std::fs::write(d.join("ca.crt"), &ca.cert_pem).expect("ca");
+        }
+        let client = |cn: &str| {
+            let leaf = Leaf {
+                common_name: cn.into(),
+                dns_names: vec![],
+                ips: vec![],
+                server: false,
+            };
+            let i = ca.issue(&leaf, life).expect("client");
+            (i.cert_pem, i.key_pem)
+        };
+        let certs = Certs {
+            dir,
+            ca: ca.cert_pem.clone(),
+            operator: client("concord-operator"),
+            client: client("client"),
+        };
+        *self.certs.lock() = Some(certs.clone());
+        certs
+    }
+
+    /// A new template at TLS step `peer`: every running pod is out of date until restarted.
+    fn set_peer(&self, peer: PeerTls) {
+        *self.peer.lock() = peer;
+        self.revision.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn tls_yaml(&self, name: &str, peer: PeerTls) -> String {
+        if peer == PeerTls::Off {
+            return String::new();
+        }
+        let certs = self.certs.lock().clone().expect("certificates minted");
+        let d = certs.dir.join(name);
+        let (c, k, a) = (
+            d.join("tls.crt").display().to_string(),
+            d.join("tls.key").display().to_string(),
+            d.join("ca.crt").display().to_string(),
+        );
+        format!(
+            "tls:\n  certFile: \"{c}\"\n  keyFile: \"{k}\"\n  trustedCaFile: \"{a}\"\n  clientCertAuth: true\n  probesWithoutClientCert: true\n  peerCertFile: \"{c}\"\n  peerKeyFile: \"{k}\"\n  peerTrustedCaFile: \"{a}\"\n  peerTlsMode: {}\n",
+            peer.as_str()
+        )
     }
 
     fn spawn(&self, ordinal: u32, pods: &mut BTreeMap<u32, ProcPod>) {
@@ -83,11 +163,13 @@ impl ProcessPods {
             None => (free_port(), free_port(), free_port()),
         };
         let config = self.dir.path().join(format!("{name}.yaml"));
+        let tls_step = *self.peer.lock();
         std::fs::write(
             &config,
             format!(
-                "server:\n  nodeId: \"{name}\"\n  listenAddr: \"127.0.0.1:{peer}\"\n  apiAddr: \"127.0.0.1:{api}\"\n  etcdAddr: \"127.0.0.1:{etcd}\"\n  dataDir: \"{}\"\n  join: true\nraft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 500\n  electionTimeoutMaxMs: 1000\n  maxPromoteLag: 100\n",
-                self.dir.path().join(&name).display()
+                "server:\n  nodeId: \"{name}\"\n  listenAddr: \"127.0.0.1:{peer}\"\n  apiAddr: \"127.0.0.1:{api}\"\n  etcdAddr: \"127.0.0.1:{etcd}\"\n  dataDir: \"{}\"\n  join: true\nraft:\n  heartbeatIntervalMs: 50\n  electionTimeoutMinMs: 500\n  electionTimeoutMaxMs: 1000\n  maxPromoteLag: 100\n{}",
+                self.dir.path().join(&name).display(),
+                self.tls_yaml(&name, tls_step)
             ),
         )
         .expect("write config");
@@ -113,6 +195,7 @@ impl ProcessPods {
                 child: Some(child),
                 started: Instant::now(),
                 revision: self.revision.load(Ordering::SeqCst),
+                tls_step,
             },
         );
     }
@@ -133,13 +216,35 @@ impl ProcessPods {
         let _ = child.wait();
     }
 
-    fn api_ports(&self) -> Vec<u16> {
+    /// The running pods' HTTP API ports, and whether each serves TLS.
+    fn api_ports(&self) -> Vec<(u16, bool)> {
         self.pods
             .lock()
             .values()
             .filter(|p| p.child.is_some())
-            .map(|p| p.api)
+            .map(|p| (p.api, p.tls_step != PeerTls::Off))
             .collect()
+    }
+
+    /// A client as an application would be: plaintext, or trusting the cluster CA with the
+    /// client certificate, by what the pod serves.
+    fn clients(&self, timeout: Duration) -> (reqwest::Client, Option<reqwest::Client>) {
+        let plain = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .expect("client");
+        let tls = self.certs.lock().clone().map(|c| {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .add_root_certificate(reqwest::Certificate::from_pem(c.ca.as_bytes()).expect("ca"))
+                .identity(
+                    reqwest::Identity::from_pem(format!("{}{}", c.client.0, c.client.1).as_bytes())
+                        .expect("identity"),
+                )
+                .build()
+                .expect("tls client")
+        });
+        (plain, tls)
     }
 }
 
@@ -166,7 +271,8 @@ impl Drop for ProcessPods {
 impl PodRuntime for ProcessPods {
     async fn view(&self) -> Result<RuntimeView, RuntimeError> {
         let current = self.revision.load(Ordering::SeqCst);
-        let snapshot: Vec<(u32, u16, u16, Duration, bool)> = self
+        type Seen = (u32, u16, u16, Duration, bool, PeerTls, u64);
+        let snapshot: Vec<Seen> = self
             .pods
             .lock()
             .iter()
@@ -178,14 +284,21 @@ impl PodRuntime for ProcessPods {
                     p.api,
                     p.started.elapsed(),
                     p.revision == current,
+                    p.tls_step,
+                    p.revision,
                 )
             })
             .collect();
         let mut pods = Vec::new();
-        for (ordinal, peer, api, age, up_to_date) in snapshot {
+        for (ordinal, peer, api, age, up_to_date, tls_step, revision) in snapshot {
+            let scheme = if tls_step == PeerTls::Off {
+                "http"
+            } else {
+                "https"
+            };
             let ready = self
                 .http
-                .get(format!("http://127.0.0.1:{api}/readyz"))
+                .get(format!("{scheme}://127.0.0.1:{api}/readyz"))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
@@ -202,6 +315,7 @@ impl PodRuntime for ProcessPods {
                 admin_addr: Some(format!("127.0.0.1:{peer}")),
                 image: None,
                 uid: None,
+                config_hash: Some(format!("{revision}-{}", tls_step.as_str())),
             });
         }
         Ok(RuntimeView {
@@ -247,7 +361,7 @@ impl PodRuntime for ProcessPods {
 /// Drives the operator's loop until the plan converges; returns the actions taken.
 async fn converge(
     pods: &ProcessPods,
-    admin: &GrpcAdmin,
+    admin: &dyn NodeAdmin,
     desired: u32,
     timeout: Duration,
 ) -> Vec<Action> {
@@ -301,10 +415,6 @@ fn start_writer(
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<u64>> {
     tokio::spawn(async move {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .build()
-            .expect("client");
         let mut acked = Vec::new();
         let mut i = 0u64;
         while !stop.load(Ordering::SeqCst) {
@@ -313,9 +423,15 @@ fn start_writer(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            let port = ports[(i as usize) % ports.len()];
+            let (port, tls) = ports[(i as usize) % ports.len()];
+            // Certificates may be minted while the writer runs: the clients follow.
+            let (plain, secure) = pods.clients(Duration::from_secs(3));
+            let (http, scheme) = match (tls, &secure) {
+                (true, Some(c)) => (c, "https"),
+                _ => (&plain, "http"),
+            };
             let r = http
-                .post(format!("http://127.0.0.1:{port}/api/set"))
+                .post(format!("{scheme}://127.0.0.1:{port}/api/set"))
                 .json(&serde_json::json!({ "key": format!("w{i}"), "value": i.to_string() }))
                 .send()
                 .await;
@@ -330,15 +446,16 @@ fn start_writer(
 }
 
 async fn read_back(pods: &ProcessPods, acked: &[u64]) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
+    let (plain, secure) = pods.clients(Duration::from_secs(5));
     let ports = pods.api_ports();
     for (n, i) in acked.iter().enumerate() {
-        let port = ports[n % ports.len()];
+        let (port, tls) = ports[n % ports.len()];
+        let (http, scheme) = match (tls, &secure) {
+            (true, Some(c)) => (c, "https"),
+            _ => (&plain, "http"),
+        };
         let body: serde_json::Value = http
-            .get(format!("http://127.0.0.1:{port}/api/get?key=w{i}"))
+            .get(format!("{scheme}://127.0.0.1:{port}/api/get?key=w{i}"))
             .send()
             .await
             .expect("read")
@@ -353,8 +470,7 @@ async fn read_back(pods: &ProcessPods, acked: &[u64]) {
     }
 }
 
-async fn voters(admin: &GrpcAdmin, pods: &ProcessPods) -> Vec<String> {
-    use concord_operator::admin::NodeAdmin;
+async fn voters(admin: &dyn NodeAdmin, pods: &ProcessPods) -> Vec<String> {
     let view = pods.view().await.expect("view");
     for p in &view.pods {
         if let Some(addr) = &p.admin_addr {
@@ -596,4 +712,99 @@ async fn a_retained_volume_rejoins_after_scale_down_and_up() {
         assert!(Instant::now() < deadline, "kv-2 never applied w{last}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The issue's story: TLS turned on for a running 3-member cluster while a client writes. The
+/// operator's own pieces decide — `tls::next_peer` for the step, `tls::admin_over_tls` for how
+/// it dials, the planner for the restarts — and the members roll off -> accept -> prefer -> on,
+/// one member at a time per step, the leader last. Every acknowledged write is read back over
+/// TLS, and at the end plaintext is refused on the client and the peer port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_turned_on_for_a_running_cluster_while_writing() {
+    use concord_operator::tls;
+    let pods = Arc::new(ProcessPods::new());
+    let plain = GrpcAdmin::default();
+    let t = Duration::from_secs(90);
+    converge(&pods, &plain, 3, t).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = start_writer(pods.clone(), stop.clone());
+
+    let certs = pods.mint_certificates(3);
+    let identity = AdminTls {
+        ca_pem: certs.ca.clone(),
+        cert_pem: certs.operator.0.clone(),
+        key_pem: certs.operator.1.clone(),
+        domain: concord_operator::naming::peers_host("kv", "default"),
+    };
+    let mut peer = PeerTls::Off;
+    let mut restarts = Vec::new();
+    let started = Instant::now();
+    loop {
+        let admin = plain.scoped(tls::admin_over_tls(peer).then(|| identity.clone()));
+        let actions = converge(&pods, admin.as_ref(), 3, t).await;
+        let rolled: Vec<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::RestartPod { pod } => Some(pod.clone()),
+                _ => None,
+            })
+            .collect();
+        let pods_step: Vec<PeerTls> = pods.pods.lock().values().map(|p| p.tls_step).collect();
+        let settled = pods_step.iter().all(|s| *s == peer);
+        let next = tls::next_peer(peer, true, settled, true);
+        eprintln!("step {peer:?}: restarted {rolled:?}; next {next:?}");
+        restarts.push((peer, rolled));
+        if next == peer {
+            break;
+        }
+        peer = next;
+        pods.set_peer(next);
+    }
+    eprintln!("TLS on in {:?}", started.elapsed());
+    assert_eq!(peer, PeerTls::On);
+    // Off needed no roll; each of the three steps restarted every member once.
+    let per_step: Vec<(PeerTls, usize)> = restarts.iter().map(|(p, r)| (*p, r.len())).collect();
+    assert_eq!(
+        per_step,
+        [
+            (PeerTls::Off, 0),
+            (PeerTls::Accept, 3),
+            (PeerTls::Prefer, 3),
+            (PeerTls::On, 3)
+        ]
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.await.expect("writer");
+    assert!(acked.len() > 50, "the client kept writing: {}", acked.len());
+    read_back(&pods, &acked).await;
+
+    // On: plaintext refused on the client port and on the peer port (the admin API).
+    let (plain_http, _) = pods.clients(Duration::from_secs(2));
+    for (port, tls) in pods.api_ports() {
+        assert!(tls);
+        let r = plain_http
+            .get(format!("http://127.0.0.1:{port}/livez"))
+            .send()
+            .await;
+        assert!(r.is_err(), "plaintext answered on {port}");
+    }
+    let view = pods.view().await.expect("view");
+    let addr = view.pods[0].admin_addr.clone().expect("addr");
+    assert!(plain.node_status(&addr).await.is_err(), "plaintext admin");
+    let secure = plain.scoped(Some(identity.clone()));
+    assert!(secure.node_status(&addr).await.is_ok(), "mTLS admin");
+    // A client certificate is not a member's: another CA's operator is refused.
+    let stranger = ProcessPods::new().mint_certificates(1);
+    let foreign = plain.scoped(Some(AdminTls {
+        ca_pem: certs.ca.clone(),
+        cert_pem: stranger.operator.0,
+        key_pem: stranger.operator.1,
+        domain: identity.domain.clone(),
+    }));
+    assert!(
+        foreign.node_status(&addr).await.is_err(),
+        "foreign CA admin"
+    );
 }

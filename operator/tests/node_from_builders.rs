@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use concord_operator::admin::{GrpcAdmin, NodeAdmin};
 use concord_operator::build;
 use concord_operator::crd::ConcordCluster;
-use k8s_openapi::api::core::v1::{Container, Probe};
+use concord_operator::tls::{self, certs, objects};
+use k8s_openapi::api::core::v1::{Container, Probe, Secret, Volume};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// The image's entrypoint (docker/node.Dockerfile), which the pod template does not override.
@@ -83,11 +84,13 @@ fn port_of(c: &Container, port: &IntOrString) -> u16 {
     }
 }
 
-/// Runs an HTTP GET probe once, as the kubelet would: success is a 2xx/3xx answer.
+/// Runs an HTTP GET probe once, as the kubelet would: success is a 2xx/3xx answer; over HTTPS
+/// when the probe says so, without checking the certificate (the kubelet does not).
 async fn probe(http: &reqwest::Client, ip: &str, c: &Container, p: &Probe) -> bool {
     let get = p.http_get.as_ref().expect("an httpGet probe");
+    let scheme = get.scheme.as_deref().unwrap_or("HTTP").to_lowercase();
     let url = format!(
-        "http://{ip}:{}{}",
+        "{scheme}://{ip}:{}{}",
         port_of(c, &get.port),
         get.path.as_deref().unwrap_or("/")
     );
@@ -95,6 +98,67 @@ async fn probe(http: &reqwest::Client, ip: &str, c: &Container, p: &Probe) -> bo
     match http.get(url).timeout(timeout).send().await {
         Ok(r) => r.status().is_success() || r.status().is_redirection(),
         Err(_) => false,
+    }
+}
+
+/// The Secrets a running cluster would have: the operator's own minted ones for `mode:
+/// operator`, the user's one Secret (minted here with the names the docs ask for) for `mode:
+/// secrets`.
+fn cluster_secrets(valid: &concord_operator::validate::ValidatedCluster) -> Vec<Secret> {
+    let ca = certs::Ca::generate(&valid.name).expect("ca");
+    let mut out = vec![objects::ca_secret(valid, &ca)];
+    for w in objects::wanted(valid, 1) {
+        let issued = ca.issue(&w.leaf, valid.tls.lifetime).expect("issue");
+        out.push(objects::tls_secret(valid, &w.secret, &issued, &ca.cert_pem));
+    }
+    out
+}
+
+fn secret_text(secrets: &[Secret], name: &str, key: &str) -> String {
+    let s = secrets
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no Secret {name}"));
+    let bytes = s.data.as_ref().and_then(|d| d.get(key)).expect("key");
+    String::from_utf8(bytes.0.clone()).expect("text")
+}
+
+/// A Secret or projected volume's files, as the kubelet writes them (missing optional Secrets
+/// contribute nothing).
+fn write_secret_volume(volume: &Volume, secrets: &[Secret], dir: &Path) {
+    let mut sources = Vec::new();
+    if let Some(s) = &volume.secret {
+        sources.push((s.secret_name.clone().expect("secretName"), None, false));
+    }
+    for p in volume
+        .projected
+        .iter()
+        .flat_map(|p| p.sources.iter().flatten())
+    {
+        let s = p.secret.as_ref().expect("only Secret projections are used");
+        sources.push((s.name.clone(), s.items.clone(), s.optional == Some(true)));
+    }
+    for (name, items, optional) in sources {
+        let Some(secret) = secrets
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(&name))
+        else {
+            assert!(optional, "Secret {name} is mounted but missing");
+            continue;
+        };
+        let data = secret.data.clone().unwrap_or_default();
+        let files: Vec<(String, String)> = match items {
+            Some(items) => items.into_iter().map(|i| (i.key, i.path)).collect(),
+            None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+        };
+        for (key, path) in files {
+            let bytes = data
+                .get(&key)
+                .unwrap_or_else(|| panic!("{name} has no {key}"));
+            let file = dir.join(path);
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("dir");
+            std::fs::write(file, &bytes.0).expect("secret file");
+        }
     }
 }
 
@@ -121,9 +185,19 @@ impl Drop for Pod {
     }
 }
 
+/// Mount paths in `text` mapped under the pod's root, each path once, the longest first
+/// (`/etc/concord-tls` is not `/etc/concord` followed by `-tls`).
 fn map_mounts(text: &str, mounts: &[(String, PathBuf)]) -> String {
-    mounts.iter().fold(text.to_string(), |t, (from, to)| {
-        t.replace(from.as_str(), &to.display().to_string())
+    let mut order: Vec<usize> = (0..mounts.len()).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(mounts[*i].0.len()));
+    let marked = order.iter().fold(text.to_string(), |t, i| {
+        t.replace(mounts[*i].0.as_str(), &format!("\u{0}{i}\u{0}"))
+    });
+    order.iter().fold(marked, |t, i| {
+        t.replace(
+            &format!("\u{0}{i}\u{0}"),
+            &mounts[*i].1.display().to_string(),
+        )
     })
 }
 
@@ -132,7 +206,9 @@ async fn run_pod_0(fixture_name: &str) {
     let name = cluster.metadata.name.clone().expect("name");
     let namespace = cluster.metadata.namespace.clone().expect("namespace");
     let valid = concord_operator::validate::check(&cluster, &namespace).expect("valid fixture");
-    let d = build::desired(&valid, 1);
+    let peer = tls::current_peer(&cluster, valid.tls.wants_tls());
+    let d = build::desired(&valid, 1, peer);
+    let secrets = cluster_secrets(&valid);
     let sts = d.stateful_set.spec.clone().expect("sts spec");
     let claims: Vec<String> = sts
         .volume_claim_templates
@@ -152,6 +228,11 @@ async fn run_pod_0(fixture_name: &str) {
         let dir = root.path().join(m.mount_path.trim_start_matches('/'));
         std::fs::create_dir_all(&dir).expect("mount dir");
         let volume = pod_spec.volumes.iter().flatten().find(|v| v.name == m.name);
+        if let Some(v) = volume.filter(|v| v.secret.is_some() || v.projected.is_some()) {
+            write_secret_volume(v, &secrets, &dir);
+            mounts.push((m.mount_path.clone(), dir));
+            continue;
+        }
         match volume.and_then(|v| v.config_map.as_ref()) {
             Some(cm) => {
                 assert_eq!(
@@ -227,7 +308,38 @@ async fn run_pod_0(fixture_name: &str) {
         )
     };
 
-    let http = reqwest::Client::new();
+    // The kubelet's prober, and a client of the cluster as an application would be: trusting
+    // the cluster CA, presenting the client Secret, dialing the client Service's name.
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("prober");
+    let wants_tls = valid.tls.wants_tls();
+    let client_host = format!("{name}.{namespace}.svc");
+    let api_port = port_of(&c, &IntOrString::String("http".into()));
+    let app = {
+        let mut b = reqwest::Client::builder().resolve(
+            &client_host,
+            std::net::SocketAddr::new(ip.parse().expect("ip"), api_port),
+        );
+        if wants_tls {
+            let client = concord_operator::naming::client_secret(&name);
+            let pem = format!(
+                "{}{}",
+                secret_text(&secrets, &client, "tls.crt"),
+                secret_text(&secrets, &client, "tls.key")
+            );
+            b = b
+                .add_root_certificate(
+                    reqwest::Certificate::from_pem(
+                        secret_text(&secrets, &client, "ca.crt").as_bytes(),
+                    )
+                    .expect("ca"),
+                )
+                .identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
+        }
+        b.build().expect("application client")
+    };
     let startup = c.startup_probe.clone().expect("startup probe");
     let liveness = c.liveness_probe.clone().expect("liveness probe");
     let readiness = c.readiness_probe.clone().expect("readiness probe");
@@ -250,7 +362,10 @@ async fn run_pod_0(fixture_name: &str) {
     // Join mode: not ready until the operator initialises it, as the operator does.
     if probe(&http, &ip, &c, &readiness).await {
         let body = http
-            .get(format!("http://{ip}:8081/readyz?verbose"))
+            .get(format!(
+                "{}://{ip}:8081/readyz?verbose",
+                if wants_tls { "https" } else { "http" }
+            ))
             .send()
             .await
             .map(|r| format!("{r:?}"));
@@ -263,7 +378,17 @@ async fn run_pod_0(fixture_name: &str) {
         .find(|p| p.name.as_deref() == Some("peer"))
         .expect("peer port")
         .container_port;
-    let admin = GrpcAdmin::default();
+    // The operator's identity, as it reads it from its Secret.
+    let identity = tls::admin_over_tls(peer).then(|| {
+        let secret = concord_operator::naming::operator_secret(&name);
+        concord_operator::admin::AdminTls {
+            ca_pem: secret_text(&secrets, &secret, "ca.crt"),
+            cert_pem: secret_text(&secrets, &secret, "tls.crt"),
+            key_pem: secret_text(&secrets, &secret, "tls.key"),
+            domain: concord_operator::naming::peers_host(&name, &namespace),
+        }
+    });
+    let admin = GrpcAdmin::default().scoped(identity);
     let addr = format!("{ip}:{peer_port}");
     admin.init(&addr).await.expect("init through the admin API");
     until("the pod is ready", Duration::from_secs(20), async || {
@@ -277,9 +402,28 @@ async fn run_pod_0(fixture_name: &str) {
         format!("{fqdn}:{peer_port}"),
         "advertised peer address"
     );
-    let api = port_of(&c, &IntOrString::String("http".into()));
-    let put = http
-        .post(format!("http://{ip}:{api}/api/set"))
+    let scheme = if wants_tls { "https" } else { "http" };
+    if wants_tls {
+        let plain = reqwest::Client::new()
+            .get(format!("http://{ip}:{api_port}/livez"))
+            .send()
+            .await;
+        assert!(
+            plain.is_err(),
+            "{fixture_name}: plaintext answered on a TLS port"
+        );
+        let anonymous = http
+            .post(format!("https://{ip}:{api_port}/api/set"))
+            .json(&serde_json::json!({"key": "k", "value": "v"}))
+            .send()
+            .await;
+        assert!(
+            anonymous.is_err() || anonymous.is_ok_and(|r| !r.status().is_success()),
+            "{fixture_name}: a client without a certificate wrote"
+        );
+    }
+    let put = app
+        .post(format!("{scheme}://{client_host}:{api_port}/api/set"))
         .json(&serde_json::json!({"key": "from", "value": fixture_name}))
         .send()
         .await
@@ -309,7 +453,7 @@ async fn a_node_runs_from_exactly_what_the_builders_produce() {
         eprintln!("skipped: needs root for a network namespace");
         return;
     }
-    for f in ["minimal", "full"] {
+    for f in ["minimal", "full", "disabled"] {
         run_pod_0(f).await;
     }
 }

@@ -8,6 +8,8 @@ mod common;
 use common::*;
 use serde_json::json;
 
+const SECRETS: &str = "/api/v1/namespaces/default/secrets";
+
 fn apply_calls() -> Vec<String> {
     [
         "PATCH /api/v1/namespaces/default/configmaps/kv-config",
@@ -34,8 +36,23 @@ async fn create_applies_objects_then_initialises_and_grows_membership() {
     // Second pass: read the StatefulSet, apply every object, observe, write status.
     let calls = h.reconcile().await;
     let mut expected = vec![format!("GET {STS}")];
+    // TLS (mode operator, the default for a new cluster): the CA, then every certificate,
+    // before any pod can mount them.
+    for secret in [
+        "kv-ca",
+        "kv-member-0",
+        "kv-member-1",
+        "kv-member-2",
+        "kv-operator-tls",
+        "kv-client-tls",
+    ] {
+        expected.push(format!("GET {SECRETS}/{secret}"));
+        expected.push(format!("PATCH {SECRETS}/{secret}"));
+    }
     expected.extend(apply_calls());
     expected.extend([
+        // The operator's own certificate, for the admin API over mutual TLS.
+        format!("GET {SECRETS}/kv-operator-tls"),
         format!("GET {STS}"),
         format!("GET {PODS} (list)"),
         format!("PATCH {CR}/status"),
@@ -261,4 +278,100 @@ async fn a_pod_restart_never_deletes_a_pod_recreated_since_it_was_observed() {
         .await
         .expect("delete");
     assert!(!store.lock().objects.contains_key(&path));
+}
+
+/// TLS turned on for a running plaintext cluster: certificates minted once, the members moved
+/// off -> accept -> prefer -> on one step per converged pass (each a config change, so a roll),
+/// a lost certificate reissued alone.
+#[tokio::test]
+async fn tls_is_switched_on_step_by_step_and_certificates_are_minted_once() {
+    let h = Harness::new(json!({"replicas": 3, "tls": {"mode": "disabled"}}));
+    h.reconcile().await;
+    h.settle().await;
+    assert_eq!(
+        h.cr()["status"]["tls"],
+        json!({"mode": "disabled", "peer": "off"})
+    );
+    let secrets = |h: &Harness| -> Vec<String> {
+        h.store
+            .lock()
+            .objects
+            .keys()
+            .filter_map(|k| k.strip_prefix(&format!("{SECRETS}/")).map(String::from))
+            .collect()
+    };
+    assert!(secrets(&h).is_empty());
+    let config = |h: &Harness| -> String {
+        h.store.lock().objects["/api/v1/namespaces/default/configmaps/kv-config"]["data"]
+            ["concord.yaml"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(!config(&h).contains("tls:"));
+
+    h.edit_spec(|s| s["tls"] = json!({"mode": "operator"}));
+    let mut steps = vec!["off".to_string()];
+    let mut pod_deletes = 0;
+    for _ in 0..80 {
+        if steps.last().map(String::as_str) == Some("on") {
+            break;
+        }
+        h.run_statefulset_controller();
+        let calls = h.reconcile().await;
+        pod_deletes += calls
+            .iter()
+            .filter(|c| c.starts_with(&format!("DELETE {PODS}/")))
+            .count();
+        let peer = h.cr()["status"]["tls"]["peer"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if steps.last() != Some(&peer) {
+            // Each step is recorded only once every pod runs the previous step's config.
+            steps.push(peer);
+        }
+    }
+    assert_eq!(steps, ["off", "accept", "prefer", "on"]);
+    // accept and prefer each rolled all three members before the next step was recorded;
+    // the roll to `on` is under way.
+    assert!(pod_deletes >= 6, "{pod_deletes} pod restarts");
+    h.settle().await;
+    assert!(config(&h).contains("peerTlsMode: on"), "{}", config(&h));
+    assert_eq!(
+        secrets(&h),
+        [
+            "kv-ca",
+            "kv-client-tls",
+            "kv-member-0",
+            "kv-member-1",
+            "kv-member-2",
+            "kv-operator-tls"
+        ]
+    );
+    assert!(h.cr()["status"]["tls"]["certificatesNotAfter"].is_string());
+
+    // Current certificates are read, never rewritten.
+    let calls = h.reconcile().await;
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with(&format!("PATCH {SECRETS}"))),
+        "{calls:?}"
+    );
+    // A lost member certificate is reissued alone, under the same CA.
+    let ca_before = h.store.lock().objects[&format!("{SECRETS}/kv-ca")]["data"].clone();
+    h.store.lock().delete(&format!("{SECRETS}/kv-member-1"));
+    let calls = h.reconcile().await;
+    let writes: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.starts_with(&format!("PATCH {SECRETS}")))
+        .collect();
+    assert_eq!(writes, [&format!("PATCH {SECRETS}/kv-member-1")]);
+    assert_eq!(
+        h.store.lock().objects[&format!("{SECRETS}/kv-ca")]["data"],
+        ca_before
+    );
+    // No private key in the status.
+    assert!(!h.cr()["status"].to_string().contains("PRIVATE KEY"));
 }

@@ -394,6 +394,9 @@ impl NodeAdmin for FakeAdmin {
         r.log.push(format!("transfer {to}"));
         ok("transferred")
     }
+    fn scoped(&self, _tls: Option<concord_operator::admin::AdminTls>) -> Arc<dyn NodeAdmin> {
+        Arc::new(self.clone())
+    }
 }
 
 pub fn member(id: u64, name: &str, role: &str) -> Member {
@@ -476,7 +479,14 @@ impl Harness {
             return;
         };
         let replicas = sts["spec"]["replicas"].as_u64().unwrap_or(0) as u32;
-        let status = json!({"observedGeneration": sts["metadata"]["generation"].clone(), "updateRevision": "rev1", "replicas": replicas});
+        // The template's revision: its config hash, which is what the operator changes.
+        let config_hash = sts["spec"]["template"]["metadata"]["annotations"]
+            ["concordkv.io/config-hash"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string();
+        let revision = format!("rev-{config_hash}");
+        let status = json!({"observedGeneration": sts["metadata"]["generation"].clone(), "updateRevision": revision, "replicas": replicas});
         if sts["status"] != status {
             let mut sts = sts.clone();
             sts["status"] = status;
@@ -491,7 +501,8 @@ impl Harness {
                     e.insert(json!({
                         "apiVersion": "v1", "kind": "Pod",
                         "metadata": {"name": format!("kv-{o}"), "namespace": NS,
-                            "labels": {"app.kubernetes.io/name": "concordkv", "app.kubernetes.io/instance": "kv", "controller-revision-hash": "rev1"},
+                            "labels": {"app.kubernetes.io/name": "concordkv", "app.kubernetes.io/instance": "kv", "controller-revision-hash": revision},
+                            "annotations": {"concordkv.io/config-hash": config_hash},
                             "creationTimestamp": "2026-01-01T00:00:00Z"},
                         "spec": {"containers": [{"name": "concord-node", "image": "ghcr.io/concordkv/concord-node:test"}]},
                         "status": {"podIP": format!("10.0.0.{o}"), "conditions": [{"type": "Ready", "status": "True"}]}
