@@ -180,6 +180,14 @@ def validate_doc(doc, where, concord):
     try:
         if api == "concordkv.io/v1alpha1":
             jsonschema.validate(doc, concord)
+        elif api == "cert-manager.io/v1":
+            # The subsets of cert-manager's schemas the operator's tests also use.
+            name = {"Certificate": "certificate", "Issuer": "issuer", "ClusterIssuer": "issuer"}.get(kind)
+            if name is None:
+                raise ValueError(f"no schema for {kind}")
+            path = os.path.join(ROOT, "operator", "schemas", f"cert-manager-{name}-v1.yaml")
+            with open(path) as f:
+                jsonschema.validate(doc, yaml.safe_load(f))
         elif api == "monitoring.coreos.com/v1":
             schema = {"PrometheusRule": PROMETHEUS_RULE, "ServiceMonitor": SERVICE_MONITOR}.get(kind)
             if schema is None:

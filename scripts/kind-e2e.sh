@@ -15,7 +15,7 @@ TAG="${TAG:-e2e}"
 NODE_IMAGE="ghcr.io/concordkv/concord-node"
 OPERATOR_IMAGE="ghcr.io/concordkv/concord-operator"
 
-for tool in docker kind kubectl helm; do
+for tool in docker kind kubectl helm python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
 
@@ -36,9 +36,16 @@ wait_phase() { # <name> <phase> <timeout seconds>
   kubectl get concord "$1"
 }
 
-kv() { # <method> <path> [body]
-  kubectl run "kv-$RANDOM" --rm -i --restart=Never --quiet --image=curlimages/curl:8.10.1 -- \
-    curl -sf -X "$1" "http://example:8081$2" ${3:+-H 'content-type: application/json' -d "$3"}
+kv() { # <method> <path> [body]: through the client Service, over TLS with the client Secret
+  local name="kv-$RANDOM" cmd overrides
+  cmd=(curl -sf --cacert /tls/ca.crt --cert /tls/tls.crt --key /tls/tls.key -X "$1" "https://example:8081$2")
+  [ -n "${3:-}" ] && cmd+=(-H 'content-type: application/json' -d "$3")
+  overrides="$(python3 -c 'import json, sys; print(json.dumps({"spec": {
+      "volumes": [{"name": "tls", "secret": {"secretName": "example-client-tls"}}],
+      "containers": [{"name": sys.argv[1], "image": "curlimages/curl:8.10.1", "args": sys.argv[2:],
+                      "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": True}]}]}}))' \
+      "$name" "${cmd[@]}")"
+  kubectl run "$name" --rm -i --restart=Never --quiet --image=curlimages/curl:8.10.1 --overrides="$overrides"
 }
 
 cleanup() {

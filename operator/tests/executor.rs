@@ -795,6 +795,55 @@ async fn tls_is_turned_on_for_a_running_cluster_while_writing() {
     assert!(plain.node_status(&addr).await.is_err(), "plaintext admin");
     let secure = plain.scoped(Some(identity.clone()));
     assert!(secure.node_status(&addr).await.is_ok(), "mTLS admin");
+    // With auth enabled (a root user, through etcd's JSON gateway), the operator's certificate
+    // still acts as root on the admin API, while the client certificate's user does not exist.
+    let (_, Some(app)) = pods.clients(Duration::from_secs(5)) else {
+        panic!("tls client");
+    };
+    let etcd = pods
+        .pods
+        .lock()
+        .values()
+        .next()
+        .map(|p| p.etcd)
+        .expect("etcd port");
+    for (path, body) in [
+        ("role/add", serde_json::json!({"name": "root"})),
+        (
+            "user/add",
+            serde_json::json!({"name": "root", "password": "s3cret"}),
+        ),
+        (
+            "user/grant",
+            serde_json::json!({"user": "root", "role": "root"}),
+        ),
+        ("enable", serde_json::json!({})),
+    ] {
+        let r = app
+            .post(format!("https://127.0.0.1:{etcd}/v3/auth/{path}"))
+            .json(&body)
+            .send()
+            .await
+            .expect("auth call");
+        assert!(r.status().is_success(), "{path}: {:?}", r.text().await);
+    }
+    assert!(
+        secure.node_status(&addr).await.is_ok(),
+        "operator under auth"
+    );
+    assert!(secure.members(&addr).await.is_ok(), "operator under auth");
+    let (port, _) = pods.api_ports()[0];
+    let denied = app
+        .post(format!("https://127.0.0.1:{port}/api/set"))
+        .json(&serde_json::json!({"key": "k", "value": "v"}))
+        .send()
+        .await
+        .expect("answer");
+    assert!(
+        denied.status().is_client_error(),
+        "a certificate for a user that does not exist: {}",
+        denied.status()
+    );
     // A client certificate is not a member's: another CA's operator is refused.
     let stranger = ProcessPods::new().mint_certificates(1);
     let foreign = plain.scoped(Some(AdminTls {

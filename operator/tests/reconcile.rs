@@ -372,6 +372,49 @@ async fn tls_is_switched_on_step_by_step_and_certificates_are_minted_once() {
         h.store.lock().objects[&format!("{SECRETS}/kv-ca")]["data"],
         ca_before
     );
+    // A certificate about to expire (here: minted by the test for one hour, under the
+    // cluster's CA) is renewed for the full lifetime.
+    let secret = |h: &Harness, name: &str| -> k8s_openapi::api::core::v1::Secret {
+        serde_json::from_value(h.store.lock().objects[&format!("{SECRETS}/{name}")].clone())
+            .expect("secret")
+    };
+    let text = |s: &k8s_openapi::api::core::v1::Secret, key: &str| {
+        String::from_utf8(s.data.as_ref().expect("data")[key].0.clone()).expect("pem")
+    };
+    let ca_secret = secret(&h, "kv-ca");
+    let ca = concord_operator::tls::certs::Ca {
+        cert_pem: text(&ca_secret, "ca.crt"),
+        key_pem: text(&ca_secret, "ca.key"),
+    };
+    let short = ca
+        .issue(
+            &concord_operator::tls::objects::member_leaf("kv", NS, 2),
+            std::time::Duration::from_secs(3600),
+        )
+        .expect("issue");
+    let mut member = secret(&h, "kv-member-2");
+    member.data.as_mut().expect("data").insert(
+        "tls.crt".into(),
+        k8s_openapi::ByteString(short.cert_pem.into_bytes()),
+    );
+    let path = format!("{SECRETS}/kv-member-2");
+    h.store
+        .lock()
+        .put(path, serde_json::to_value(&member).expect("json"));
+    let calls = h.reconcile().await;
+    assert!(
+        calls.contains(&format!("PATCH {SECRETS}/kv-member-2")),
+        "{calls:?}"
+    );
+    let renewed =
+        concord_operator::tls::certs::inspect(&text(&secret(&h, "kv-member-2"), "tls.crt"))
+            .expect("a certificate");
+    let days = (renewed.not_after - concord_operator::tls::certs::now_seconds()) / 86_400;
+    assert!(
+        (89..=90).contains(&days),
+        "renewed for the default 90 days: {days}"
+    );
+
     // No private key in the status.
     assert!(!h.cr()["status"].to_string().contains("PRIVATE KEY"));
 }
