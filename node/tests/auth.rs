@@ -256,6 +256,7 @@ async fn etcdctl_users_roles_and_permissions_hold_on_every_api() {
         ),
         (Method::GET, "/admin/members", None, &["root"]),
         (Method::GET, "/admin/status", None, &["root"]),
+        (Method::GET, "/admin/snapshot", None, &["root"]),
         (Method::GET, "/api/logs", None, &["root"]),
     ];
     let tokens = [

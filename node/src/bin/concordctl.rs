@@ -135,6 +135,9 @@ enum Cmd {
         #[arg(short, long)]
         listen: bool,
     },
+    /// Backups: save one from a member, check one, restore one into a new cluster's data dir.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Round-trip every endpoint against a running cluster (the seed's test client).
     Check,
     /// Drive a concurrent load and print throughput and latency percentiles.
@@ -181,6 +184,38 @@ enum LeaseCmd {
     Revoke { id: u64 },
     /// A lease's time left and its keys.
     Ttl { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Download a consistent backup of the whole store from a member (root only with auth on).
+    Save { file: std::path::PathBuf },
+    /// Check a backup end to end and print what it holds.
+    Status { file: std::path::PathBuf },
+    /// Write one member's data dir of a NEW cluster from a backup (offline; run once per
+    /// member with the same --initial-cluster, then start each member with its --peers).
+    Restore {
+        file: std::path::PathBuf,
+        /// The new member's data dir (must not exist, or be empty).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// This member's name.
+        #[arg(long)]
+        name: String,
+        /// Every member of the new cluster: name=host:port,... (the peer addresses).
+        #[arg(long)]
+        initial_cluster: String,
+        /// Sets restores of one backup with the same members apart.
+        #[arg(long, default_value = "concordkv-restored")]
+        initial_cluster_token: String,
+        /// Revisions to skip past the backup's, so the new cluster's revisions never go back.
+        #[arg(long, default_value = "1000000")]
+        bump_revision: u64,
+        /// Compact away history before the new first revision (watchers resuming from an old
+        /// revision are told "compacted"); --mark-compacted=false keeps it readable.
+        #[arg(long, default_value = "true", action = clap::ArgAction::Set)]
+        mark_compacted: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -394,6 +429,7 @@ async fn main() -> ExitCode {
             }),
             Err(e) => return fail(e),
         },
+        Cmd::Snapshot(cmd) => return snapshot(&client, out, cmd).await,
         Cmd::Check => return concord_node::cli::check::run(&client).await,
         Cmd::Watch {
             key,
@@ -445,6 +481,68 @@ async fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+async fn snapshot(client: &Client, out: Output, cmd: SnapshotCmd) -> ExitCode {
+    use concord_node::cli::snapshot as s;
+    let result = match cmd {
+        SnapshotCmd::Save { file } => {
+            s::save(client.endpoints(), client.tls(), &file)
+                .await
+                .map(|v| {
+                    (
+                        format!("saved {}: {}", file.display(), s::status_text(&v)),
+                        v,
+                    )
+                })
+        }
+        SnapshotCmd::Status { file } => s::status(&file)
+            .map(|v| (s::status_text(&v), v))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
+        SnapshotCmd::Restore {
+            file,
+            data_dir,
+            name,
+            initial_cluster,
+            initial_cluster_token,
+            bump_revision,
+            mark_compacted,
+        } => match concord_node::backup::restore::parse_initial_cluster(&initial_cluster) {
+            Err(e) => Err(e),
+            Ok(initial_cluster) => {
+                let o = concord_node::backup::restore::RestoreOptions {
+                    backup: file,
+                    data_dir,
+                    name,
+                    initial_cluster,
+                    cluster_token: initial_cluster_token,
+                    bump_revision,
+                    mark_compacted,
+                };
+                s::restore(&o).await.map(|v| {
+                    let text = format!(
+                        "restored {} keys into {} as member {} ({}) of new cluster {}; revisions continue after {} (the backup was at {}){}",
+                        v["keys"],
+                        o.data_dir.display(),
+                        o.name,
+                        v["memberId"].as_str().unwrap_or("?"),
+                        v["clusterId"].as_str().unwrap_or("?"),
+                        v["revision"],
+                        v["backupRevision"],
+                        if o.mark_compacted { ", older revisions compacted" } else { "" },
+                    );
+                    (text, v)
+                })
+            }
+        },
+    };
+    match result {
+        Ok((text, v)) => {
+            print(out, &v, || text);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail_text(&format!("{e:#}")),
+    }
 }
 
 async fn lease(client: &Client, out: Output, cmd: LeaseCmd) -> ExitCode {

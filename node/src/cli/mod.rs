@@ -5,4 +5,5 @@ pub mod bench;
 pub mod bench_watch;
 pub mod check;
 pub mod lease;
+pub mod snapshot;
 pub mod watch;

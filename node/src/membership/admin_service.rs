@@ -114,4 +114,28 @@ impl Admin for AdminService {
     ) -> Result<Response<NodeStatusResponse>, Status> {
         Ok(Response::new(self.app.admin_node_status().await))
     }
+
+    type SnapshotStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<concord_proto::BackupChunk, Status>> + Send>,
+    >;
+
+    async fn snapshot(
+        &self,
+        _req: Request<concord_proto::BackupRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let backup = crate::backup::serve::start(&self.app)
+            .await
+            .map_err(|e| crate::api::etcd::service_status(&e))?;
+        let mut remaining = backup.total_bytes;
+        let chunks = tokio_stream::wrappers::ReceiverStream::new(backup.chunks);
+        let stream = futures::StreamExt::map(chunks, move |chunk| {
+            let data = chunk.map_err(|e| Status::internal(format!("backup: {e}")))?;
+            remaining = remaining.saturating_sub(data.len() as u64);
+            Ok(concord_proto::BackupChunk {
+                data: data.to_vec(),
+                remaining_bytes: remaining,
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
 }

@@ -100,8 +100,9 @@ struct SnapshotInV3 {
     leases: Vec<(LeaseId, i64)>,
 }
 
-/// Writes the data of a snapshot of `kv` and `auth` in the current format.
-fn write_data(out: impl io::Write, kv: &MvccStore, auth: &AuthStore) -> io::Result<()> {
+/// Writes the data of a snapshot of `kv` and `auth` in the current format (also the state
+/// inside a backup).
+pub fn write_data(out: impl io::Write, kv: &MvccStore, auth: &AuthStore) -> io::Result<()> {
     let data = SnapshotOut {
         kv,
         leases: kv.leases().ttls().collect(),
@@ -110,13 +111,45 @@ fn write_data(out: impl io::Write, kv: &MvccStore, auth: &AuthStore) -> io::Resu
     crate::codec::to_writer(out, &data)
 }
 
+/// How many bytes [`write_data`] writes for `kv` and `auth`, without writing them.
+pub fn data_len(kv: &MvccStore, auth: &AuthStore) -> u64 {
+    crate::codec::encoded_len(&SnapshotOut {
+        kv,
+        leases: kv.leases().ttls().collect(),
+        auth,
+    })
+}
+
 fn restore(meta: &SnapshotMeta, file: &SnapshotFile) -> io::Result<StateData> {
     let what = format_args!("the data of {}", file.describe());
-    let (reader, len) = (file.data_reader(), file.data_len());
-    let (kv, auth) = match file.format() {
+    let (kv, auth) = read_data(file.data_reader(), file.format(), file.data_len(), what)?;
+    Ok(StateData {
+        last_applied: meta.last_log_id,
+        membership: meta.last_membership.clone(),
+        kv,
+        auth,
+    })
+}
+
+/// Reads a snapshot's data of format `format` (`len` bytes) from `reader`, upgrading older
+/// formats.
+pub fn read_data(
+    reader: impl io::Read,
+    format: u8,
+    len: u64,
+    what: impl std::fmt::Display,
+) -> io::Result<(MvccStore, AuthStore)> {
+    if format == 0 || format > crate::codec::SNAPSHOT_FORMAT {
+        return Err(crate::codec::invalid_data(format!(
+            "{what} is in state format {format}; this concord-node ({}) reads formats 1 to {}",
+            env!("CARGO_PKG_VERSION"),
+            crate::codec::SNAPSHOT_FORMAT
+        )));
+    }
+    Ok(match format {
         1 => {
-            let legacy: KvMap = crate::codec::from_reader(reader, len, what)?;
-            tracing::info!(snapshot = %file.describe(), "upgrading a pre-MVCC snapshot");
+            let legacy: KvMap = crate::codec::from_reader(reader, len, &what)?;
+            tracing::info!(data = %what, "upgrading a pre-MVCC snapshot");
             (legacy.upgrade(), AuthStore::default())
         }
         // From before leases: none existed.
@@ -139,12 +172,6 @@ fn restore(meta: &SnapshotMeta, file: &SnapshotFile) -> io::Result<StateData> {
             kv.restore_leases(leases);
             (kv, auth)
         }
-    };
-    Ok(StateData {
-        last_applied: meta.last_log_id,
-        membership: meta.last_membership.clone(),
-        kv,
-        auth,
     })
 }
 
@@ -207,7 +234,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// once (a nice 10 thread still holds a core for a scheduler slice, which a write waiting on a
 /// busy two-core machine felt as tens of milliseconds). A snapshot is never urgent: the log
 /// goes on growing on disk, its memory bounded by eviction. Falls back to nice 10.
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
         let param = libc::sched_param { sched_priority: 0 };

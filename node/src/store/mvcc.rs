@@ -1147,6 +1147,17 @@ impl MvccStore {
         at
     }
 
+    /// For a restore into a new cluster: the store's revision moves up to `revision` (the new
+    /// cluster's writes come after it) and, with `compact`, everything before it is compacted
+    /// away (a reader or watcher at an older revision is told so).
+    pub fn move_revision_to(&mut self, revision: u64, compact: bool) {
+        self.revision = self.revision.max(revision);
+        if compact && revision > self.compacted {
+            // Within [compacted, revision] by the line above: cannot be refused.
+            let _ = self.compact(revision);
+        }
+    }
+
     /// Checks a compaction request before it is proposed.
     pub fn check_compact(&self, revision: u64) -> Result<(), MvccError> {
         if revision > self.revision {

@@ -207,3 +207,31 @@ pub async fn node_status(State(app): State<Arc<App>>) -> Json<NodeStatus> {
         ready: s.ready,
     })
 }
+
+/// Response headers of a backup download, besides its length.
+const REVISION_HEADER: &str = "x-concord-revision";
+
+#[utoipa::path(get, path = "/admin/snapshot", tag = "admin",
+    responses(
+        (status = 200, description = "A consistent backup of the whole state, streamed (`concordctl snapshot status` reads it); `x-concord-revision` is its revision", content_type = "application/octet-stream"),
+        (status = 503, description = "No leader to confirm the read with", body = ErrorBody),
+    ))]
+pub async fn snapshot(State(app): State<Arc<App>>) -> Result<axum::response::Response, ApiError> {
+    let backup = crate::backup::serve::start(&app).await?;
+    let stream = tokio_stream::wrappers::ReceiverStream::new(backup.chunks);
+    let body = axum::body::Body::from_stream(stream);
+    let response = axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
+        .header(axum::http::header::CONTENT_LENGTH, backup.total_bytes)
+        .header(REVISION_HEADER, backup.header.revision)
+        .header(
+            axum::http::header::CONTENT_DISPOSITION,
+            format!(
+                "attachment; filename=\"concordkv-{}-{}.backup\"",
+                backup.header.member, backup.header.revision
+            ),
+        )
+        .body(body)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), false))?;
+    Ok(response)
+}

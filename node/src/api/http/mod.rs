@@ -58,6 +58,7 @@ pub fn served_routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(admin_routes::transfer_leader))
         .routes(routes!(admin_routes::members))
         .routes(routes!(admin_routes::node_status))
+        .routes(routes!(admin_routes::snapshot))
         .routes(routes!(prometheus))
         .routes(routes!(openapi_json))
         .routes(routes!(probes::livez))
