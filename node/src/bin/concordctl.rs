@@ -39,6 +39,22 @@ struct Cli {
     /// The client certificate's key (PEM).
     #[arg(long = "key", global = true, env = "CONCORD_KEY")]
     client_key: Option<std::path::PathBuf>,
+    /// Sign in as this user (`NAME` or `NAME:PASSWORD`, as etcdctl takes it); every request
+    /// then carries the token.
+    #[arg(long, global = true, env = "CONCORD_USER")]
+    user: Option<String>,
+    /// The user's password (or put it after a colon in --user).
+    #[arg(long, global = true, env = "CONCORD_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// etcd API endpoints for `user`, `role` and `auth` (default: the --endpoints hosts on
+    /// port 2379).
+    #[arg(
+        long,
+        global = true,
+        env = "CONCORD_ETCD_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    etcd_endpoints: Vec<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -135,6 +151,15 @@ enum Cmd {
         #[arg(short, long)]
         listen: bool,
     },
+    /// Users (etcd's model): add, get, list, delete, passwd, grant-role, revoke-role.
+    #[command(subcommand)]
+    User(concord_node::cli::auth::UserCmd),
+    /// Roles and their key permissions.
+    #[command(subcommand)]
+    Role(concord_node::cli::auth::RoleCmd),
+    /// Turn authentication on or off, or show whether it is on.
+    #[command(subcommand)]
+    Auth(concord_node::cli::auth::AuthCmd),
     /// Backups: save one from a member, check one, restore one into a new cluster's data dir.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
@@ -273,10 +298,24 @@ async fn main() -> ExitCode {
         cert: cli.cert.clone(),
         key: cli.client_key.clone(),
     };
-    let client = match Client::with_tls(&cli.endpoints, Duration::from_secs(cli.timeout), tls) {
+    let mut client = match Client::with_tls(&cli.endpoints, Duration::from_secs(cli.timeout), tls) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    if let Some(user) = &cli.user {
+        let (name, password) = match (user.split_once(':'), &cli.password) {
+            (_, Some(p)) => (user.as_str(), p.clone()),
+            (Some((n, p)), None) => (n, p.to_string()),
+            (None, None) => {
+                eprintln!("error: --user {user:?} needs a password: --password, CONCORD_PASSWORD or NAME:PASSWORD");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(e) = client.sign_in(name, &password).await {
+            return fail(e);
+        }
+    }
+    let etcd = concord_node::cli::auth::etcd_endpoints(&cli.etcd_endpoints, client.endpoints());
     let out = cli.output;
     match cli.cmd {
         Cmd::Set { key, value } => match client.set(&key, &value).await {
@@ -430,6 +469,24 @@ async fn main() -> ExitCode {
             Err(e) => return fail(e),
         },
         Cmd::Snapshot(cmd) => return snapshot(&client, out, cmd).await,
+        Cmd::User(cmd) => {
+            return show(
+                out,
+                concord_node::cli::auth::user(&client, &etcd, cmd).await,
+            )
+        }
+        Cmd::Role(cmd) => {
+            return show(
+                out,
+                concord_node::cli::auth::role(&client, &etcd, cmd).await,
+            )
+        }
+        Cmd::Auth(cmd) => {
+            return show(
+                out,
+                concord_node::cli::auth::auth(&client, &etcd, cmd).await,
+            )
+        }
         Cmd::Check => return concord_node::cli::check::run(&client).await,
         Cmd::Watch {
             key,
@@ -440,6 +497,7 @@ async fn main() -> ExitCode {
             let args = concord_node::cli::watch::WatchArgs {
                 endpoints: client.endpoints(),
                 tls: client.tls(),
+                token: client.token(),
                 key: &key,
                 prefix,
                 from_revision,
@@ -483,19 +541,25 @@ async fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn show(out: Output, result: anyhow::Result<(String, Value)>) -> ExitCode {
+    match result {
+        Ok((text, v)) => {
+            print(out, &v, || text);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail_text(&format!("{e:#}")),
+    }
+}
+
 async fn snapshot(client: &Client, out: Output, cmd: SnapshotCmd) -> ExitCode {
     use concord_node::cli::snapshot as s;
     let result = match cmd {
-        SnapshotCmd::Save { file } => {
-            s::save(client.endpoints(), client.tls(), &file)
-                .await
-                .map(|v| {
-                    (
-                        format!("saved {}: {}", file.display(), s::status_text(&v)),
-                        v,
-                    )
-                })
-        }
+        SnapshotCmd::Save { file } => s::save(client, &file).await.map(|v| {
+            (
+                format!("saved {}: {}", file.display(), s::status_text(&v)),
+                v,
+            )
+        }),
         SnapshotCmd::Status { file } => s::status(&file)
             .map(|v| (s::status_text(&v), v))
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::backup::{self, restore, BackupError, Verified};
-use crate::client::ClientTls;
+use crate::client::Client;
 
 /// What `status` prints about a checked backup.
 pub fn describe(v: &Verified) -> Value {
@@ -51,18 +51,23 @@ pub fn status(path: &Path) -> Result<Value, BackupError> {
 
 /// Downloads a backup from the first endpoint that serves one into `path`: written to
 /// `path.part`, synced, verified, then renamed, so `path` is only ever a complete backup.
-pub async fn save(endpoints: &[String], tls: &ClientTls, path: &Path) -> anyhow::Result<Value> {
+pub async fn save(client: &Client, path: &Path) -> anyhow::Result<Value> {
     // No overall timeout: a large store takes as long as it takes; a stalled connection is
     // caught by the read timeout.
-    let http = tls
+    let http = client
+        .tls()
         .http_builder()?
         .connect_timeout(std::time::Duration::from_secs(5))
         .read_timeout(std::time::Duration::from_secs(60))
         .build()?;
     let part = PathBuf::from(format!("{}.part", path.display()));
     let mut last = anyhow::anyhow!("no endpoints");
-    for ep in endpoints {
-        let resp = match http.get(format!("{ep}/admin/snapshot")).send().await {
+    for ep in client.endpoints() {
+        let mut req = http.get(format!("{ep}/admin/snapshot"));
+        if let Some(token) = client.token() {
+            req = req.bearer_auth(token);
+        }
+        let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
                 last = anyhow::anyhow!("{ep}: {e}");

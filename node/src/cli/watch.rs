@@ -67,6 +67,8 @@ pub fn line(f: &Frame) -> String {
 pub struct WatchArgs<'a> {
     pub endpoints: &'a [String],
     pub tls: &'a crate::client::ClientTls,
+    /// A signed-in client's token (`concordctl --user`).
+    pub token: Option<&'a str>,
     pub key: &'a str,
     pub prefix: bool,
     pub from_revision: Option<u64>,
@@ -98,6 +100,9 @@ pub async fn run(args: WatchArgs<'_>) -> Result<(), String> {
     loop {
         for ep in args.endpoints {
             let mut req = http.get(format!("{}/api/watch?{query}", ep.trim_end_matches('/')));
+            if let Some(token) = args.token {
+                req = req.bearer_auth(token);
+            }
             if let Some(id) = &last_id {
                 req = req.header("Last-Event-ID", id);
             }
@@ -162,7 +167,11 @@ pub async fn until_deleted(
                 ep.trim_end_matches('/'),
                 encode(key)
             );
-            let Ok(mut resp) = http.get(url).send().await else {
+            let mut req = http.get(url);
+            if let Some(token) = client.token() {
+                req = req.bearer_auth(token);
+            }
+            let Ok(mut resp) = req.send().await else {
                 continue;
             };
             if !resp.status().is_success() {

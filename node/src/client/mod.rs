@@ -89,6 +89,9 @@ pub struct Client {
     http: reqwest::Client,
     endpoints: Vec<String>,
     tls: ClientTls,
+    timeout: Duration,
+    /// From [`Client::sign_in`]: sent with every request.
+    token: Option<String>,
 }
 
 fn normalize(endpoint: &str) -> Result<String, ClientError> {
@@ -130,7 +133,50 @@ impl Client {
             http,
             endpoints,
             tls,
+            timeout,
+            token: None,
         })
+    }
+
+    /// Signs in with a user name and password (`POST /api/auth/authenticate`); every later
+    /// request carries the token, on the HTTP API and etcd's gateway alike.
+    pub async fn sign_in(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+        let v = self
+            .send(
+                reqwest::Method::POST,
+                "/api/auth/authenticate",
+                Some(&serde_json::json!({ "name": user, "password": password })),
+            )
+            .await?;
+        let token = v["token"]
+            .as_str()
+            .ok_or_else(|| {
+                ClientError::Transport(format!("sign-in answered without a token: {v}"))
+            })?
+            .to_string();
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|e| ClientError::Transport(format!("the token is not a header value: {e}")))?;
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        self.http = self
+            .tls
+            .http_builder()?
+            .timeout(self.timeout)
+            .default_headers(headers)
+            .build()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        self.token = Some(token);
+        Ok(())
+    }
+
+    /// The token from [`Client::sign_in`], if signed in.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The HTTP client requests go through (TLS settings and token included).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     pub fn endpoints(&self) -> &[String] {
