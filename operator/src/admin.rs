@@ -44,9 +44,15 @@ pub trait NodeAdmin: Send + Sync {
     async fn promote(&self, addr: &str, id: u64) -> Result<AdminResult, AdminCallError>;
     async fn remove(&self, addr: &str, id: u64) -> Result<AdminResult, AdminCallError>;
     async fn transfer_leader(&self, addr: &str, to: u64) -> Result<AdminResult, AdminCallError>;
+    /// A backup of the member's whole state, as it streams (see `backup`).
+    async fn snapshot(&self, addr: &str) -> Result<ByteStream, AdminCallError>;
     /// The same client, presenting `tls` to one cluster's members (None: plaintext).
     fn scoped(&self, tls: Option<AdminTls>) -> Arc<dyn NodeAdmin>;
 }
+
+/// Bytes as a member streams them.
+pub type ByteStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Vec<u8>, AdminCallError>> + Send>>;
 
 /// What the operator presents to a cluster's admin API, and what it expects back: a member
 /// certificate from `ca_pem` naming `domain` (members are reached by IP, so the name checked
@@ -240,6 +246,21 @@ impl NodeAdmin for GrpcAdmin {
             c.transfer_leader(request(TransferLeaderRequest { to }, t)),
         )
         .await
+    }
+    async fn snapshot(&self, addr: &str) -> Result<ByteStream, AdminCallError> {
+        let mut c = self.client(addr)?;
+        // No deadline on the stream itself (a large store takes a while); its start is bounded.
+        let stream = bounded(
+            addr,
+            self.change_timeout,
+            c.snapshot(tonic::Request::new(concord_proto::BackupRequest {})),
+        )
+        .await;
+        let stream = self.forget_if_unreachable(addr, stream)?;
+        let addr = addr.to_string();
+        Ok(Box::pin(futures::StreamExt::map(stream, move |r| {
+            r.map(|chunk| chunk.data).map_err(|s| call_error(&addr, s))
+        })))
     }
     fn scoped(&self, tls: Option<AdminTls>) -> Arc<dyn NodeAdmin> {
         Arc::new(GrpcAdmin {

@@ -10,6 +10,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 
+use crate::backup::ConcordBackup;
 use crate::crd::ConcordCluster;
 use crate::naming::MANAGER;
 use crate::reconcile::{error_policy, reconcile, Context};
@@ -25,8 +26,28 @@ where
     }
 }
 
-/// Runs until SIGTERM/SIGINT. `namespace` limits the watch to one namespace (namespaced RBAC).
+/// Runs until SIGTERM/SIGINT: the cluster controller and the backup controller side by side.
+/// `namespace` limits the watches to one namespace (namespaced RBAC).
 pub async fn run(client: Client, ctx: Arc<Context>, namespace: Option<String>) {
+    let backups = Controller::new(
+        api::<ConcordBackup>(&client, &namespace),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(
+        crate::backup::reconcile::reconcile,
+        crate::backup::reconcile::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "backup reconcile loop");
+        }
+    });
+    futures::join!(clusters(client, ctx, namespace), backups);
+}
+
+async fn clusters(client: Client, ctx: Arc<Context>, namespace: Option<String>) {
     // Only objects we manage wake the controller up.
     let managed =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));

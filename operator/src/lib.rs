@@ -2,6 +2,7 @@
 //! config, and drives Raft membership through the nodes' admin API one safe step at a time.
 
 pub mod admin;
+pub mod backup;
 pub mod build;
 pub mod controller;
 pub mod crd;
@@ -15,12 +16,19 @@ pub mod status;
 pub mod tls;
 pub mod validate;
 
-/// The CRD as YAML, exactly as committed under `manifests/crds/`.
-pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt;
-    let crd = crd::ConcordCluster::crd();
+fn generated<K: kube::CustomResourceExt>() -> String {
     format!(
         "# Generated from the Rust types by `bash scripts/regen.sh` (crdgen); do not edit.\n{}",
-        serde_yaml_ng::to_string(&crd).unwrap_or_default()
+        serde_yaml_ng::to_string(&K::crd()).unwrap_or_default()
     )
+}
+
+/// The ConcordCluster CRD as YAML, exactly as committed under `manifests/crds/`.
+pub fn crd_yaml() -> String {
+    generated::<crd::ConcordCluster>()
+}
+
+/// The ConcordBackup CRD as YAML, exactly as committed under `manifests/crds/`.
+pub fn backup_crd_yaml() -> String {
+    generated::<backup::ConcordBackup>()
 }

@@ -283,7 +283,7 @@ struct Progress {
     warnings: Vec<String>,
 }
 
-fn pod_runtime(client: &Client, name: &str, ns: &str) -> KubePods {
+pub(crate) fn pod_runtime(client: &Client, name: &str, ns: &str) -> KubePods {
     KubePods {
         pods: Api::<Pod>::namespaced(client.clone(), ns),
         sts: Api::<StatefulSet>::namespaced(client.clone(), ns),

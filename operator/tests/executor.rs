@@ -416,6 +416,7 @@ fn start_writer(
 ) -> tokio::task::JoinHandle<Vec<u64>> {
     tokio::spawn(async move {
         let mut acked = Vec::new();
+        let mut clients: (Option<reqwest::Client>, Option<reqwest::Client>) = (None, None);
         let mut i = 0u64;
         while !stop.load(Ordering::SeqCst) {
             let ports = pods.api_ports();
@@ -424,8 +425,16 @@ fn start_writer(
                 continue;
             }
             let (port, tls) = ports[(i as usize) % ports.len()];
-            // Certificates may be minted while the writer runs: the clients follow.
-            let (plain, secure) = pods.clients(Duration::from_secs(3));
+            // Certificates may be minted while the writer runs: the clients follow (built
+            // once each: a TLS client per request costs more than the request).
+            if clients.1.is_none() && (clients.0.is_none() || tls) {
+                let (plain, secure) = pods.clients(Duration::from_secs(3));
+                clients = (Some(plain), secure);
+            }
+            let Some(plain) = clients.0.clone() else {
+                continue;
+            };
+            let secure = clients.1.clone();
             let (http, scheme) = match (tls, &secure) {
                 (true, Some(c)) => (c, "https"),
                 _ => (&plain, "http"),

@@ -1,4 +1,8 @@
-//! Prints the ConcordCluster CRD; its output is committed as manifests/crds/concordclusters.yaml.
+//! Prints a CRD generated from the Rust types: `crdgen` the ConcordCluster CRD, `crdgen backup`
+//! the ConcordBackup one. Their output is committed under manifests/crds/.
 fn main() {
-    print!("{}", concord_operator::crd_yaml());
+    match std::env::args().nth(1).as_deref() {
+        Some("backup") => print!("{}", concord_operator::backup_crd_yaml()),
+        _ => print!("{}", concord_operator::crd_yaml()),
+    }
 }

@@ -237,7 +237,23 @@ pub fn handle(
                 None => json_reply(404, status_body(404, "NotFound")),
             }
         }
-        "POST" => json_reply(201, body),
+        "POST" => {
+            // Created objects are kept (events among them), named as the API server would.
+            let name = body["metadata"]["name"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| {
+                    format!(
+                        "{}{}",
+                        body["metadata"]["generateName"]
+                            .as_str()
+                            .unwrap_or("object-"),
+                        s.rv + 1
+                    )
+                });
+            let created = s.put(format!("{path}/{name}"), body);
+            json_reply(201, created)
+        }
         _ => json_reply(405, status_body(405, "MethodNotAllowed")),
     }
 }
@@ -291,6 +307,8 @@ pub struct Raft {
     members: Vec<Member>,
     leader: u64,
     log: Vec<String>,
+    /// What `snapshot` streams (a real backup file, in the tests that take one).
+    pub backup: Vec<u8>,
 }
 
 #[derive(Default, Clone)]
@@ -393,6 +411,25 @@ impl NodeAdmin for FakeAdmin {
         r.leader = to;
         r.log.push(format!("transfer {to}"));
         ok("transferred")
+    }
+    async fn snapshot(
+        &self,
+        addr: &str,
+    ) -> Result<concord_operator::admin::ByteStream, AdminCallError> {
+        let mut raft = self.0.lock();
+        if !raft.nodes.contains_key(addr) {
+            return Err(AdminCallError::Unreachable {
+                addr: addr.into(),
+                message: "no such node".into(),
+            });
+        }
+        raft.log.push(format!("snapshot {addr}"));
+        let chunks: Vec<Result<Vec<u8>, AdminCallError>> = raft
+            .backup
+            .chunks(64 * 1024)
+            .map(|c| Ok(c.to_vec()))
+            .collect();
+        Ok(Box::pin(futures::stream::iter(chunks)))
     }
     fn scoped(&self, _tls: Option<concord_operator::admin::AdminTls>) -> Arc<dyn NodeAdmin> {
         Arc::new(self.clone())

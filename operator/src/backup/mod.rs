@@ -1,0 +1,141 @@
+//! Backups of a ConcordCluster: the `ConcordBackup` resource (one backup, to object storage),
+//! where its object goes (`location`, pure), how the operator streams a member's backup into
+//! the store (`upload`), and its reconcile (`reconcile`).
+//!
+//! The operator streams the backup itself, from the member's admin API (over mutual TLS, with
+//! its own certificate) into a multipart upload: it already holds the identity the admin API
+//! requires and reaches every member, so nothing else needs those credentials, no Job or image
+//! has to be scheduled, and memory stays at a few upload parts whatever the store's size.
+
+pub mod location;
+pub mod reconcile;
+pub mod upload;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One backup of a cluster, taken once. Its status says where it went and what it holds.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "concordkv.io",
+    version = "v1alpha1",
+    kind = "ConcordBackup",
+    plural = "concordbackups",
+    shortname = "concordbackup",
+    category = "concordkv",
+    namespaced,
+    status = "ConcordBackupStatus",
+    printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Revision", type_ = "integer", json_path = ".status.revision"),
+    printcolumn(name = "Size", type_ = "integer", json_path = ".status.sizeBytes"),
+    printcolumn(
+        name = "Location",
+        type_ = "string",
+        json_path = ".status.location",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConcordBackupSpec {
+    /// The ConcordCluster (same namespace) to back up.
+    pub cluster: String,
+    pub destination: BackupDestination,
+}
+
+/// Where backups go.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupDestination {
+    /// S3 or an S3-compatible store (MinIO, Ceph RGW, ...).
+    pub s3: S3Destination,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    pub bucket: String,
+    /// Objects are written under this prefix (`<prefix>/<cluster>/...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// For S3-compatible stores: `https://minio.example:9000`. Empty: AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Default `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Address the bucket in the path (`endpoint/bucket/key`), as most S3-compatible stores
+    /// want, rather than as a host name.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// A Secret in the same namespace with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
+    /// (and optionally `AWS_SESSION_TOKEN`). Never copied into status, events or logs.
+    pub credentials_secret: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum BackupPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl BackupPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupPhase::Pending => "Pending",
+            BackupPhase::Running => "Running",
+            BackupPhase::Succeeded => "Succeeded",
+            BackupPhase::Failed => "Failed",
+        }
+    }
+    pub fn finished(self) -> bool {
+        matches!(self, BackupPhase::Succeeded | BackupPhase::Failed)
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConcordBackupStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<BackupPhase>,
+    /// `s3://bucket/key` of the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// The store revision the backup holds, and its key count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u64>,
+    /// SHA-256 of the backup (its last 32 bytes), checked while it streamed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// The member it was taken from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Why it failed (or what it waits for), in one word and in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Attempts made; a backup fails for good after a few.
+    #[serde(default)]
+    pub attempts: u32,
+    /// When the last attempt ended (retries wait a while after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<String>,
+}

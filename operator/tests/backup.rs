@@ -1,0 +1,367 @@
+//! Backups to a real S3-compatible server (moto, started on loopback by the test): a real
+//! member's backup streamed through the operator's upload into the store and read back intact;
+//! then the ConcordBackup reconcile against the fake API server, to Succeeded with its
+//! location, revision and checksum in the status, and to Failed with the reason when the
+//! cluster or the credentials are missing. The credentials appear in no status, event or log.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use concord_operator::admin::{GrpcAdmin, NodeAdmin};
+use concord_operator::backup::location::object_key;
+use concord_operator::backup::upload::{self, Credentials};
+use concord_operator::backup::{ConcordBackup, S3Destination};
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use serde_json::json;
+
+const ACCESS_KEY: &str = "AKIAEXAMPLEOPERATOR1";
+const SECRET_KEY: &str = "s3cr3t-never-shown-anywhere-0123456789";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// moto's S3 server on a free loopback port, with bucket `backups`.
+async fn s3_server() -> (Killed, String) {
+    let tools =
+        std::env::var("CONCORD_TOOLS_DIR").unwrap_or_else(|_| "/var/tmp/concord-tools".into());
+    let bin = format!("{tools}/venv/bin/moto_server");
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} is missing: run `bash scripts/deploy-tools.sh` (scripts/test.sh does)"
+    );
+    let port = free_port();
+    let child = Command::new(&bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto_server");
+    let server = Killed(child);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.put(format!("{endpoint}/backups")).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (server, endpoint)
+}
+
+fn destination(endpoint: &str) -> S3Destination {
+    S3Destination {
+        bucket: "backups".into(),
+        prefix: Some("concordkv".into()),
+        endpoint: Some(endpoint.into()),
+        region: None,
+        force_path_style: true,
+        credentials_secret: "s3-credentials".into(),
+    }
+}
+
+fn creds() -> Credentials {
+    Credentials {
+        access_key_id: ACCESS_KEY.into(),
+        secret_access_key: SECRET_KEY.into(),
+        session_token: None,
+    }
+}
+
+/// A single real member with some keys, and its peer address.
+async fn member(dir: &std::path::Path) -> (Killed, String) {
+    let (peer, api, etcd) = (free_port(), free_port(), free_port());
+    let child = Command::new(node_binary())
+        .args([
+            "--node-id",
+            "kv-0",
+            "--listen",
+            &format!("127.0.0.1:{peer}"),
+            "--api",
+            &format!("127.0.0.1:{api}"),
+            "--etcd-listen",
+            &format!("127.0.0.1:{etcd}"),
+            "--data-dir",
+        ])
+        .arg(dir.join("kv-0"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start concord-node");
+    let node = Killed(child);
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut written = 0;
+    while written < 300 {
+        let r = http
+            .post(format!("http://127.0.0.1:{api}/api/set"))
+            .json(&json!({"key": format!("key{written}"), "value": "v".repeat(100)}))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            written += 1;
+        } else {
+            assert!(Instant::now() < deadline, "the member never took writes");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    (node, format!("127.0.0.1:{peer}"))
+}
+
+/// A member's backup, streamed through the operator's upload into S3, comes back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_backup_streams_into_s3_intact() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (_s3, endpoint) = s3_server().await;
+    let (_node, addr) = member(dir.path()).await;
+    let store = upload::s3_store(&destination(&endpoint), &creds()).expect("store");
+    let chunks = GrpcAdmin::default()
+        .snapshot(&addr)
+        .await
+        .expect("snapshot");
+    let done = upload::upload(store.as_ref(), chunks, |h| {
+        object_key(Some("concordkv"), "default", "kv", h)
+    })
+    .await
+    .expect("upload");
+    assert_eq!(done.header.keys, 300);
+    assert!(
+        done.key.starts_with("concordkv/default/kv/kv-r"),
+        "{}",
+        done.key
+    );
+    // Read back and checked by concordctl, as an operator restoring it would.
+    let bytes = store
+        .get(&object_store::path::Path::from(done.key.as_str()))
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(bytes.len() as u64, done.bytes);
+    let file = dir.path().join("downloaded.backup");
+    std::fs::File::create(&file)
+        .and_then(|mut f| f.write_all(&bytes))
+        .expect("write");
+    let ctl = node_binary().with_file_name("concordctl");
+    let out = Command::new(ctl)
+        .args(["-o", "json", "snapshot", "status"])
+        .arg(&file)
+        .output()
+        .expect("concordctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status["checksum"], done.checksum.as_str());
+
+    // A stream cut short is not completed into an object.
+    let short: Vec<Result<Vec<u8>, String>> = vec![Ok(bytes[..bytes.len() / 2].to_vec())];
+    let cut = upload::upload(store.as_ref(), futures::stream::iter(short), |_| {
+        "concordkv/cut.backup".into()
+    })
+    .await;
+    assert!(cut.is_err());
+    let listed: Vec<_> = store
+        .list(Some(&object_store::path::Path::from("concordkv")))
+        .try_collect()
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+}
+
+/// Captures the operator's log lines for the test.
+#[derive(Clone, Default)]
+struct Logs(Arc<parking_lot::Mutex<Vec<u8>>>);
+impl Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const BACKUPS: &str = "/apis/concordkv.io/v1alpha1/namespaces/default/concordbackups";
+
+fn backup_object(name: &str, cluster: &str, endpoint: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "concordkv.io/v1alpha1", "kind": "ConcordBackup",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"), "generation": 1},
+        "spec": {"cluster": cluster, "destination": {"s3": destination(endpoint)}},
+    })
+}
+
+async fn reconcile_backup(h: &Harness, name: &str) -> serde_json::Value {
+    let path = format!("{BACKUPS}/{name}");
+    let b: ConcordBackup =
+        serde_json::from_value(h.store.lock().objects[&path].clone()).expect("backup");
+    concord_operator::backup::reconcile::reconcile(Arc::new(b), h.ctx.clone())
+        .await
+        .expect("reconcile");
+    h.store.lock().objects[&path].clone()
+}
+
+/// The ConcordBackup reconcile, against the fake API server and the real S3 server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concord_backup_goes_to_succeeded_and_keeps_credentials_out_of_sight() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .finish(),
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let (_s3, endpoint) = s3_server().await;
+    let (_node, addr) = member(dir.path()).await;
+    // The member's real backup is what the fake admin API streams.
+    let mut bytes = Vec::new();
+    let mut chunks = GrpcAdmin::default()
+        .snapshot(&addr)
+        .await
+        .expect("snapshot");
+    while let Some(c) = chunks.try_next().await.expect("chunk") {
+        bytes.extend_from_slice(&c);
+    }
+
+    let h = Harness::new(json!({"replicas": 3, "tls": {"mode": "disabled"}}));
+    h.reconcile().await;
+    h.settle().await;
+    h.admin.0.lock().backup = bytes;
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("s3-credentials".into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        data: Some(
+            [
+                ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+                ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            ]
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                )
+            })
+            .collect(),
+        ),
+        ..Default::default()
+    };
+    h.store.lock().put(
+        format!("/api/v1/namespaces/{NS}/secrets/s3-credentials"),
+        serde_json::to_value(&secret).expect("json"),
+    );
+
+    h.store.lock().put(
+        format!("{BACKUPS}/nightly"),
+        backup_object("nightly", "kv", &endpoint),
+    );
+    let done = reconcile_backup(&h, "nightly").await;
+    let status = &done["status"];
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert_eq!(status["keys"], 300);
+    assert!(status["revision"].as_u64().unwrap_or(0) > 0);
+    let location = status["location"].as_str().expect("location");
+    assert!(
+        location.starts_with("s3://backups/concordkv/default/kv/kv-r"),
+        "{location}"
+    );
+    assert_eq!(status["checksum"].as_str().map(str::len), Some(64));
+    assert!(
+        status["member"].as_str().is_some_and(|m| m != "kv-0"),
+        "a follower: {status}"
+    );
+    // The object is there.
+    let store = upload::s3_store(&destination(&endpoint), &creds()).expect("store");
+    let key = location.trim_start_matches("s3://backups/");
+    let meta = store
+        .head(&object_store::path::Path::from(key))
+        .await
+        .expect("the object");
+    assert_eq!(Some(meta.size), status["sizeBytes"].as_u64());
+    // Finished: reconciling again changes nothing.
+    assert_eq!(reconcile_backup(&h, "nightly").await["status"], *status);
+
+    // A backup of a cluster that does not exist, and one without its credentials, fail at once
+    // with the reason.
+    h.store.lock().put(
+        format!("{BACKUPS}/lost"),
+        backup_object("lost", "nope", &endpoint),
+    );
+    let lost = reconcile_backup(&h, "lost").await;
+    assert_eq!(lost["status"]["phase"], "Failed");
+    assert_eq!(lost["status"]["reason"], "ClusterNotFound");
+    h.store
+        .lock()
+        .delete(&format!("/api/v1/namespaces/{NS}/secrets/s3-credentials"));
+    h.store.lock().put(
+        format!("{BACKUPS}/nocreds"),
+        backup_object("nocreds", "kv", &endpoint),
+    );
+    let nocreds = reconcile_backup(&h, "nocreds").await;
+    assert_eq!(nocreds["status"]["phase"], "Failed");
+    assert_eq!(nocreds["status"]["reason"], "CredentialsMissing");
+    assert!(nocreds["status"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("s3-credentials")));
+
+    // The secret key is nowhere: not in any object (statuses, events), not in the logs.
+    let everything = serde_json::to_string(&h.store.lock().objects).expect("json");
+    let outside_secret =
+        everything.replace(&serde_json::to_string(&secret.data).unwrap_or_default(), "");
+    let reasons: Vec<String> = h
+        .store
+        .lock()
+        .objects
+        .values()
+        .filter(|o| o["kind"] == "Event" && o["regarding"]["kind"] == "ConcordBackup")
+        .filter_map(|o| o["reason"].as_str().map(String::from))
+        .collect();
+    for reason in ["BackupSucceeded", "ClusterNotFound", "CredentialsMissing"] {
+        assert!(reasons.iter().any(|r| r == reason), "{reason}: {reasons:?}");
+    }
+    for secret_text in [SECRET_KEY, ACCESS_KEY] {
+        assert!(
+            !outside_secret.contains(secret_text),
+            "{secret_text} leaked into an object"
+        );
+        let log = String::from_utf8_lossy(&logs.0.lock()).into_owned();
+        assert!(
+            !log.contains(secret_text),
+            "{secret_text} leaked into the log"
+        );
+    }
+    assert!(
+        !String::from_utf8_lossy(&logs.0.lock()).is_empty(),
+        "the log was captured"
+    );
+}
