@@ -11,5 +11,7 @@ cargo run -q -p concord-operator --bin crdgen > manifests/crds/concordclusters.y
 cp manifests/crds/concordclusters.yaml charts/concordkv-operator/crds/concordclusters.yaml
 cargo run -q -p concord-operator --bin crdgen backup > manifests/crds/concordbackups.yaml
 cp manifests/crds/concordbackups.yaml charts/concordkv-operator/crds/concordbackups.yaml
+cargo run -q -p concord-operator --bin crdgen backup-schedule > manifests/crds/concordbackupschedules.yaml
+cp manifests/crds/concordbackupschedules.yaml charts/concordkv-operator/crds/concordbackupschedules.yaml
 tools="$(bash scripts/deploy-tools.sh)"
 HELM="$tools/bin/helm" "$tools/venv/bin/python" scripts/deploy_check.py render

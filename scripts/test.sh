@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 # The build cache lives outside the clone so repeated runs (and CI) reuse it.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/concordkv-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# One build per run: incremental state would only take disk (tens of GB over a workspace).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # The chaos suite's partition nemesis puts nodes in network namespaces and cuts links with
 # iptables. As root (CI) install what it needs; elsewhere it says so and skips partitions.

@@ -10,6 +10,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 
+use crate::backup::schedule::ConcordBackupSchedule;
 use crate::backup::ConcordBackup;
 use crate::crd::ConcordCluster;
 use crate::naming::MANAGER;
@@ -44,7 +45,26 @@ pub async fn run(client: Client, ctx: Arc<Context>, namespace: Option<String>) {
             tracing::debug!(error = %e, "backup reconcile loop");
         }
     });
-    futures::join!(clusters(client, ctx, namespace), backups);
+    let schedules = Controller::new(
+        api::<ConcordBackupSchedule>(&client, &namespace),
+        watcher::Config::default(),
+    )
+    .owns(
+        api::<ConcordBackup>(&client, &namespace),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(
+        crate::backup::scheduler::reconcile,
+        crate::backup::scheduler::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "backup schedule reconcile loop");
+        }
+    });
+    futures::join!(clusters(client, ctx, namespace), backups, schedules);
 }
 
 async fn clusters(client: Client, ctx: Arc<Context>, namespace: Option<String>) {

@@ -32,3 +32,8 @@ pub fn crd_yaml() -> String {
 pub fn backup_crd_yaml() -> String {
     generated::<backup::ConcordBackup>()
 }
+
+/// The ConcordBackupSchedule CRD as YAML, exactly as committed under `manifests/crds/`.
+pub fn backup_schedule_crd_yaml() -> String {
+    generated::<backup::schedule::ConcordBackupSchedule>()
+}

@@ -365,3 +365,135 @@ async fn a_concord_backup_goes_to_succeeded_and_keeps_credentials_out_of_sight()
         "the log was captured"
     );
 }
+
+const SCHEDULES: &str = "/apis/concordkv.io/v1alpha1/namespaces/default/concordbackupschedules";
+
+/// A schedule with a fake clock: backups created when due (once per time), taken into the real
+/// S3 server, the older one pruned (its object and its ConcordBackup) once a newer one has
+/// succeeded — and never because a newer one failed; paused takes none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_and_prunes_only_after_success() {
+    use chrono::{DateTime, Utc};
+    use concord_operator::backup::schedule::ConcordBackupSchedule;
+    let dir = tempfile::tempdir().expect("dir");
+    let (_s3, endpoint) = s3_server().await;
+    let (_node, addr) = member(dir.path()).await;
+    let mut bytes = Vec::new();
+    let mut chunks = GrpcAdmin::default()
+        .snapshot(&addr)
+        .await
+        .expect("snapshot");
+    while let Some(c) = chunks.try_next().await.expect("chunk") {
+        bytes.extend_from_slice(&c);
+    }
+    let h = Harness::new(json!({"replicas": 3, "tls": {"mode": "disabled"}}));
+    h.reconcile().await;
+    h.settle().await;
+    h.admin.0.lock().backup = bytes;
+    h.store.lock().put(
+        format!("/api/v1/namespaces/{NS}/secrets/s3-credentials"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "s3-credentials", "namespace": NS},
+               "stringData": {},
+               "data": {"AWS_ACCESS_KEY_ID": base64(ACCESS_KEY), "AWS_SECRET_ACCESS_KEY": base64(SECRET_KEY)}}),
+    );
+    h.store.lock().put(
+        format!("{SCHEDULES}/nightly"),
+        json!({
+            "apiVersion": "concordkv.io/v1alpha1", "kind": "ConcordBackupSchedule",
+            "metadata": {"name": "nightly", "namespace": NS, "uid": "uid-nightly", "generation": 1,
+                         "creationTimestamp": "2026-12-05T00:00:00Z"},
+            "spec": {"cluster": "kv", "schedule": "*/10 * * * *", "retention": {"keep": 1},
+                     "destination": {"s3": destination(&endpoint)}},
+        }),
+    );
+    let at = |t: &str| -> DateTime<Utc> { t.parse().expect("time") };
+    let schedule = |h: &Harness| -> ConcordBackupSchedule {
+        serde_json::from_value(h.store.lock().objects[&format!("{SCHEDULES}/nightly")].clone())
+            .expect("schedule")
+    };
+    let backups = |h: &Harness| -> Vec<String> {
+        h.store
+            .lock()
+            .objects
+            .keys()
+            .filter_map(|k| k.strip_prefix(&format!("{BACKUPS}/")).map(String::from))
+            .collect()
+    };
+    let tick = |t: &'static str| {
+        let s = schedule(&h);
+        let ctx = h.ctx.clone();
+        async move {
+            concord_operator::backup::scheduler::reconcile_at(&s, &ctx, at(t))
+                .await
+                .expect("schedule reconcile");
+        }
+    };
+
+    tick("2026-12-05T00:05:00Z").await;
+    assert!(backups(&h).is_empty(), "nothing due before 00:10");
+    tick("2026-12-05T00:10:00Z").await;
+    assert_eq!(backups(&h), ["nightly-202612050010"]);
+    tick("2026-12-05T00:10:30Z").await;
+    assert_eq!(backups(&h).len(), 1, "once per time");
+    let first = reconcile_backup(&h, "nightly-202612050010").await;
+    assert_eq!(first["status"]["phase"], "Succeeded", "{}", first["status"]);
+    // The member's next backup (a second later: its own time, its own object).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut again = Vec::new();
+    let mut chunks = GrpcAdmin::default()
+        .snapshot(&addr)
+        .await
+        .expect("snapshot");
+    while let Some(c) = chunks.try_next().await.expect("chunk") {
+        again.extend_from_slice(&c);
+    }
+    h.admin.0.lock().backup = again;
+    tick("2026-12-05T00:20:00Z").await;
+    assert_eq!(backups(&h).len(), 2);
+    let second = reconcile_backup(&h, "nightly-202612050020").await;
+    assert_eq!(second["status"]["phase"], "Succeeded");
+    let store = upload::s3_store(&destination(&endpoint), &creds()).expect("store");
+    let count = |store: Arc<dyn ObjectStore>| async move {
+        store
+            .list(Some(&object_store::path::Path::from("concordkv")))
+            .try_collect::<Vec<_>>()
+            .await
+            .expect("list")
+            .len()
+    };
+    assert_eq!(count(store.clone()).await, 2);
+
+    // keep: 1 — the older success goes, object first, once the newer one has succeeded.
+    tick("2026-12-05T00:21:00Z").await;
+    assert_eq!(backups(&h), ["nightly-202612050020"]);
+    assert_eq!(count(store.clone()).await, 1);
+    let status = &h.store.lock().objects[&format!("{SCHEDULES}/nightly")]["status"].clone();
+    assert_eq!(status["pruned"], 1);
+    assert_eq!(status["recent"][0]["name"], "nightly-202612050020");
+    assert!(status["lastSuccessfulTime"].is_string());
+    assert_eq!(status["nextScheduleTime"], "2026-12-05T00:30:00+00:00");
+
+    // A failing run never prunes the last good backup.
+    let mut sched = h.store.lock().objects[&format!("{SCHEDULES}/nightly")].clone();
+    sched["spec"]["cluster"] = "nope".into();
+    h.store.lock().put(format!("{SCHEDULES}/nightly"), sched);
+    tick("2026-12-05T00:30:00Z").await;
+    let failed = reconcile_backup(&h, "nightly-202612050030").await;
+    assert_eq!(failed["status"]["phase"], "Failed");
+    tick("2026-12-05T00:31:00Z").await;
+    assert!(backups(&h).contains(&"nightly-202612050020".to_string()));
+    assert_eq!(count(store.clone()).await, 1);
+
+    // Paused: nothing new.
+    let mut sched = h.store.lock().objects[&format!("{SCHEDULES}/nightly")].clone();
+    sched["spec"]["paused"] = true.into();
+    h.store.lock().put(format!("{SCHEDULES}/nightly"), sched);
+    tick("2026-12-05T00:40:00Z").await;
+    assert_eq!(backups(&h).len(), 2);
+}
+
+fn base64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}

@@ -27,6 +27,20 @@ fn committed_backup_crd_matches_the_types() {
 }
 
 #[test]
+fn committed_backup_schedule_crd_matches_the_types() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/crds/concordbackupschedules.yaml"
+    );
+    let committed =
+        std::fs::read_to_string(path).expect("manifests/crds/concordbackupschedules.yaml");
+    assert!(
+        committed == concord_operator::backup_schedule_crd_yaml(),
+        "manifests/crds/concordbackupschedules.yaml is stale: run `bash scripts/regen.sh`"
+    );
+}
+
+#[test]
 fn the_crd_has_the_subresources_and_columns_kubectl_needs() {
     let crd: serde_json::Value =
         serde_yaml_ng::from_str(&concord_operator::crd_yaml()).expect("yaml");

@@ -9,6 +9,8 @@
 
 pub mod location;
 pub mod reconcile;
+pub mod schedule;
+pub mod scheduler;
 pub mod upload;
 
 use kube::CustomResource;

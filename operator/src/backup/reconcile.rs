@@ -139,6 +139,19 @@ async fn credentials(ctx: &Context, ns: &str, name: &str) -> Result<Credentials,
     })
 }
 
+/// The store a destination names, with its Secret's credentials; a message naming what is
+/// wrong (never a credential) otherwise.
+pub(crate) async fn credentials_for(
+    ctx: &Context,
+    ns: &str,
+    s3: &super::S3Destination,
+) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, String> {
+    let creds = credentials(ctx, ns, &s3.credentials_secret)
+        .await
+        .map_err(|s| s.message)?;
+    upload::s3_store(s3, &creds)
+}
+
 /// Takes the backup: everything that can stop it is a [`Stop`].
 async fn take(
     ctx: &Context,

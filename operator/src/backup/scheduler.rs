@@ -1,0 +1,228 @@
+//! Reconcile one ConcordBackupSchedule: list its backups → status → prune by retention (the
+//! objects in the store first, then the ConcordBackups) → create the backup that is due. The
+//! backups themselves are ConcordBackups, taken by their own reconcile.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::{Api, Resource, ResourceExt};
+
+use super::reconcile::{credentials_for, Error};
+use super::schedule::{
+    due, next, parse_schedule, to_prune, ConcordBackupSchedule, ConcordBackupScheduleStatus, Run,
+    ScheduledRun, SCHEDULE_LABEL,
+};
+use super::{BackupPhase, ConcordBackup, ConcordBackupSpec};
+use crate::naming::MANAGER;
+use crate::reconcile::Context;
+
+const DEFAULT_KEEP: u32 = 7;
+const DEFAULT_HISTORY: usize = 5;
+
+pub fn error_policy(_s: Arc<ConcordBackupSchedule>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(%error, "backup schedule reconcile failed");
+    Requeue::requeue(Duration::from_secs(30))
+}
+
+pub async fn reconcile(s: Arc<ConcordBackupSchedule>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    reconcile_at(&s, &ctx, Utc::now()).await
+}
+
+fn parse_time(t: Option<&str>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| t.parse().ok())
+}
+
+/// The reconcile at `now` (tests pass a clock of their own).
+pub async fn reconcile_at(
+    s: &ConcordBackupSchedule,
+    ctx: &Context,
+    now: DateTime<Utc>,
+) -> Result<Requeue, Error> {
+    let ns = s.namespace().ok_or(Error::NoNamespace)?;
+    let name = s.name_any();
+    let mut status = s.status.clone().unwrap_or_default();
+    let cron = match parse_schedule(&s.spec.schedule) {
+        Ok(c) => c,
+        Err(message) => {
+            status.message = Some(message);
+            write_status(ctx, s, &ns, &status).await?;
+            return Ok(Requeue::requeue(Duration::from_secs(300)));
+        }
+    };
+    status.message = None;
+
+    let backups: Api<ConcordBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut mine = backups
+        .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}")))
+        .await?
+        .items;
+    let finished =
+        |b: &ConcordBackup| parse_time(b.status.as_ref().and_then(|st| st.finished_at.as_deref()));
+    mine.sort_by_key(|b| std::cmp::Reverse(b.metadata.creation_timestamp.clone().map(|t| t.0)));
+    let phase = |b: &ConcordBackup| b.status.as_ref().and_then(|st| st.phase);
+
+    // Retention, only ever after a success (see `to_prune`).
+    if !s.spec.paused {
+        let runs: Vec<Run> = mine
+            .iter()
+            .map(|b| Run {
+                name: b.name_any(),
+                succeeded: phase(b) == Some(BackupPhase::Succeeded),
+                finished: finished(b),
+            })
+            .collect();
+        let keep = s.spec.retention.keep.unwrap_or(DEFAULT_KEEP);
+        let max_age = s
+            .spec
+            .retention
+            .max_age_days
+            .map(|d| chrono::Duration::days(i64::from(d)));
+        let doomed = to_prune(&runs, keep, max_age, now);
+        if !doomed.is_empty() {
+            let store = match credentials_for(ctx, &ns, &s.spec.destination.s3).await {
+                Ok(store) => Some(store),
+                Err(m) => {
+                    status.message = Some(format!("cannot prune old backups: {m}"));
+                    None
+                }
+            };
+            for victim in doomed.iter().filter(|_| store.is_some()) {
+                let Some(b) = mine.iter().find(|b| &b.name_any() == victim) else {
+                    continue;
+                };
+                let key = b
+                    .status
+                    .as_ref()
+                    .and_then(|st| st.location.as_deref())
+                    .and_then(|l| l.strip_prefix("s3://"))
+                    .and_then(|l| l.split_once('/'))
+                    .map(|(_, key)| key.to_string());
+                if let (Some(store), Some(key)) = (&store, key) {
+                    if let Err(e) = store
+                        .delete(&object_store::path::Path::from(key.as_str()))
+                        .await
+                    {
+                        if !matches!(e, object_store::Error::NotFound { .. }) {
+                            status.message = Some(format!("cannot prune {key}: {e}"));
+                            continue;
+                        }
+                    }
+                }
+                backups.delete(victim, &DeleteParams::default()).await?;
+                status.pruned += 1;
+                tracing::info!(namespace = %ns, schedule = %name, backup = %victim, "pruned by retention");
+            }
+            mine.retain(|b| !doomed.contains(&b.name_any()) || store.is_none());
+        }
+    }
+
+    // A new backup when one is due and none is still running.
+    let busy = mine
+        .iter()
+        .any(|b| !phase(b).is_some_and(BackupPhase::finished));
+    let after = parse_time(status.last_schedule_time.as_deref())
+        .or_else(|| {
+            s.metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| t.0.to_string().parse().ok())
+        })
+        .unwrap_or(now);
+    if !s.spec.paused && !busy {
+        if let Some(at) = due(&cron, after, now) {
+            let backup_name = format!("{name}-{}", at.format("%Y%m%d%H%M"));
+            let b = ConcordBackup {
+                metadata: ObjectMeta {
+                    name: Some(backup_name.clone()),
+                    namespace: Some(ns.clone()),
+                    labels: Some(BTreeMap::from([
+                        (SCHEDULE_LABEL.to_string(), name.clone()),
+                        (
+                            "app.kubernetes.io/managed-by".to_string(),
+                            MANAGER.to_string(),
+                        ),
+                    ])),
+                    owner_references: s.controller_owner_ref(&()).map(|o| vec![o]),
+                    ..Default::default()
+                },
+                spec: ConcordBackupSpec {
+                    cluster: s.spec.cluster.clone(),
+                    destination: s.spec.destination.clone(),
+                },
+                status: None,
+            };
+            match backups.create(&PostParams::default(), &b).await {
+                Ok(created) => mine.insert(0, created),
+                // Created by an earlier pass whose status write was lost: it is this run.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            status.last_schedule_time = Some(at.to_rfc3339());
+            tracing::info!(namespace = %ns, schedule = %name, backup = %backup_name, "scheduled backup created");
+        }
+    }
+
+    let history = s
+        .spec
+        .history
+        .map(|h| h as usize)
+        .unwrap_or(DEFAULT_HISTORY);
+    status.recent = mine
+        .iter()
+        .take(history)
+        .map(|b| {
+            let st = b.status.clone().unwrap_or_default();
+            ScheduledRun {
+                name: b.name_any(),
+                phase: st.phase,
+                location: st.location,
+                revision: st.revision,
+                finished_at: st.finished_at,
+            }
+        })
+        .collect();
+    if let Some(t) = mine
+        .iter()
+        .filter(|b| phase(b) == Some(BackupPhase::Succeeded))
+        .filter_map(finished)
+        .max()
+    {
+        status.last_successful_time = Some(t.to_rfc3339());
+    }
+    let upcoming = next(&cron, now);
+    status.next_schedule_time = upcoming.map(|t| t.to_rfc3339());
+    write_status(ctx, s, &ns, &status).await?;
+    let wait = upcoming
+        .map(|t| (t - now).num_seconds().max(1) as u64)
+        .unwrap_or(300)
+        .min(300);
+    Ok(Requeue::requeue(Duration::from_secs(wait)))
+}
+
+async fn write_status(
+    ctx: &Context,
+    s: &ConcordBackupSchedule,
+    ns: &str,
+    status: &ConcordBackupScheduleStatus,
+) -> Result<(), Error> {
+    if s.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<ConcordBackupSchedule> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = serde_json::json!({
+        "apiVersion": ConcordBackupSchedule::api_version(&()),
+        "kind": ConcordBackupSchedule::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &s.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
