@@ -144,6 +144,8 @@ def table(a, b):
 if __name__ == "__main__":
     scale.NODE, scale.CTL = sys.argv[1], sys.argv[2]
     keys = int(sys.argv[3]) if len(sys.argv) > 3 else 1000000
-    a = measure(scale.Concord, keys)
-    b = measure(scale.Etcd, keys)
-    table(a, b)
+    systems = os.environ.get("SYSTEMS", "concordkv,etcd").split(",")
+    a = measure(scale.Concord, keys) if "concordkv" in systems else None
+    b = measure(scale.Etcd, keys) if "etcd" in systems else None
+    if a and b:
+        table(a, b)

@@ -8,17 +8,19 @@
 //! |---|---|
 //! | 8 | magic `CKVBACK` and the format as one ASCII digit |
 //! | 4 | header length |
-//! | n | header, JSON ([`BackupHeader`]): cluster, revision, Raft index, time, version, sizes |
-//! | `dataBytes` | the state, exactly as a snapshot file holds it (format `dataFormat`) |
+//! | n | header, JSON ([`BackupHeader`]): cluster, revision, Raft index, time, version |
+//! | d | the state, exactly as a snapshot file holds it (format `dataFormat`) |
 //! | 0..511 | zeros, so that the file's size is 32 more than a multiple of 512 |
 //! | 8 | `CKVBKEND` |
+//! | 8 | d, the state's length |
 //! | 32 | SHA-256 of everything before it |
 //!
-//! The checksum comes last because the file is streamed: a reader that hits the end early, or
-//! finds another digest, refuses the whole file before using any of it. The padding and the
-//! final 32-byte SHA-256 are etcd's snapshot convention, which `etcdctl snapshot save` checks
-//! (by the size) before it keeps a file: served as etcd's `Maintenance.Snapshot`, a backup is
-//! saved by etcdctl unchanged.
+//! Everything that is only known once the state is written (its length, the checksum) comes
+//! last, so the file is streamed in one pass over the store; a reader checks it in one pass too
+//! ([`Verifier`]) and refuses the whole file, before using any of it, when it ends early, holds
+//! another digest or lengths that do not add up. The padding and the final 32-byte SHA-256 are
+//! etcd's snapshot convention, which `etcdctl snapshot save` checks (by the size) before it
+//! keeps a file: served as etcd's `Maintenance.Snapshot`, a backup is saved by etcdctl as is.
 
 pub mod restore;
 pub mod serve;
@@ -36,6 +38,8 @@ use crate::store::mvcc::MvccStore;
 pub const BACKUP_FORMAT: u8 = 1;
 const MAGIC_PREFIX: &[u8; 7] = b"CKVBACK";
 const TRAILER_MAGIC: &[u8; 8] = b"CKVBKEND";
+/// Trailer magic, state length, checksum.
+const TRAILER_LEN: usize = 8 + 8 + 32;
 /// A header is a few hundred bytes; anything near this is not one.
 const MAX_HEADER_BYTES: u32 = 64 * 1024;
 
@@ -63,25 +67,11 @@ pub struct BackupHeader {
     pub node_version: String,
     /// The format of the state inside (a snapshot file's data format).
     pub data_format: u8,
-    /// Size of the state inside.
-    pub data_bytes: u64,
 }
 
 /// Zeros between the state and the trailer, for a file of `before` bytes up to them.
 fn padding(before: u64) -> u64 {
-    (512 - (before + 8) % 512) % 512
-}
-
-impl BackupHeader {
-    /// Bytes of the whole file: magic, header, data, padding, trailer.
-    pub fn file_bytes(&self) -> io::Result<u64> {
-        let before = 8 + 4 + self.encoded()?.len() as u64 + self.data_bytes;
-        Ok(before + padding(before) + 8 + 32)
-    }
-
-    fn encoded(&self) -> io::Result<Vec<u8>> {
-        serde_json::to_vec(self).map_err(io::Error::other)
-    }
+    (512 - (before + 16) % 512) % 512
 }
 
 /// Why a file is not a backup this build can use. Each says what is wrong with the file, not
@@ -127,8 +117,12 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Writes a backup of `kv` and `auth` described by `header` (whose `data_bytes` must be the
-/// encoded size of that state) to `out`; returns the checksum, hex.
+fn encoded(header: &BackupHeader) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(header).map_err(io::Error::other)
+}
+
+/// Writes a backup of `kv` and `auth` described by `header` to `out`, in one pass over the
+/// store; returns the checksum, hex.
 pub fn write(
     out: impl Write,
     header: &BackupHeader,
@@ -140,88 +134,23 @@ pub fn write(
         hash: Sha256::new(),
         written: 0,
     };
-    let encoded = header.encoded()?;
+    let head = encoded(header)?;
     w.write_all(MAGIC_PREFIX)?;
     w.write_all(&[b'0' + BACKUP_FORMAT])?;
-    w.write_all(&(encoded.len() as u32).to_le_bytes())?;
-    w.write_all(&encoded)?;
+    w.write_all(&(head.len() as u32).to_le_bytes())?;
+    w.write_all(&head)?;
     let before = w.written;
     crate::storage::write_state(&mut w, kv, auth)?;
     let data = w.written - before;
-    if data != header.data_bytes {
-        return Err(io::Error::other(format!(
-            "the state encoded to {data} bytes, not the {} its header announced",
-            header.data_bytes
-        )));
-    }
     let zeros = vec![0u8; padding(w.written) as usize];
     w.write_all(&zeros)?;
     w.write_all(TRAILER_MAGIC)?;
+    w.write_all(&data.to_le_bytes())?;
     let digest = w.hash.finalize();
     let mut out = w.inner;
     out.write_all(&digest)?;
     out.flush()?;
     Ok(hex(&digest))
-}
-
-/// The encoded size of the state a backup of `kv` and `auth` carries, without encoding it.
-pub fn data_bytes(kv: &MvccStore, auth: &AuthStore) -> u64 {
-    crate::storage::state_len(kv, auth)
-}
-
-fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<(), BackupError> {
-    r.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => {
-            BackupError::Truncated(format!("it ends inside the {what}"))
-        }
-        _ => BackupError::Io(e),
-    })
-}
-
-/// Reads the magic and the header.
-fn read_header(r: &mut impl Read) -> Result<(BackupHeader, Vec<u8>), BackupError> {
-    let mut magic = [0u8; 8];
-    let mut got = 0;
-    while got < magic.len() {
-        match r.read(&mut magic[got..])? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    if got < 7 || &magic[..7] != MAGIC_PREFIX {
-        return Err(BackupError::NotABackup {
-            found: String::from_utf8_lossy(&magic[..got]).into_owned(),
-        });
-    }
-    if got < 8 {
-        return Err(BackupError::Truncated("it ends inside the magic".into()));
-    }
-    let format = magic[7].wrapping_sub(b'0');
-    if format == 0 || format > 9 {
-        return Err(BackupError::BadHeader(format!(
-            "format byte {:?} is not a digit",
-            magic[7] as char
-        )));
-    }
-    if format > BACKUP_FORMAT {
-        return Err(BackupError::TooNew { found: format });
-    }
-    let mut len = [0u8; 4];
-    read_exact(r, &mut len, "header length")?;
-    let len = u32::from_le_bytes(len);
-    if len > MAX_HEADER_BYTES {
-        return Err(BackupError::BadHeader(format!(
-            "it claims a {len}-byte header; headers are under {MAX_HEADER_BYTES} bytes"
-        )));
-    }
-    let mut header = vec![0u8; len as usize];
-    read_exact(r, &mut header, "header")?;
-    let parsed: BackupHeader =
-        serde_json::from_slice(&header).map_err(|e| BackupError::BadHeader(e.to_string()))?;
-    let mut prefix = magic.to_vec();
-    prefix.extend_from_slice(&(len).to_le_bytes());
-    prefix.extend_from_slice(&header);
-    Ok((parsed, prefix))
 }
 
 /// A backup whose every byte was read and checked.
@@ -232,67 +161,181 @@ pub struct Verified {
     pub checksum: String,
     /// Bytes of the whole file.
     pub file_bytes: u64,
-    /// Where the state starts in the file.
+    /// Where the state starts in the file, and its length.
     pub data_offset: u64,
+    pub data_bytes: u64,
 }
 
-/// Reads a backup from start to end and checks it: magic and format, header, the announced
-/// length of the state, the trailer and the checksum, and that nothing follows. Reads in
-/// constant memory whatever the backup's size.
-pub fn verify(mut r: impl Read) -> Result<Verified, BackupError> {
-    let (header, prefix) = read_header(&mut r)?;
-    let mut hash = Sha256::new();
-    hash.update(&prefix);
-    let mut left = header.data_bytes;
-    let mut buf = vec![0u8; 1 << 20];
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = r.read(&mut buf[..want])?;
-        if n == 0 {
+/// Checks a backup as its bytes pass, in constant memory: feed it with [`Verifier::update`]
+/// (a download as it arrives, a file as it is read), then [`Verifier::finish`].
+pub struct Verifier {
+    /// Bytes before the header has been read whole.
+    head: Vec<u8>,
+    header: Option<(BackupHeader, u64)>,
+    hash: Sha256,
+    /// The latest bytes, not hashed yet: they may be the trailer and its padding.
+    tail: Vec<u8>,
+    bytes: u64,
+}
+
+/// Bytes held back from the hash: the largest padding and the trailer.
+const HELD: usize = 511 + TRAILER_LEN;
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            head: Vec::new(),
+            header: None,
+            hash: Sha256::new(),
+            tail: Vec::with_capacity(2 * HELD),
+            bytes: 0,
+        }
+    }
+}
+
+impl Verifier {
+    pub fn update(&mut self, mut chunk: &[u8]) -> Result<(), BackupError> {
+        self.bytes += chunk.len() as u64;
+        if self.header.is_none() {
+            let take = chunk.len().min(12 + MAX_HEADER_BYTES as usize);
+            self.head.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            match parse_head(&self.head)? {
+                None => {
+                    self.tail.extend_from_slice(chunk);
+                    return Ok(());
+                }
+                Some((header, len)) => {
+                    self.hash.update(&self.head[..len]);
+                    let rest = self.head.split_off(len);
+                    self.header = Some((header, len as u64));
+                    self.head = Vec::new();
+                    self.tail.extend_from_slice(&rest);
+                }
+            }
+        }
+        self.tail.extend_from_slice(chunk);
+        if self.tail.len() > 2 * HELD {
+            let cut = self.tail.len() - HELD;
+            self.hash.update(&self.tail[..cut]);
+            self.tail.drain(..cut);
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<Verified, BackupError> {
+        let Some((header, prefix)) = self.header.take() else {
+            let head = std::mem::take(&mut self.head);
+            return match parse_head(&head)? {
+                Some(_) => Err(BackupError::Truncated("it ends after its header".into())),
+                None => Err(BackupError::Truncated("it ends inside its header".into())),
+            };
+        };
+        let total = self.bytes;
+        if total < prefix + TRAILER_LEN as u64 || self.tail.len() < TRAILER_LEN {
             return Err(BackupError::Truncated(format!(
-                "the header announces {} bytes of state, the file holds {}",
-                header.data_bytes,
-                header.data_bytes - left
+                "{total} bytes, too few to hold the state and the checksum trailer"
             )));
         }
-        hash.update(&buf[..n]);
-        left -= n as u64;
+        let t = &self.tail[self.tail.len() - TRAILER_LEN..];
+        let cut_short = || {
+            BackupError::Truncated(format!(
+                "it does not end with its checksum trailer ({total} bytes: cut short, or bytes added after the end)"
+            ))
+        };
+        if &t[..8] != TRAILER_MAGIC {
+            return Err(cut_short());
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&t[8..16]);
+        let data_bytes = u64::from_le_bytes(len);
+        let pad = padding(prefix.saturating_add(data_bytes));
+        let expected = prefix
+            .checked_add(data_bytes)
+            .and_then(|n| n.checked_add(pad + TRAILER_LEN as u64));
+        if expected != Some(total) {
+            return Err(cut_short());
+        }
+        let zeros_from = self.tail.len() - TRAILER_LEN - pad as usize;
+        if self.tail[zeros_from..self.tail.len() - TRAILER_LEN]
+            .iter()
+            .any(|b| *b != 0)
+        {
+            return Err(BackupError::Corrupt(
+                "the padding before the trailer is not zeros".into(),
+            ));
+        }
+        let keep = self.tail.len() - 32;
+        self.hash.update(&self.tail[..keep]);
+        let found = hex(&self.hash.finalize());
+        let recorded = hex(&self.tail[keep..]);
+        if found != recorded {
+            return Err(BackupError::ChecksumMismatch { recorded, found });
+        }
+        Ok(Verified {
+            header,
+            checksum: found,
+            file_bytes: total,
+            data_offset: prefix,
+            data_bytes,
+        })
     }
-    let before = prefix.len() as u64 + header.data_bytes;
-    let pad = padding(before) as usize;
-    let mut trailer = vec![0u8; pad + 8];
-    read_exact(&mut r, &mut trailer, "checksum trailer")?;
-    if trailer[..pad].iter().any(|b| *b != 0) || &trailer[pad..] != TRAILER_MAGIC {
-        return Err(BackupError::Corrupt(
-            "the trailer after the state is not where the header says the state ends".into(),
-        ));
+}
+
+/// The header at the start of `bytes` and the length of everything up to its end; None while
+/// more bytes are needed.
+fn parse_head(bytes: &[u8]) -> Result<Option<(BackupHeader, usize)>, BackupError> {
+    let n = bytes.len().min(7);
+    if bytes[..n] != MAGIC_PREFIX[..n] {
+        return Err(BackupError::NotABackup {
+            found: String::from_utf8_lossy(&bytes[..bytes.len().min(8)]).into_owned(),
+        });
     }
-    hash.update(&trailer);
-    let mut digest = [0u8; 32];
-    read_exact(&mut r, &mut digest, "checksum")?;
-    let found = hex(&hash.finalize());
-    let recorded = hex(&digest);
-    if found != recorded {
-        return Err(BackupError::ChecksumMismatch { recorded, found });
+    if bytes.len() < 12 {
+        return Ok(None);
     }
-    let mut extra = [0u8; 1];
-    if r.read(&mut extra)? != 0 {
-        return Err(BackupError::Corrupt(
-            "there are bytes after the checksum trailer".into(),
-        ));
+    let format = bytes[7].wrapping_sub(b'0');
+    if format == 0 || format > 9 {
+        return Err(BackupError::BadHeader(format!(
+            "format byte {:?} is not a digit",
+            bytes[7] as char
+        )));
     }
-    Ok(Verified {
-        data_offset: prefix.len() as u64,
-        file_bytes: before + pad as u64 + 40,
-        header,
-        checksum: found,
-    })
+    if format > BACKUP_FORMAT {
+        return Err(BackupError::TooNew { found: format });
+    }
+    let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if len > MAX_HEADER_BYTES {
+        return Err(BackupError::BadHeader(format!(
+            "it claims a {len}-byte header; headers are under {MAX_HEADER_BYTES} bytes"
+        )));
+    }
+    let end = 12 + len as usize;
+    if bytes.len() < end {
+        return Ok(None);
+    }
+    let header: BackupHeader = serde_json::from_slice(&bytes[12..end])
+        .map_err(|e| BackupError::BadHeader(e.to_string()))?;
+    Ok(Some((header, end)))
+}
+
+/// Reads a backup from start to end and checks it (see [`Verifier`]).
+pub fn verify(mut r: impl Read) -> Result<Verified, BackupError> {
+    let mut v = Verifier::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return v.finish();
+        }
+        v.update(&buf[..n])?;
+    }
 }
 
 /// Verifies the backup at `path`.
 pub fn verify_file(path: &Path) -> Result<Verified, BackupError> {
     let file = std::fs::File::open(path)?;
-    verify(io::BufReader::with_capacity(1 << 20, file))
+    verify(file)
 }
 
 /// Verifies the backup at `path`, then reads its state (the second pass reads only what the
@@ -302,11 +345,11 @@ pub fn load_file(path: &Path) -> Result<(Verified, MvccStore, AuthStore), Backup
     let verified = verify_file(path)?;
     let mut file = std::fs::File::open(path)?;
     file.seek(io::SeekFrom::Start(verified.data_offset))?;
-    let reader = io::BufReader::with_capacity(1 << 20, file).take(verified.header.data_bytes);
+    let reader = io::BufReader::with_capacity(1 << 20, file).take(verified.data_bytes);
     let (kv, auth) = crate::storage::read_state(
         reader,
         verified.header.data_format,
-        verified.header.data_bytes,
+        verified.data_bytes,
         format_args!("the state in backup {}", path.display()),
     )
     .map_err(|e| BackupError::Corrupt(e.to_string()))?;
@@ -352,11 +395,9 @@ mod tests {
             created: "2026-12-05T00:00:00Z".into(),
             node_version: "test".into(),
             data_format: crate::codec::SNAPSHOT_FORMAT,
-            data_bytes: data_bytes(kv, &auth),
         };
         let mut out = Vec::new();
         write(&mut out, &header, kv, &auth).expect("write");
-        assert_eq!(out.len() as u64, header.file_bytes().expect("size"));
         (out, header)
     }
 
@@ -408,7 +449,19 @@ mod tests {
         // Bytes after the end.
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(err(&longer).contains("after the checksum"));
+        assert!(
+            err(&longer).contains("added after the end"),
+            "{}",
+            err(&longer)
+        );
+        // Checked the same whatever the pieces it arrives in.
+        for piece in [1, 13, 511, 4096] {
+            let mut v = Verifier::default();
+            for p in bytes.chunks(piece) {
+                v.update(p).expect("no early refusal");
+            }
+            assert!(v.finish().is_ok(), "pieces of {piece}");
+        }
         // A newer format, and something else entirely.
         let mut newer = bytes.clone();
         newer[7] = b'2';

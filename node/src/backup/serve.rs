@@ -17,10 +17,10 @@ use crate::requests::ServiceError;
 const CHUNK: usize = 1 << 20;
 const IN_FLIGHT: usize = 4;
 
-/// A backup being streamed: its header (known before the first byte), its size, its bytes.
+/// A backup being streamed: its header (known before the first byte) and its bytes. Its size
+/// is known only at its end (the one pass over the store writes it).
 pub struct BackupStream {
     pub header: BackupHeader,
-    pub total_bytes: u64,
     pub chunks: mpsc::Receiver<io::Result<Bytes>>,
 }
 
@@ -87,7 +87,6 @@ pub async fn start(app: &App) -> Result<BackupStream, ServiceError> {
                     .to_string(),
                 node_version: env!("CARGO_PKG_VERSION").into(),
                 data_format: crate::codec::SNAPSHOT_FORMAT,
-                data_bytes: super::data_bytes(&copy.kv, &copy.auth),
             };
             if header_tx.send(header.clone()).is_err() {
                 return;
@@ -99,7 +98,7 @@ pub async fn start(app: &App) -> Result<BackupStream, ServiceError> {
             match super::write(&mut out, &header, &copy.kv, &copy.auth) {
                 Ok(checksum) => tracing::info!(
                     revision = header.revision,
-                    bytes = header.data_bytes,
+                    keys = header.keys,
                     %checksum,
                     seconds = started.elapsed().as_secs_f64(),
                     "backup streamed"
@@ -118,12 +117,5 @@ pub async fn start(app: &App) -> Result<BackupStream, ServiceError> {
     let header = header_rx
         .await
         .map_err(|_| ServiceError::Internal("the backup thread ended early".into()))?;
-    let total_bytes = header
-        .file_bytes()
-        .map_err(|e| ServiceError::Internal(e.to_string()))?;
-    Ok(BackupStream {
-        header,
-        total_bytes,
-        chunks: rx,
-    })
+    Ok(BackupStream { header, chunks: rx })
 }

@@ -83,21 +83,27 @@ pub async fn save(client: &Client, path: &Path) -> anyhow::Result<Value> {
             }
             return Err(last);
         }
+        // Checked as it arrives (no second read of the file), kept only if it checks out.
         let mut file = std::fs::File::create(&part)?;
         let mut body = resp.bytes_stream();
-        let mut written = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| anyhow::anyhow!("{ep}: the download broke off: {e}"))?;
-            file.write_all(&chunk)?;
-            written += chunk.len() as u64;
+        let mut check = backup::Verifier::default();
+        let received: anyhow::Result<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk =
+                    chunk.map_err(|e| anyhow::anyhow!("{ep}: the download broke off: {e}"))?;
+                check.update(&chunk)?;
+                file.write_all(&chunk)?;
+            }
+            file.sync_all()?;
+            Ok(())
         }
-        file.sync_all()?;
+        .await;
         drop(file);
-        let verified = match backup::verify_file(&part) {
+        let verified = match received.and_then(|()| Ok(check.finish()?)) {
             Ok(v) => v,
             Err(e) => {
                 let _ = std::fs::remove_file(&part);
-                anyhow::bail!("{ep}: the backup received ({written} bytes) is unusable: {e}");
+                anyhow::bail!("{ep}: the backup received is unusable: {e}");
             }
         };
         std::fs::rename(&part, path)?;

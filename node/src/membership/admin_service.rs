@@ -126,14 +126,12 @@ impl Admin for AdminService {
         let backup = crate::backup::serve::start(&self.app)
             .await
             .map_err(|e| crate::api::etcd::service_status(&e))?;
-        let mut remaining = backup.total_bytes;
         let chunks = tokio_stream::wrappers::ReceiverStream::new(backup.chunks);
-        let stream = futures::StreamExt::map(chunks, move |chunk| {
+        let stream = futures::StreamExt::map(chunks, |chunk| {
             let data = chunk.map_err(|e| Status::internal(format!("backup: {e}")))?;
-            remaining = remaining.saturating_sub(data.len() as u64);
             Ok(concord_proto::BackupChunk {
                 data: data.to_vec(),
-                remaining_bytes: remaining,
+                remaining_bytes: 0,
             })
         });
         Ok(Response::new(Box::pin(stream)))

@@ -10,8 +10,7 @@ pub mod state_machine;
 pub use log_store::{LogReader, LogStore};
 pub use snapshot_store::{SnapshotFile, SnapshotStore, SnapshotWriter};
 pub use state_machine::{
-    data_len as state_len, read_data as read_state, write_data as write_state, SharedState,
-    StateData, StateMachineStore,
+    read_data as read_state, write_data as write_state, SharedState, StateData, StateMachineStore,
 };
 
 #[cfg(test)]

@@ -111,15 +111,6 @@ pub fn write_data(out: impl io::Write, kv: &MvccStore, auth: &AuthStore) -> io::
     crate::codec::to_writer(out, &data)
 }
 
-/// How many bytes [`write_data`] writes for `kv` and `auth`, without writing them.
-pub fn data_len(kv: &MvccStore, auth: &AuthStore) -> u64 {
-    crate::codec::encoded_len(&SnapshotOut {
-        kv,
-        leases: kv.leases().ttls().collect(),
-        auth,
-    })
-}
-
 fn restore(meta: &SnapshotMeta, file: &SnapshotFile) -> io::Result<StateData> {
     let what = format_args!("the data of {}", file.describe());
     let (kv, auth) = read_data(file.data_reader(), file.format(), file.data_len(), what)?;

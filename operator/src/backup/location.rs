@@ -20,7 +20,6 @@ pub struct Header {
     pub revision: u64,
     pub keys: u64,
     pub created: String,
-    pub data_bytes: u64,
 }
 
 /// The header at the start of `bytes`: None while more bytes are needed, an error when they
@@ -164,7 +163,7 @@ mod tests {
         b
     }
 
-    const HEADER: &str = r#"{"format":1,"clusterId":"c","member":"kv-1","revision":42,"compacted":0,"keys":7,"raftIndex":42,"raftTerm":2,"created":"2026-12-05T11:37:55Z","nodeVersion":"0.1.0","dataFormat":4,"dataBytes":100}"#;
+    const HEADER: &str = r#"{"format":1,"clusterId":"c","member":"kv-1","revision":42,"compacted":0,"keys":7,"raftIndex":42,"raftTerm":2,"created":"2026-12-05T11:37:55Z","nodeVersion":"0.1.0","dataFormat":4}"#;
 
     #[test]
     fn headers_are_read_once_complete() {

@@ -370,14 +370,14 @@ impl Maintenance for MaintenanceService {
             .await
             .map_err(|e| service_status(&e))?;
         let header = header(&self.app, backup.header.revision);
-        let mut remaining = backup.total_bytes;
         let chunks = tokio_stream::wrappers::ReceiverStream::new(backup.chunks);
+        // The size is known only at the end (one pass over the store); etcd's clients read
+        // until the stream ends and do not use `remaining_bytes`.
         let stream = futures::StreamExt::map(chunks, move |chunk| {
             let blob = chunk.map_err(|e| Status::internal(format!("snapshot: {e}")))?;
-            remaining = remaining.saturating_sub(blob.len() as u64);
             Ok(pb::SnapshotResponse {
                 header: Some(header),
-                remaining_bytes: remaining,
+                remaining_bytes: 0,
                 blob: blob.to_vec(),
                 version: ETCD_API_VERSION.into(),
             })

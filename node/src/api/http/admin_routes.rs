@@ -213,7 +213,7 @@ const REVISION_HEADER: &str = "x-concord-revision";
 
 #[utoipa::path(get, path = "/admin/snapshot", tag = "admin",
     responses(
-        (status = 200, description = "A consistent backup of the whole state, streamed (`concordctl snapshot status` reads it); `x-concord-revision` is its revision", content_type = "application/octet-stream"),
+        (status = 200, description = "A consistent backup of the whole state, streamed in one pass over the store (no length up front; `concordctl snapshot status` checks it); `x-concord-revision` is its revision", content_type = "application/octet-stream"),
         (status = 503, description = "No leader to confirm the read with", body = ErrorBody),
     ))]
 pub async fn snapshot(State(app): State<Arc<App>>) -> Result<axum::response::Response, ApiError> {
@@ -222,7 +222,6 @@ pub async fn snapshot(State(app): State<Arc<App>>) -> Result<axum::response::Res
     let body = axum::body::Body::from_stream(stream);
     let response = axum::response::Response::builder()
         .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
-        .header(axum::http::header::CONTENT_LENGTH, backup.total_bytes)
         .header(REVISION_HEADER, backup.header.revision)
         .header(
             axum::http::header::CONTENT_DISPOSITION,
