@@ -296,6 +296,10 @@ fn verify_token(auth: &AuthStore, token: &str, now: SystemTime) -> Result<String
 /// Failed authentications per source address: past `max` within `window`, further attempts
 /// from that address are refused until the window has passed (a password guesser gets a few
 /// tries a minute, not thousands a second).
+/// Sources tracked before old windows are swept, and at most.
+const FAILED_SOURCES_TIDY: usize = 10_000;
+const FAILED_SOURCES_MAX: usize = 100_000;
+
 pub struct FailedLogins {
     max: u32,
     window: Duration,
@@ -322,9 +326,19 @@ impl FailedLogins {
 
     pub fn failed(&self, source: IpAddr, now: Instant) {
         let mut map = self.by_source.lock();
-        // Forget old windows so the map stays bounded by recent sources.
-        if map.len() > 10_000 {
+        // Forget old windows so the map stays bounded by recent sources; past the cap (many
+        // sources failing within one window), forget the oldest tenth as well: memory stays
+        // bounded (~4 MB) whatever the number of sources.
+        if map.len() > FAILED_SOURCES_TIDY {
             map.retain(|_, (since, _)| now.duration_since(*since) < self.window);
+        }
+        if map.len() >= FAILED_SOURCES_MAX {
+            let mut oldest: Vec<(Instant, IpAddr)> =
+                map.iter().map(|(ip, (t, _))| (*t, *ip)).collect();
+            oldest.sort_unstable();
+            for (_, ip) in oldest.iter().take(FAILED_SOURCES_MAX / 10) {
+                map.remove(ip);
+            }
         }
         let entry = map.entry(source).or_insert((now, 0));
         if now.duration_since(entry.0) >= self.window {
@@ -347,6 +361,22 @@ impl Default for FailedLogins {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_sign_ins_are_tracked_in_bounded_memory() {
+        let f = FailedLogins::default();
+        let now = Instant::now();
+        for i in 0..(FAILED_SOURCES_MAX as u32 + 5_000) {
+            f.failed(IpAddr::from(i.to_be_bytes()), now);
+        }
+        assert!(f.by_source.lock().len() <= FAILED_SOURCES_MAX);
+        // The newest sources are still held back.
+        let last = IpAddr::from((FAILED_SOURCES_MAX as u32 + 4_999).to_be_bytes());
+        for _ in 0..5 {
+            f.failed(last, now);
+        }
+        assert!(!f.may_try(last, now));
+    }
 
     /// Auth on with root and `app`, tokens signed with `key`.
     fn enabled_store_with(key: u8, hash: impl Fn(&str) -> Option<String>) -> AuthStore {

@@ -71,7 +71,7 @@ pub async fn start(app: &App) -> Result<BackupStream, ServiceError> {
     let spawned = std::thread::Builder::new()
         .name("backup-writer".into())
         .spawn(move || {
-            crate::storage::state_machine::lower_priority();
+            crate::storage::state_machine::lower_priority_to(false);
             let started = std::time::Instant::now();
             let last = copy.last_applied;
             let header = BackupHeader {

@@ -226,8 +226,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// busy two-core machine felt as tens of milliseconds). A snapshot is never urgent: the log
 /// goes on growing on disk, its memory bounded by eviction. Falls back to nice 10.
 pub(crate) fn lower_priority() {
+    lower_priority_to(true)
+}
+
+/// Lowers the calling thread's priority: to SCHED_IDLE when `idle` (snapshots: never urgent),
+/// else to nice 10 (backups: a client waits for them, so they take a share of a busy CPU
+/// rather than only its leftovers).
+pub(crate) fn lower_priority_to(idle: bool) {
     #[cfg(target_os = "linux")]
-    {
+    if idle {
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: sched_setscheduler on the calling thread (pid 0) only changes its scheduling.
         if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {

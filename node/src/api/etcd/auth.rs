@@ -190,6 +190,7 @@ impl Auth for AuthService {
         &self,
         req: Request<pb::AuthUserAddRequest>,
     ) -> Result<Response<pb::AuthUserAddResponse>, Status> {
+        // Before hashing, not only in `change`: a refused caller must not cost a KDF run.
         self.root_only()?;
         let req = req.into_inner();
         let no_password = req.options.is_some_and(|o| o.no_password);
