@@ -329,7 +329,8 @@ impl FailedLogins {
         // Forget old windows so the map stays bounded by recent sources; past the cap (many
         // sources failing within one window), forget the oldest tenth as well: memory stays
         // bounded (~4 MB) whatever the number of sources.
-        if map.len() > FAILED_SOURCES_TIDY {
+        // Swept every 1,024 new sources, not on every failure: a sweep is a pass over them all.
+        if map.len() > FAILED_SOURCES_TIDY && map.len() % 1024 == 0 {
             map.retain(|_, (since, _)| now.duration_since(*since) < self.window);
         }
         if map.len() >= FAILED_SOURCES_MAX {
