@@ -330,7 +330,7 @@ impl FailedLogins {
         // sources failing within one window), forget the oldest tenth as well: memory stays
         // bounded (~4 MB) whatever the number of sources.
         // Swept every 1,024 new sources, not on every failure: a sweep is a pass over them all.
-        if map.len() > FAILED_SOURCES_TIDY && map.len() % 1024 == 0 {
+        if map.len() > FAILED_SOURCES_TIDY && map.len().is_multiple_of(1024) {
             map.retain(|_, (since, _)| now.duration_since(*since) < self.window);
         }
         if map.len() >= FAILED_SOURCES_MAX {
