@@ -171,11 +171,21 @@ async fn far_behind_follower_catches_up_through_a_snapshot() {
         st["lastSnapshot"].is_object(),
         "lagging node has no snapshot: {st}"
     );
-    // Received chunk by chunk into one file, with no temporary file left over.
-    let snapshots: Vec<String> = std::fs::read_dir(c.nodes[lagger].data_dir.join("snapshots"))
-        .expect("snapshot dir")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
+    // Received chunk by chunk into one file, with no temporary file left over. The node may
+    // be writing a snapshot of its own at this moment (its threshold is 20 entries): a
+    // `partial-` file then exists until that one is installed, so wait for a quiet moment.
+    let list = || -> Vec<String> {
+        std::fs::read_dir(c.nodes[lagger].data_dir.join("snapshots"))
+            .expect("snapshot dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let quiet_by = Instant::now() + Duration::from_secs(10);
+    let mut snapshots = list();
+    while snapshots.len() != 1 && Instant::now() < quiet_by {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        snapshots = list();
+    }
     assert_eq!(snapshots.len(), 1, "snapshot dir: {snapshots:?}");
     assert!(
         snapshots[0].ends_with(".snap"),
