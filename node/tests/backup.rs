@@ -29,6 +29,22 @@ fn ctl(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// `concordctl snapshot restore` of `file` into `dir` as member `name` of `initial`.
+fn restore(file: &str, dir: &Path, name: &str, initial: &str) -> (bool, String) {
+    let dir = dir.display().to_string();
+    ctl(&[
+        "snapshot",
+        "restore",
+        file,
+        "--data-dir",
+        &dir,
+        "--name",
+        name,
+        "--initial-cluster",
+        initial,
+    ])
+}
+
 /// Every key as (key, value, create revision, mod revision, version, lease), at `revision`
 /// (0: the current one).
 async fn all_keys(
@@ -138,18 +154,7 @@ async fn a_backup_under_writes_restores_into_a_new_cluster_exactly() {
         .collect();
     let initial = initial.join(",");
     for n in &dst.nodes {
-        let dir = n.data_dir.display().to_string();
-        let (ok, text) = ctl(&[
-            "snapshot",
-            "restore",
-            &file_s,
-            "--data-dir",
-            &dir,
-            "--name",
-            &n.name,
-            "--initial-cluster",
-            &initial,
-        ]);
+        let (ok, text) = restore(&file_s, &n.data_dir, &n.name, &initial);
         assert!(ok, "{text}");
     }
     for i in 0..3 {
@@ -209,18 +214,7 @@ async fn a_backup_under_writes_restores_into_a_new_cluster_exactly() {
         "a watcher resuming from before the restore is told it was compacted: {told:?}"
     );
     // Restoring into a data dir that is in use is refused.
-    let dir = dst.nodes[0].data_dir.display().to_string();
-    let (ok, text) = ctl(&[
-        "snapshot",
-        "restore",
-        &file_s,
-        "--data-dir",
-        &dir,
-        "--name",
-        "node1",
-        "--initial-cluster",
-        &initial,
-    ]);
+    let (ok, text) = restore(&file_s, &dst.nodes[0].data_dir, "node1", &initial);
     assert!(!ok && text.contains("not empty"), "{text}");
 }
 
@@ -293,17 +287,7 @@ async fn etcdctl_saves_backups_and_damaged_files_are_refused_before_anything_is_
         let (ok, text) = ctl(&["snapshot", "status", &p]);
         assert!(!ok && text.contains(says), "status of {what}: {text}");
         let target = c.dir.path().join(format!("restore-{what}"));
-        let (ok, text) = ctl(&[
-            "snapshot",
-            "restore",
-            &p,
-            "--data-dir",
-            &target.display().to_string(),
-            "--name",
-            "a",
-            "--initial-cluster",
-            "a=127.0.0.1:1",
-        ]);
+        let (ok, text) = restore(&p, &target, "a", "a=127.0.0.1:1");
         assert!(!ok && text.contains(says), "restore of {what}: {text}");
         assert!(!target.exists(), "{what}: nothing may be written");
     }

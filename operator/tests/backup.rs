@@ -129,6 +129,16 @@ async fn member(dir: &std::path::Path) -> (Killed, String) {
     (node, format!("127.0.0.1:{peer}"))
 }
 
+/// The member's whole backup, as its admin API streams it.
+async fn member_backup(addr: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut chunks = GrpcAdmin::default().snapshot(addr).await.expect("snapshot");
+    while let Some(c) = chunks.try_next().await.expect("chunk") {
+        bytes.extend_from_slice(&c);
+    }
+    bytes
+}
+
 /// A member's backup, streamed through the operator's upload into S3, comes back intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_members_backup_streams_into_s3_intact() {
@@ -241,14 +251,7 @@ async fn a_concord_backup_goes_to_succeeded_and_keeps_credentials_out_of_sight()
     let (_s3, endpoint) = s3_server().await;
     let (_node, addr) = member(dir.path()).await;
     // The member's real backup is what the fake admin API streams.
-    let mut bytes = Vec::new();
-    let mut chunks = GrpcAdmin::default()
-        .snapshot(&addr)
-        .await
-        .expect("snapshot");
-    while let Some(c) = chunks.try_next().await.expect("chunk") {
-        bytes.extend_from_slice(&c);
-    }
+    let bytes = member_backup(&addr).await;
 
     let h = Harness::new(json!({"replicas": 3, "tls": {"mode": "disabled"}}));
     h.reconcile().await;
@@ -378,14 +381,7 @@ async fn a_schedule_fires_and_prunes_only_after_success() {
     let dir = tempfile::tempdir().expect("dir");
     let (_s3, endpoint) = s3_server().await;
     let (_node, addr) = member(dir.path()).await;
-    let mut bytes = Vec::new();
-    let mut chunks = GrpcAdmin::default()
-        .snapshot(&addr)
-        .await
-        .expect("snapshot");
-    while let Some(c) = chunks.try_next().await.expect("chunk") {
-        bytes.extend_from_slice(&c);
-    }
+    let bytes = member_backup(&addr).await;
     let h = Harness::new(json!({"replicas": 3, "tls": {"mode": "disabled"}}));
     h.reconcile().await;
     h.settle().await;
@@ -440,14 +436,7 @@ async fn a_schedule_fires_and_prunes_only_after_success() {
     assert_eq!(first["status"]["phase"], "Succeeded", "{}", first["status"]);
     // The member's next backup (a second later: its own time, its own object).
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let mut again = Vec::new();
-    let mut chunks = GrpcAdmin::default()
-        .snapshot(&addr)
-        .await
-        .expect("snapshot");
-    while let Some(c) = chunks.try_next().await.expect("chunk") {
-        again.extend_from_slice(&c);
-    }
+    let again = member_backup(&addr).await;
     h.admin.0.lock().backup = again;
     tick("2026-12-05T00:20:00Z").await;
     assert_eq!(backups(&h).len(), 2);

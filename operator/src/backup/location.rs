@@ -60,8 +60,6 @@ fn compact_time(rfc3339: &str) -> String {
 }
 
 /// The object key of a backup: `<prefix>/<namespace>/<cluster>/<cluster>-r<revision>-<time>.backup`.
-/// Sorting the keys of one cluster sorts its backups by time only if revisions grow, so
-/// retention orders by the time in the name, which it parses back with [`parse_key`].
 pub fn object_key(prefix: Option<&str>, namespace: &str, cluster: &str, h: &Header) -> String {
     let mut key = String::new();
     if let Some(p) = prefix
@@ -77,29 +75,6 @@ pub fn object_key(prefix: Option<&str>, namespace: &str, cluster: &str, h: &Head
         compact_time(&h.created)
     ));
     key
-}
-
-/// The directory of a cluster's backups (what retention lists).
-pub fn cluster_dir(prefix: Option<&str>, namespace: &str, cluster: &str) -> String {
-    let mut key = String::new();
-    if let Some(p) = prefix
-        .map(|p| p.trim_matches('/'))
-        .filter(|p| !p.is_empty())
-    {
-        key.push_str(p);
-        key.push('/');
-    }
-    key.push_str(&format!("{namespace}/{cluster}"));
-    key
-}
-
-/// The revision and time of a backup from its key, if it is one of ours.
-pub fn parse_key(key: &str, cluster: &str) -> Option<(u64, String)> {
-    let name = key.rsplit('/').next()?;
-    let rest = name.strip_prefix(cluster)?.strip_prefix("-r")?;
-    let rest = rest.strip_suffix(".backup")?;
-    let (rev, time) = rest.split_once('-')?;
-    Some((rev.parse().ok()?, time.to_string()))
 }
 
 /// Checks a backup's trailing SHA-256 as the bytes pass: everything but the last 32 bytes is
@@ -182,17 +157,18 @@ mod tests {
     }
 
     #[test]
-    fn keys_name_cluster_revision_and_time_and_parse_back() {
+    fn keys_name_cluster_revision_and_time() {
         let h = parse_header(&header_bytes(HEADER)).expect("c").expect("v");
         let key = object_key(Some("/backups/"), "prod", "kv", &h);
         assert_eq!(key, "backups/prod/kv/kv-r42-20261205T113755Z.backup");
-        assert_eq!(parse_key(&key, "kv"), Some((42, "20261205T113755Z".into())));
-        assert_eq!(parse_key("backups/prod/kv/other.txt", "kv"), None);
         assert_eq!(
             object_key(None, "ns", "kv", &h),
             "ns/kv/kv-r42-20261205T113755Z.backup"
         );
-        assert_eq!(cluster_dir(Some(""), "ns", "kv"), "ns/kv");
+        assert_eq!(
+            object_key(Some("/"), "ns", "kv", &h),
+            "ns/kv/kv-r42-20261205T113755Z.backup"
+        );
     }
 
     #[test]
