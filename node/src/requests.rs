@@ -408,6 +408,18 @@ impl App {
         .await
     }
 
+    /// Best effort for a watch that starts from history: catches this member up with the
+    /// leader's commit index (so a compaction or write the caller saw acknowledged elsewhere
+    /// is visible here), but serves from local history when no leader answers within
+    /// `patience` — a watch, like etcd's, keeps working without a leader.
+    pub async fn catch_up(&self, patience: std::time::Duration) {
+        match tokio::time::timeout(patience, self.linearize()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "watch starts from local history"),
+            Err(_) => tracing::debug!("watch starts from local history: no leader in time"),
+        }
+    }
+
     /// A key as of `revision` (0: now), read from this member's state — made linearizable
     /// first (the leader's read index) unless `consistency` is stale. The inner error is the
     /// store's refusal of the revision (compacted, or in the future).

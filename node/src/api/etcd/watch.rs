@@ -204,6 +204,11 @@ impl Session {
                     return self.send(tx, refuse(reason, current)).await;
                 }
             }
+        } else {
+            // History read here must include what the leader has acknowledged (a compaction
+            // through another member, say), or a compacted start would replay instead of
+            // being canceled.
+            self.app.catch_up(LINEARIZE_TIMEOUT).await;
         }
         let filters = |f: pb::watch_create_request::FilterType| c.filters.contains(&(f as i32));
         let spec = WatchSpec {

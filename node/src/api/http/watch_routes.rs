@@ -29,6 +29,9 @@ use crate::watch::{Feed, Update, WatchSpec};
 /// Bytes of changes in one batch of SSE events at most.
 const MAX_UPDATE_BYTES: usize = 256 * 1024;
 
+/// How long a resuming stream waits for the leader before it replays local history.
+const RESUME_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WatchQuery {
@@ -120,9 +123,11 @@ pub async fn watch(
     };
     let resume = last_event.or(from.map(|revision| Resume { revision, skip: 0 }));
     let prev = flag("prevValue", q.prev_value.as_deref())?;
-    if resume.is_none() {
+    match resume {
         // "From now" as a linearizable read would see it.
-        app.linearize().await?;
+        None => app.linearize().await?,
+        // History as of what the leader acknowledged (compactions included).
+        Some(_) => app.catch_up(RESUME_PATIENCE).await,
     }
     let mut feed = Feed::new(
         &app.watches,
