@@ -292,3 +292,132 @@ async fn etcdctl_saves_backups_and_damaged_files_are_refused_before_anything_is_
         assert!(!target.exists(), "{what}: nothing may be written");
     }
 }
+
+/// Streams `bytes` to a member's admin `Restore`, in 64 KiB chunks.
+async fn restore_online(
+    peer_port: u16,
+    bytes: &[u8],
+) -> Result<concord_proto::AdminResult, tonic::Status> {
+    let mut admin =
+        concord_proto::admin_client::AdminClient::connect(format!("http://127.0.0.1:{peer_port}"))
+            .await
+            .expect("admin");
+    let chunks: Vec<concord_proto::BackupChunk> = bytes
+        .chunks(64 * 1024)
+        .map(|c| concord_proto::BackupChunk {
+            data: c.to_vec(),
+            remaining_bytes: 0,
+        })
+        .collect();
+    admin
+        .restore(futures::stream::iter(chunks))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_not_yet_in_a_cluster_starts_one_from_a_streamed_backup_and_others_join_it() {
+    let mut src = Cluster::start(1, "");
+    src.wait_leader(Duration::from_secs(20)).await;
+    let mut etcd = Client::connect([src.nodes[0].etcd()], None)
+        .await
+        .expect("connect");
+    for i in 0..300 {
+        etcd.put(format!("k{i:03}"), format!("v{i}"), None)
+            .await
+            .expect("put");
+    }
+    for i in (0..300).step_by(4) {
+        etcd.put(format!("k{i:03}"), "again", None)
+            .await
+            .expect("overwrite");
+        etcd.delete(format!("k{:03}", i + 1), None)
+            .await
+            .expect("delete");
+    }
+    let file = src.dir.path().join("source.backup");
+    let (ok, text) = ctl(&[
+        "--endpoints",
+        &src.nodes[0].api(),
+        "snapshot",
+        "save",
+        &file.display().to_string(),
+    ]);
+    assert!(ok, "{text}");
+    let bytes = std::fs::read(&file).expect("read the backup");
+    let revision = concord_node::backup::verify(&bytes[..])
+        .expect("valid")
+        .header
+        .revision as i64;
+    let expected = all_keys(&mut etcd, revision).await;
+
+    let mut dst = Cluster::start_join(3);
+    for i in 0..3 {
+        dst.admin_status(i).await;
+    }
+    // Damaged backups are refused whole, and the member stays out of any cluster.
+    for (what, path, says) in damaged(&bytes, dst.dir.path()) {
+        let damaged = std::fs::read(&path).expect("read");
+        let e = restore_online(dst.nodes[0].peer_port, &damaged)
+            .await
+            .expect_err(&what);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
+        assert!(e.message().contains(says), "{what}: {}", e.message());
+        assert_eq!(
+            dst.admin_status(0).await["initialized"],
+            false,
+            "{what}: nothing may be installed"
+        );
+    }
+    let done = restore_online(dst.nodes[0].peer_port, &bytes)
+        .await
+        .expect("restore");
+    assert!(done.message.contains("restored cluster"), "{done:?}");
+    assert!(
+        !dst.nodes[0].data_dir.join("restore.incoming").exists(),
+        "the incoming copy is removed"
+    );
+    // The member leads a new one-member cluster; the others join it as after an init.
+    assert_eq!(
+        dst.wait_leader_among(&[0], Duration::from_secs(10)).await,
+        0
+    );
+    dst.add_voter(0, 1).await;
+    dst.add_voter(0, 2).await;
+    assert_eq!(dst.voters(0).await.len(), 3);
+    let mut restored = Client::connect([dst.nodes[2].etcd()], None)
+        .await
+        .expect("connect");
+    assert_eq!(
+        all_keys(&mut restored, 0).await,
+        expected,
+        "the restored store differs from the source at the backup's revision"
+    );
+    let put = restored.put("after", "restore", None).await.expect("put");
+    let new_rev = put.header().map(|h| h.revision()).unwrap_or(0);
+    assert!(new_rev > revision + 1_000_000, "{new_rev}");
+    let (src_id, dst_id) = (
+        etcd.status()
+            .await
+            .expect("status")
+            .header()
+            .map(|h| h.cluster_id()),
+        restored
+            .status()
+            .await
+            .expect("status")
+            .header()
+            .map(|h| h.cluster_id()),
+    );
+    assert_ne!(src_id, dst_id, "a new cluster id");
+    // A member already in a cluster refuses a restore.
+    let e = restore_online(dst.nodes[1].peer_port, &bytes)
+        .await
+        .expect_err("already initialized");
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    // Restarted, the first member keeps the restored data (the snapshot is durable).
+    dst.kill9(0);
+    dst.spawn(0);
+    dst.wait_value(0, "after", "restore", Duration::from_secs(20))
+        .await;
+}

@@ -22,6 +22,7 @@
 //! etcd's snapshot convention, which `etcdctl snapshot save` checks (by the size) before it
 //! keeps a file: served as etcd's `Maintenance.Snapshot`, a backup is saved by etcdctl as is.
 
+pub mod bootstrap;
 pub mod restore;
 pub mod serve;
 

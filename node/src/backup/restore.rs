@@ -19,6 +19,7 @@ use super::{load_file, Verified};
 use crate::raft::{node_id_for_name, LogId, Member, NodeId, SnapshotMeta, StoredMembership, Vote};
 use crate::storage::identity::{self, ClusterId, NewId};
 use crate::storage::{LogStore, SnapshotStore};
+use crate::store::mvcc::MvccStore;
 
 /// Log segment size of a restored data dir (the node's default; it only sizes new segments).
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -87,6 +88,42 @@ fn new_cluster_id(verified: &Verified, members: &[(String, String)], token: &str
     format!("restored-{:013x}", node_id_for_name(&seed))
 }
 
+/// Moves the backup's store past its revision (and Raft index) by `bump`, compacting what came
+/// before when `mark_compacted`; returns the new cluster's first log index. None on overflow.
+pub(crate) fn rebase(
+    verified: &Verified,
+    kv: &mut MvccStore,
+    bump: u64,
+    mark_compacted: bool,
+) -> Option<u64> {
+    let start = kv
+        .revision()
+        .max(verified.header.raft_index)
+        .checked_add(bump)?;
+    kv.move_revision_to(start, mark_compacted);
+    Some(start)
+}
+
+/// The new cluster's first snapshot ends at `start`, in term 1 "led" by `first`, with
+/// `members` as its voters.
+pub(crate) fn first_snapshot_meta(
+    start: u64,
+    first: NodeId,
+    members: BTreeMap<NodeId, Member>,
+) -> SnapshotMeta {
+    let log_id = LogId::new(
+        LeaderId {
+            term: 1,
+            node_id: first,
+        },
+        start,
+    );
+    SnapshotMeta {
+        last_log_id: Some(log_id),
+        last_membership: StoredMembership::new(Some(log_id), openraft::Membership::from(members)),
+    }
+}
+
 pub async fn restore(o: &RestoreOptions) -> anyhow::Result<Restored> {
     if !o.initial_cluster.iter().any(|(n, _)| *n == o.name) {
         anyhow::bail!(
@@ -130,11 +167,8 @@ pub async fn restore(o: &RestoreOptions) -> anyhow::Result<Restored> {
     let (verified, mut kv, auth) =
         load_file(&o.backup).map_err(|e| anyhow::anyhow!("{}: {e}", o.backup.display()))?;
     let backup_revision = kv.revision();
-    let start = backup_revision
-        .max(verified.header.raft_index)
-        .checked_add(o.bump_revision)
+    let start = rebase(&verified, &mut kv, o.bump_revision, o.mark_compacted)
         .context("--bump-revision is too large")?;
-    kv.move_revision_to(start, o.mark_compacted);
 
     std::fs::create_dir_all(&o.data_dir)
         .with_context(|| format!("creating {}", o.data_dir.display()))?;
@@ -145,17 +179,10 @@ pub async fn restore(o: &RestoreOptions) -> anyhow::Result<Restored> {
     // The first member (by id) "led" term 1, which ends at the snapshot; the members elect a
     // leader for term 2 when they start.
     let first = members.keys().next().copied().unwrap_or(me.node_id);
-    let log_id = LogId::new(
-        LeaderId {
-            term: 1,
-            node_id: first,
-        },
-        start,
-    );
-    let meta = SnapshotMeta {
-        last_log_id: Some(log_id),
-        last_membership: StoredMembership::new(Some(log_id), openraft::Membership::from(members)),
-    };
+    let meta = first_snapshot_meta(start, first, members);
+    let log_id = meta
+        .last_log_id
+        .context("the first snapshot has a log id")?;
     let snapshots = SnapshotStore::open(&o.data_dir.join("snapshots"))?;
     let mut writer = snapshots.create(&meta)?;
     crate::storage::write_state(&mut writer, &kv, &auth)?;

@@ -136,4 +136,12 @@ impl Admin for AdminService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+
+    async fn restore(
+        &self,
+        req: Request<tonic::Streaming<concord_proto::BackupChunk>>,
+    ) -> Result<Response<AdminResult>, Status> {
+        let chunks = futures::StreamExt::map(req.into_inner(), |c| c.map(|c| c.data));
+        Ok(Response::new(self.app.admin_restore(chunks).await?))
+    }
 }

@@ -61,7 +61,7 @@ impl App {
         Ok(AdminClient::new(channel))
     }
 
-    fn lock_membership(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, AdminError> {
+    pub(crate) fn lock_membership(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, AdminError> {
         self.membership_lock
             .try_lock()
             .map_err(|_| AdminError::Busy)
@@ -404,7 +404,7 @@ impl App {
         }
     }
 
-    async fn wait_metrics(
+    pub(crate) async fn wait_metrics(
         &self,
         timeout: Duration,
         done: impl Fn(&RaftMetrics<TypeConfig>) -> bool,
