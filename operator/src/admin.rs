@@ -46,6 +46,9 @@ pub trait NodeAdmin: Send + Sync {
     async fn transfer_leader(&self, addr: &str, to: u64) -> Result<AdminResult, AdminCallError>;
     /// A backup of the member's whole state, as it streams (see `backup`).
     async fn snapshot(&self, addr: &str) -> Result<ByteStream, AdminCallError>;
+    /// Starts a new cluster on the uninitialized member at `addr` from the backup `chunks`
+    /// carry; a chunk that is an error ends the stream short (the member then refuses it).
+    async fn restore(&self, addr: &str, chunks: ByteStream) -> Result<AdminResult, AdminCallError>;
     /// The same client, presenting `tls` to one cluster's members (None: plaintext).
     fn scoped(&self, tls: Option<AdminTls>) -> Arc<dyn NodeAdmin>;
 }
@@ -159,6 +162,34 @@ impl GrpcAdmin {
     }
 }
 
+/// A backup's chunks as `Restore` sends them, up to the first error.
+struct UntilError(Option<ByteStream>);
+
+impl futures::Stream for UntilError {
+    type Item = concord_proto::BackupChunk;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let Some(inner) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(concord_proto::BackupChunk {
+                data,
+                remaining_bytes: 0,
+            })),
+            Poll::Ready(_) => {
+                self.0 = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// A status with a ConcordKV reason is the node's answer; any other came from the transport
 /// (connection refused or reset, name not resolved, deadline) and means it was not reached.
 fn call_error(addr: &str, s: tonic::Status) -> AdminCallError {
@@ -261,6 +292,18 @@ impl NodeAdmin for GrpcAdmin {
         Ok(Box::pin(futures::StreamExt::map(stream, move |r| {
             r.map(|chunk| chunk.data).map_err(|s| call_error(&addr, s))
         })))
+    }
+    async fn restore(&self, addr: &str, chunks: ByteStream) -> Result<AdminResult, AdminCallError> {
+        let mut c = self.client(addr)?;
+        // Up to the first error: the member then sees a stream cut short and refuses it.
+        let chunks = UntilError(Some(chunks));
+        // No deadline: the member receives, checks and installs the whole backup first.
+        let r = c
+            .restore(tonic::Request::new(chunks))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| call_error(addr, s));
+        self.forget_if_unreachable(addr, r)
     }
     fn scoped(&self, tls: Option<AdminTls>) -> Arc<dyn NodeAdmin> {
         Arc::new(GrpcAdmin {

@@ -76,6 +76,12 @@ pub struct ConcordClusterSpec {
     /// spec names a mode (an operator upgrade never moves clients to TLS unasked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// Start from a backup instead of empty: the first member restores it, the others join
+    /// as usual. Read only while the cluster is being created; changing it later does nothing.
+    /// A backup that is missing, damaged or of a newer format fails the cluster (phase
+    /// Failed, the Degraded condition naming the cause) and nothing is initialized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<crate::backup::RestoreSource>,
     /// Stop all changes: no object is applied and no membership step is taken. Status is
     /// still reported.
     #[serde(default)]

@@ -2,11 +2,13 @@
 //! plan (pure, `plan.rs`), execute the single action. The pods come from a `PodRuntime`:
 //! Kubernetes in production, local processes in the tests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use concord_proto::MemberSpec;
 
 use crate::admin::{AdminCallError, NodeAdmin};
+use crate::backup::restore::{restore_into, BackupSource, RestoreFailure};
 use crate::plan::{self, Action, MemberObs, NodeObs, Observed, PodObs, Step};
 
 /// A pod as the runtime sees it, before asking its node anything.
@@ -58,6 +60,8 @@ pub enum StepError {
     },
     #[error("{0}")]
     Missing(String),
+    #[error("restoring the first member from a backup: {0}")]
+    Restore(#[from] RestoreFailure),
 }
 
 /// What the planner needs besides the cluster itself.
@@ -67,6 +71,9 @@ pub struct Policy {
     pub recorded_cluster_id: Option<String>,
     pub max_promote_lag: u64,
     pub stall_after: Duration,
+    /// The backup the first member starts from instead of an empty store (`spec.restoreFrom`),
+    /// looked up only when the first member is initialized.
+    pub restore_from: Option<Arc<dyn BackupSource>>,
 }
 
 pub struct Observation {
@@ -214,13 +221,20 @@ pub async fn execute(
     obs: &Observation,
     runtime: &dyn PodRuntime,
     admin: &dyn NodeAdmin,
+    restore_from: Option<&dyn BackupSource>,
 ) -> Result<String, StepError> {
     let wrap = |source| StepError::Admin {
         action: describe(action),
         source,
     };
     let message = match action {
-        Action::Initialize { pod } => admin.init(&obs.addr_of(pod)?).await.map_err(wrap)?.message,
+        Action::Initialize { pod } => match restore_from {
+            Some(source) => {
+                let backup = source.backup().await?;
+                restore_into(admin, &obs.addr_of(pod)?, &backup).await?
+            }
+            None => admin.init(&obs.addr_of(pod)?).await.map_err(wrap)?.message,
+        },
         Action::ScaleStatefulSet { to, .. } => {
             runtime.scale(*to).await?;
             format!("StatefulSet scaled to {to}")
@@ -294,7 +308,10 @@ pub async fn step(
     let obs = observe(runtime, admin, policy).await?;
     let step = plan::plan(&obs.observed);
     let outcome = match &step {
-        Step::Act(action) => Some(execute(action, &obs, runtime, admin).await),
+        Step::Act(action) => {
+            let restore_from = policy.restore_from.as_deref();
+            Some(execute(action, &obs, runtime, admin, restore_from).await)
+        }
         _ => None,
     };
     Ok((obs, step, outcome))

@@ -16,6 +16,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 
 use crate::admin::NodeAdmin;
+use crate::backup::restore::{BackupSource, RestoreFailure, SpecSource};
 use crate::build;
 use crate::crd::{ConcordCluster, ConcordClusterStatus, PeerTls, Phase, TlsStatus, VolumePolicy};
 use crate::kube_pods::KubePods;
@@ -186,8 +187,20 @@ async fn apply(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeu
             let applied = apply_objects(&ctx.client, valid, peer).await?;
             progress.warnings = applied.warnings;
             let admin = admin_for(&ctx, valid, peer).await?;
-            let policy = policy(valid, previous.as_ref(), &ctx);
+            let mut policy = policy(valid, previous.as_ref(), &ctx);
+            policy.restore_from = cluster.spec.restore_from.clone().map(|source| {
+                Arc::new(SpecSource {
+                    ctx: ctx.clone(),
+                    namespace: ns.clone(),
+                    source,
+                }) as Arc<dyn BackupSource>
+            });
             let (obs, step, outcome) = membership::step(&runtime, admin.as_ref(), &policy).await?;
+            // A backup that cannot be restored as it is fails the cluster until it changes.
+            progress.failure = match &outcome {
+                Some(Err(membership::StepError::Restore(f))) if !f.transient => Some(f.clone()),
+                _ => None,
+            };
             report_step(&ctx, &cluster, previous.as_ref(), &step, outcome).await;
             let initialized = obs.cluster_id().is_some()
                 || previous.as_ref().is_some_and(|s| s.cluster_id.is_some());
@@ -231,7 +244,8 @@ async fn apply(cluster: Arc<ConcordCluster>, ctx: Arc<Context>) -> Result<Requeu
     )
     .await;
     write_status(&ctx, &cluster, &ns, previous.as_ref(), &new_status).await?;
-    Ok(requeue_after(progress.step.as_ref(), checked.is_ok()))
+    let usable = checked.is_ok() && progress.failure.is_none();
+    Ok(requeue_after(progress.step.as_ref(), usable))
 }
 
 /// The admin client for this cluster: over TLS with the operator's certificate once every
@@ -281,6 +295,8 @@ struct Progress {
     step: Option<Step>,
     /// Warnings that only applying revealed (e.g. a storage change the StatefulSet keeps).
     warnings: Vec<String>,
+    /// Why the cluster cannot be created as specified (its backup cannot be restored).
+    failure: Option<RestoreFailure>,
 }
 
 pub(crate) fn pod_runtime(client: &Client, name: &str, ns: &str) -> KubePods {
@@ -301,6 +317,7 @@ fn policy(
         recorded_cluster_id: previous.and_then(|s| s.cluster_id.clone()),
         max_promote_lag: valid.max_promote_lag,
         stall_after: ctx.stall_after,
+        restore_from: None,
     }
 }
 
@@ -455,6 +472,10 @@ fn compute_status(
         observed: observation.map(|o| &o.observed),
         cluster_id: observation.and_then(|o| o.cluster_id()),
         step: progress.step.as_ref(),
+        failure: progress
+            .failure
+            .as_ref()
+            .map(|f| (f.reason, f.message.as_str())),
         pod_images: &images,
         now: now.to_string(),
     });
@@ -528,12 +549,13 @@ async fn write_status(
 }
 
 /// When to look again: soon while acting, slower while waiting, rarely when invalid or calm.
-fn requeue_after(step: Option<&Step>, valid: bool) -> Requeue {
+fn requeue_after(step: Option<&Step>, usable: bool) -> Requeue {
     Requeue::requeue(Duration::from_secs(match step {
+        // A spec that cannot be acted on waits for a change (or, for a backup, a while).
+        _ if !usable => 300,
         Some(Step::Act(_)) => 2,
         Some(Step::Wait { reason, .. }) if reason.blocking() => 15,
         Some(Step::Wait { .. }) => 5,
-        _ if !valid => 300,
         _ => 60,
     }))
 }

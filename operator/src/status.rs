@@ -16,6 +16,9 @@ pub struct StatusInput<'a> {
     pub observed: Option<&'a Observed>,
     pub cluster_id: Option<String>,
     pub step: Option<&'a Step>,
+    /// What stops the cluster from being created as specified (reason, message): its
+    /// `restoreFrom` backup cannot be restored.
+    pub failure: Option<(&'a str, &'a str)>,
     /// Pod image by pod name.
     pub pod_images: &'a [(String, String)],
     pub now: String,
@@ -121,6 +124,15 @@ pub fn compute(i: &StatusInput<'_>) -> ConcordClusterStatus {
             false,
             "InvalidSpec",
             "the spec is invalid; nothing was changed".into(),
+        ));
+    } else if let Some((reason, message)) = i.failure {
+        phase = Phase::Failed;
+        conds.push(cond("Degraded", true, reason, message.to_string()));
+        conds.push(cond(
+            "Progressing",
+            false,
+            reason,
+            "the first member was not initialized; fix spec.restoreFrom or the backup".into(),
         ));
     } else if i.paused {
         phase = Phase::Paused;
@@ -336,6 +348,7 @@ mod tests {
             observed: Some(o),
             cluster_id: Some("c".into()),
             step: Some(step),
+            failure: None,
             pod_images: &[],
             now: "2026-01-01T00:00:00Z".into(),
         }

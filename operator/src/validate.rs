@@ -120,6 +120,21 @@ pub fn validate(name: &str, spec: &ConcordClusterSpec) -> Validation {
             ));
         }
     }
+    if let Some(r) = &spec.restore_from {
+        match (&r.backup, &r.s3) {
+            (Some(_), Some(_)) | (None, None) => v.errors.push(
+                "spec.restoreFrom names exactly one of backup (a ConcordBackup) and s3 (an object)"
+                    .into(),
+            ),
+            (Some(name), None) if name.trim().is_empty() => {
+                v.errors.push("spec.restoreFrom.backup is empty".into())
+            }
+            (None, Some(o)) if o.key.trim().is_empty() || o.bucket.trim().is_empty() => v
+                .errors
+                .push("spec.restoreFrom.s3 needs a bucket and the object's key".into()),
+            _ => {}
+        }
+    }
     v
 }
 
@@ -152,6 +167,17 @@ mod tests {
     #[test]
     fn a_minimal_spec_is_valid() {
         assert_eq!(validate("kv", &spec("replicas: 3")), Validation::default());
+        for restore in [
+            "restoreFrom: {backup: nightly}",
+            "restoreFrom: {s3: {bucket: b, key: ns/kv/kv-r9-x.backup, credentialsSecret: s3}}",
+        ] {
+            let yaml = format!("replicas: 3\n{restore}");
+            assert_eq!(
+                validate("kv", &spec(&yaml)),
+                Validation::default(),
+                "{yaml}"
+            );
+        }
     }
 
     #[test]
@@ -176,6 +202,15 @@ mod tests {
             (
                 "replicas: 3\nraft: {heartbeatIntervalMs: 400, electionTimeoutMinMs: 500}",
                 "heartbeatIntervalMs",
+            ),
+            ("replicas: 3\nrestoreFrom: {}", "spec.restoreFrom"),
+            (
+                "replicas: 3\nrestoreFrom: {backup: b, s3: {bucket: x, key: k, credentialsSecret: s}}",
+                "spec.restoreFrom",
+            ),
+            (
+                "replicas: 3\nrestoreFrom: {s3: {bucket: x, key: '', credentialsSecret: s}}",
+                "spec.restoreFrom.s3",
             ),
         ];
         for (yaml, field) in cases {

@@ -358,6 +358,16 @@ impl PodRuntime for ProcessPods {
     }
 }
 
+fn policy(desired: u32) -> Policy {
+    Policy {
+        desired,
+        recorded_cluster_id: None,
+        max_promote_lag: 100,
+        stall_after: Duration::from_secs(60),
+        restore_from: None,
+    }
+}
+
 /// Drives the operator's loop until the plan converges; returns the actions taken.
 async fn converge(
     pods: &ProcessPods,
@@ -365,17 +375,21 @@ async fn converge(
     desired: u32,
     timeout: Duration,
 ) -> Vec<Action> {
-    let policy = Policy {
-        desired,
-        recorded_cluster_id: None,
-        max_promote_lag: 100,
-        stall_after: Duration::from_secs(60),
-    };
+    converge_with(pods, admin, &policy(desired), timeout).await
+}
+
+async fn converge_with(
+    pods: &ProcessPods,
+    admin: &dyn NodeAdmin,
+    policy: &Policy,
+    timeout: Duration,
+) -> Vec<Action> {
+    let desired = policy.desired;
     let deadline = Instant::now() + timeout;
     let mut actions = Vec::new();
     let mut last = String::new();
     loop {
-        let (_, step, outcome) = membership::step(pods, admin, &policy)
+        let (_, step, outcome) = membership::step(pods, admin, policy)
             .await
             .expect("runtime never fails here");
         match &step {
@@ -639,12 +653,7 @@ async fn a_scale_up_interrupted_and_reverted_converges_after_an_operator_restart
 
     // 3 -> 5 starts: run the operator until kv-3 is a learner (or a voter), then "crash" it.
     let first = GrpcAdmin::default();
-    let policy = Policy {
-        desired: 5,
-        recorded_cluster_id: None,
-        max_promote_lag: 100,
-        stall_after: Duration::from_secs(60),
-    };
+    let policy = policy(5);
     let deadline = Instant::now() + t;
     loop {
         let (_, step, outcome) = membership::step(pods.as_ref(), &first, &policy)
@@ -865,4 +874,141 @@ async fn tls_is_turned_on_for_a_running_cluster_while_writing() {
         foreign.node_status(&addr).await.is_err(),
         "foreign CA admin"
     );
+}
+
+/// Every `w<i>` key a pod of `pods` holds, for i below `n`, with its value.
+async fn keys(pods: &ProcessPods, n: u64) -> Vec<(u64, Option<String>)> {
+    let (plain, _) = pods.clients(Duration::from_secs(5));
+    let port = pods.api_ports()[0].0;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let body: serde_json::Value = plain
+            .get(format!("http://127.0.0.1:{port}/api/get?key=w{i}"))
+            .send()
+            .await
+            .expect("read")
+            .json()
+            .await
+            .expect("json");
+        out.push((i, body["value"].as_str().map(str::to_string)));
+    }
+    out
+}
+
+/// Runs the operator's loop on a new cluster until its first member's initialization has been
+/// tried once; returns how that went.
+async fn first_initialization(
+    pods: &ProcessPods,
+    admin: &dyn NodeAdmin,
+    policy: &Policy,
+) -> Result<String, membership::StepError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, step, outcome) = membership::step(pods, admin, policy)
+            .await
+            .expect("runtime");
+        if let (Step::Act(Action::Initialize { .. }), Some(outcome)) = (&step, outcome) {
+            return outcome;
+        }
+        assert!(Instant::now() < deadline, "no initialization: {step:?}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_is_restored_from_a_backup_and_bad_backups_initialize_nothing() {
+    use concord_operator::backup::restore::BackupObject;
+    use object_store::{memory::InMemory, path::Path, ObjectStore};
+    let admin = GrpcAdmin::default();
+    let t = Duration::from_secs(90);
+
+    // The source: a cluster with data, and a backup of it taken through the admin API.
+    let source = Arc::new(ProcessPods::new());
+    converge(&source, &admin, 1, t).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = start_writer(source.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.await.expect("writer");
+    let written = acked.iter().max().map_or(0, |m| m + 1);
+    let addr = format!("127.0.0.1:{}", source.pods.lock()[&0].peer);
+    let mut stream = admin.snapshot(&addr).await.expect("backup");
+    let mut backup = Vec::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        backup.extend_from_slice(&chunk.expect("chunk"));
+    }
+    let expected = keys(&source, written).await;
+    assert!(
+        expected.iter().filter(|(_, v)| v.is_some()).count() == acked.len(),
+        "the source holds every acknowledged write"
+    );
+
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let put = |key: &str, bytes: Vec<u8>| {
+        let store = store.clone();
+        let key = key.to_string();
+        async move {
+            store
+                .put(&Path::from(key.as_str()), bytes.into())
+                .await
+                .expect("put")
+        }
+    };
+    put("good.backup", backup.clone()).await;
+    let mut flipped = backup.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 1;
+    put("flipped.backup", flipped).await;
+    let mut newer = backup.clone();
+    newer[7] = b'9';
+    put("newer.backup", newer).await;
+    let from = |key: &str| {
+        let mut p = policy(3);
+        p.restore_from = Some(Arc::new(BackupObject {
+            store: store.clone(),
+            key: key.into(),
+            location: format!("memory://{key}"),
+        }));
+        p
+    };
+
+    // Bad backups: the cause is named, and the first member stays out of any cluster.
+    let target = ProcessPods::new();
+    for (key, reason) in [
+        ("missing.backup", "BackupNotFound"),
+        ("flipped.backup", "BackupCorrupt"),
+        ("newer.backup", "BackupFormatTooNew"),
+    ] {
+        match first_initialization(&target, &admin, &from(key)).await {
+            Err(membership::StepError::Restore(f)) => {
+                eprintln!("{key}: {f}");
+                assert_eq!(f.reason, reason, "{key}: {f}");
+                assert!(!f.transient, "{key}");
+            }
+            other => panic!("{key}: {other:?}"),
+        }
+        let pod0 = format!("127.0.0.1:{}", target.pods.lock()[&0].peer);
+        let status = admin.node_status(&pod0).await.expect("status");
+        assert!(!status.initialized, "{key}: nothing was initialized");
+    }
+
+    // The good one: the first member restores it, the others join; the new cluster holds
+    // exactly what the source held.
+    let started = Instant::now();
+    let actions = converge_with(&target, &admin, &from("good.backup"), t).await;
+    eprintln!(
+        "restored and grown to 3 members in {:?}: {:?}",
+        started.elapsed(),
+        actions
+            .iter()
+            .map(membership::action_kind)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(voters(&admin, &target).await, ["kv-0", "kv-1", "kv-2"]);
+    assert_eq!(keys(&target, written).await, expected);
+    let pod0 = format!("127.0.0.1:{}", target.pods.lock()[&0].peer);
+    let restored = admin.node_status(&pod0).await.expect("status");
+    let original = admin.node_status(&addr).await.expect("status");
+    assert_ne!(restored.cluster_id, original.cluster_id, "a new cluster id");
+    eprintln!("{} keys restored", acked.len());
 }

@@ -29,12 +29,14 @@ pub fn parse_header(bytes: &[u8]) -> Option<Result<Header, String>> {
         return None;
     }
     if &bytes[..7] != MAGIC_PREFIX {
-        return Some(Err("the member did not send a ConcordKV backup".into()));
+        return Some(Err(
+            "not a ConcordKV backup (it does not start with CKVBACK)".into(),
+        ));
     }
     let format = bytes[7].wrapping_sub(b'0');
     if format == 0 || format > BACKUP_FORMAT {
         return Some(Err(format!(
-            "the member sent backup format {format}; this operator handles up to {BACKUP_FORMAT} (upgrade the operator)"
+            "backup format {format} is newer than this operator handles (up to {BACKUP_FORMAT}): upgrade the operator"
         )));
     }
     let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;

@@ -9,6 +9,7 @@
 
 pub mod location;
 pub mod reconcile;
+pub mod restore;
 pub mod schedule;
 pub mod scheduler;
 pub mod upload;
@@ -80,6 +81,51 @@ pub struct S3Destination {
     /// A Secret in the same namespace with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
     /// (and optionally `AWS_SESSION_TOKEN`). Never copied into status, events or logs.
     pub credentials_secret: String,
+}
+
+/// A backup a new cluster starts from (`ConcordCluster.spec.restoreFrom`): a ConcordBackup by
+/// name, or an object in S3 storage. Exactly one.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSource {
+    /// A ConcordBackup in the cluster's namespace that has Succeeded: its object is restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// An object in S3 storage: where, as a ConcordBackup's destination names it, and its key
+    /// (`status.location` of the ConcordBackup that wrote it, without `s3://bucket/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Object>,
+}
+
+/// One object in S3 or an S3-compatible store; the settings mean what a destination's do.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Object {
+    pub bucket: String,
+    /// The object's whole key in the bucket, e.g. `backups/prod/kv/kv-r1042-20261205T113755Z.backup`.
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// A Secret in the same namespace with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    pub credentials_secret: String,
+}
+
+impl S3Object {
+    /// The store that holds it.
+    pub fn store(&self) -> S3Destination {
+        S3Destination {
+            bucket: self.bucket.clone(),
+            prefix: None,
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            force_path_style: self.force_path_style,
+            credentials_secret: self.credentials_secret.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -45,10 +45,10 @@ fn now() -> String {
 }
 
 /// Why a backup cannot be taken now: `retry` says whether another attempt may do better.
-struct Stop {
-    reason: &'static str,
-    message: String,
-    retry: bool,
+pub(crate) struct Stop {
+    pub(crate) reason: &'static str,
+    pub(crate) message: String,
+    pub(crate) retry: bool,
 }
 
 fn stop(reason: &'static str, message: impl Into<String>, retry: bool) -> Stop {
@@ -96,7 +96,7 @@ async fn publish(ctx: &Context, b: &ConcordBackup, type_: EventType, reason: &st
 
 /// The credentials in the destination's Secret; a message naming what is missing otherwise
 /// (never a value).
-async fn credentials(ctx: &Context, ns: &str, name: &str) -> Result<Credentials, Stop> {
+pub(crate) async fn credentials(ctx: &Context, ns: &str, name: &str) -> Result<Credentials, Stop> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret = api
         .get_opt(name)

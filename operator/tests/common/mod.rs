@@ -309,6 +309,8 @@ pub struct Raft {
     log: Vec<String>,
     /// What `snapshot` streams (a real backup file, in the tests that take one).
     pub backup: Vec<u8>,
+    /// What the last `restore` received.
+    pub restored: Vec<u8>,
 }
 
 #[derive(Default, Clone)]
@@ -430,6 +432,35 @@ impl NodeAdmin for FakeAdmin {
             .map(|c| Ok(c.to_vec()))
             .collect();
         Ok(Box::pin(futures::stream::iter(chunks)))
+    }
+    async fn restore(
+        &self,
+        addr: &str,
+        mut chunks: concord_operator::admin::ByteStream,
+    ) -> Result<AdminResult, AdminCallError> {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+            match chunk {
+                Ok(c) => bytes.extend_from_slice(&c),
+                // As a member does: a stream cut short is not a backup.
+                Err(e) => {
+                    return Err(AdminCallError::Refused {
+                        addr: addr.into(),
+                        reason: concord_proto::errors::ErrorReason::InvalidArgument,
+                        message: format!("the backup stream broke off: {e}"),
+                    })
+                }
+            }
+        }
+        let mut r = self.0.lock();
+        let node = r.nodes.get_mut(addr).expect("known node");
+        node.2 = true;
+        let (id, name) = (node.0, node.1.clone());
+        r.members = vec![member(id, &name, "voter")];
+        r.leader = id;
+        r.log.push(format!("restore {name} {} bytes", bytes.len()));
+        r.restored = bytes;
+        ok("restored")
     }
     fn scoped(&self, _tls: Option<concord_operator::admin::AdminTls>) -> Arc<dyn NodeAdmin> {
         Arc::new(self.clone())
