@@ -372,6 +372,26 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_that_cannot_be_restored_fails_the_cluster_naming_the_cause() {
+        let mut o = observed([true, true, true]);
+        o.members = None;
+        let step = Step::Act(crate::plan::Action::Initialize { pod: "kv-0".into() });
+        let mut i = input(&o, &step);
+        i.cluster_id = None;
+        i.failure = Some(("BackupCorrupt", "s3://b/k: checksum did not match"));
+        let s = compute(&i);
+        assert_eq!(s.phase, Some(Phase::Failed));
+        let d = condition(&s, "Degraded");
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "BackupCorrupt")
+        );
+        assert!(d.message.contains("s3://b/k"));
+        assert_eq!(condition(&s, "Progressing").status, "False");
+        assert_eq!(condition(&s, "Available").status, "False");
+    }
+
+    #[test]
     fn lost_quorum_is_its_own_phase() {
         let mut o = observed([true, false, false]);
         o.members = None;

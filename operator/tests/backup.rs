@@ -226,6 +226,13 @@ fn backup_object(name: &str, cluster: &str, endpoint: &str) -> serde_json::Value
     })
 }
 
+fn put_secret(h: &Harness, secret: &k8s_openapi::api::core::v1::Secret) {
+    h.store.lock().put(
+        format!("/api/v1/namespaces/{NS}/secrets/s3-credentials"),
+        serde_json::to_value(secret).expect("json"),
+    );
+}
+
 async fn reconcile_backup(h: &Harness, name: &str) -> serde_json::Value {
     let path = format!("{BACKUPS}/{name}");
     let b: ConcordBackup =
@@ -279,10 +286,7 @@ async fn a_concord_backup_goes_to_succeeded_and_keeps_credentials_out_of_sight()
         ),
         ..Default::default()
     };
-    h.store.lock().put(
-        format!("/api/v1/namespaces/{NS}/secrets/s3-credentials"),
-        serde_json::to_value(&secret).expect("json"),
-    );
+    put_secret(&h, &secret);
 
     h.store.lock().put(
         format!("{BACKUPS}/nightly"),
@@ -313,6 +317,58 @@ async fn a_concord_backup_goes_to_succeeded_and_keeps_credentials_out_of_sight()
     assert_eq!(Some(meta.size), status["sizeBytes"].as_u64());
     // Finished: reconciling again changes nothing.
     assert_eq!(reconcile_backup(&h, "nightly").await["status"], *status);
+
+    // A new cluster restored from it (by the ConcordBackup's name): the first member is sent
+    // exactly the stored object, the others join.
+    let restored = Harness::new(json!({"replicas": 3, "tls": {"mode": "disabled"},
+        "restoreFrom": {"backup": "nightly"}}));
+    let nightly = h.store.lock().objects[&format!("{BACKUPS}/nightly")].clone();
+    restored
+        .store
+        .lock()
+        .put(format!("{BACKUPS}/nightly"), nightly);
+    put_secret(&restored, &secret);
+    let log = restored.settle().await;
+    let sent = restored.admin.0.lock().restored.clone();
+    assert_eq!(
+        sent,
+        h.admin.0.lock().backup,
+        "the stored backup, byte for byte"
+    );
+    assert!(
+        log.first().is_some_and(|l| l.starts_with("restore kv-0")),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.starts_with("init")), "{log:?}");
+    assert_eq!(
+        restored.cr()["status"]["members"].as_array().map(Vec::len),
+        Some(3)
+    );
+
+    // Restoring an object that is not there fails the cluster and initializes nothing.
+    let missing = Harness::new(json!({"replicas": 3, "tls": {"mode": "disabled"},
+        "restoreFrom": {"s3": {"bucket": "backups", "key": "concordkv/nope.backup",
+            "endpoint": endpoint, "forcePathStyle": true, "credentialsSecret": "s3-credentials"}}}));
+    put_secret(&missing, &secret);
+    for _ in 0..4 {
+        missing.run_statefulset_controller();
+        missing.reconcile().await;
+    }
+    let st = missing.cr()["status"].clone();
+    assert_eq!(st["phase"], "Failed", "{st}");
+    let degraded = st["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Degraded").cloned())
+        .expect("Degraded");
+    assert_eq!(degraded["reason"], "BackupNotFound", "{degraded}");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("s3://backups/concordkv/nope.backup")),
+        "{degraded}"
+    );
+    assert!(missing.admin_log().is_empty(), "nothing was initialized");
+    assert!(st["clusterId"].is_null());
 
     // A backup of a cluster that does not exist, and one without its credentials, fail at once
     // with the reason.
