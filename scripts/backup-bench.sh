@@ -4,6 +4,7 @@
 #
 #   scripts/backup-bench.sh
 #   KEYS=100000 scripts/backup-bench.sh
+#   SYSTEMS=concordkv KEEP_BACKUP=/var/tmp/1m.backup scripts/backup-bench.sh   # keeps the file
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-prereqs.sh

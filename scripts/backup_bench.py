@@ -92,6 +92,9 @@ def measure(cls, keys):
         for t in threads:
             t.join()
         size = os.path.getsize(file)
+        if os.environ.get("KEEP_BACKUP") and cls is scale.Concord:
+            # For profiling the restore by hand: the backup outlives the run.
+            shutil.copy(file, os.environ["KEEP_BACKUP"])
         target = os.path.join(work, "restored")
         if cls is scale.Concord:
             rcmd = [scale.CTL, "snapshot", "restore", file, "--data-dir", target, "--name", "r0",

@@ -346,7 +346,8 @@ pub fn load_file(path: &Path) -> Result<(Verified, MvccStore, AuthStore), Backup
     let verified = verify_file(path)?;
     let mut file = std::fs::File::open(path)?;
     file.seek(io::SeekFrom::Start(verified.data_offset))?;
-    let reader = io::BufReader::with_capacity(1 << 20, file).take(verified.data_bytes);
+    // Buffered outermost: bincode reads field by field, each read then served from the buffer.
+    let reader = io::BufReader::with_capacity(1 << 20, file.take(verified.data_bytes));
     let (kv, auth) = crate::storage::read_state(
         reader,
         verified.header.data_format,

@@ -63,6 +63,9 @@ struct Version {
     create_revision: u64,
     version: u64,
     /// `None`: deleted at `rev`. Boxed, not a `Vec`: no capacity word, for a million of them.
+    /// Encoded as bytes, not as a sequence of u8 (the same bytes in bincode, one call not one
+    /// per byte: most of a snapshot is values).
+    #[serde(with = "serde_bytes")]
     value: Option<Box<[u8]>>,
     lease: i64,
 }
@@ -435,6 +438,7 @@ pub struct MvccStore {
     /// Each key's versions, oldest first; a key whose versions are all compacted away is gone.
     /// Keys and version lists are shared (`Arc`): copying a tree node for a write during a
     /// snapshot then costs reference counts, not copies of the keys and values it holds.
+    #[serde(serialize_with = "serialize_keys")]
     keys: KeyMap,
     /// The revision of the last change.
     revision: u64,
@@ -1266,6 +1270,16 @@ fn push_exact(versions: &mut History, v: Version) {
 /// Reads the key map without trusting its length prefix: imbl's own `Deserialize` allocates
 /// for the length a snapshot claims, so a corrupt one could ask for any amount of memory (the
 /// decoder fuzz test found it); this inserts entry by entry, as `BTreeMap`'s does.
+/// The keys as a map of byte strings (see `Version::value` for why bytes).
+fn serialize_keys<S: serde::Serializer>(keys: &KeyMap, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(keys.len()))?;
+    for (k, v) in keys.iter() {
+        map.serialize_entry(serde_bytes::Bytes::new(k), v.as_ref())?;
+    }
+    map.end()
+}
+
 fn deserialize_keys<'de, D>(d: D) -> Result<KeyMap, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -1283,8 +1297,8 @@ where
             mut a: A,
         ) -> Result<Self::Value, A::Error> {
             let mut keys = KeyMap::new();
-            while let Some((k, v)) = a.next_entry::<Vec<u8>, History>()? {
-                keys.insert(Arc::from(k), Arc::new(v));
+            while let Some((k, v)) = a.next_entry::<serde_bytes::ByteBuf, History>()? {
+                keys.insert(Arc::from(k.into_vec()), Arc::new(v));
             }
             Ok(keys)
         }
@@ -1416,4 +1430,54 @@ fn branch_writes(ops: &[Op]) -> Result<(Vec<Vec<u8>>, Vec<KeyRange>), MvccError>
         puts.push(p.key.clone());
     }
     Ok((puts, dels))
+}
+
+#[cfg(test)]
+mod encoding_tests {
+    use super::*;
+
+    /// The store as it was encoded before keys and values were written as bytes: every byte
+    /// string a sequence of u8. Snapshots travel between releases (an upgrade's mixed cluster,
+    /// a backup restored by a newer one), so the bytes must be the same.
+    #[derive(Serialize)]
+    struct OldVersion {
+        rev: Rev,
+        create_revision: u64,
+        version: u64,
+        value: Option<Vec<u8>>,
+        lease: i64,
+    }
+
+    #[test]
+    fn keys_and_values_encode_as_they_did_as_sequences() {
+        let versions = |value: Option<&[u8]>| Version {
+            rev: Rev { main: 7, sub: 1 },
+            create_revision: 3,
+            version: 2,
+            value: value.map(Box::from),
+            lease: -5,
+        };
+        let old = |value: Option<&[u8]>| OldVersion {
+            rev: Rev { main: 7, sub: 1 },
+            create_revision: 3,
+            version: 2,
+            value: value.map(<[u8]>::to_vec),
+            lease: -5,
+        };
+        for value in [Some(&b"value \x00\xff"[..]), Some(&b""[..]), None] {
+            let new = crate::codec::to_bytes(&versions(value)).expect("encode");
+            assert_eq!(new, crate::codec::to_bytes(&old(value)).expect("encode"));
+            let back: Version = crate::codec::from_bytes(&new, "a version").expect("decode");
+            assert_eq!(back, versions(value));
+        }
+        let mut keys = KeyMap::new();
+        let history: History = smallvec::smallvec![versions(Some(b"v"))];
+        keys.insert(Arc::from(&b"key\x01"[..]), Arc::new(history.clone()));
+        let as_map: std::collections::BTreeMap<Vec<u8>, Vec<OldVersion>> =
+            [(b"key\x01".to_vec(), vec![old(Some(b"v"))])].into();
+        #[derive(Serialize)]
+        struct Keys(#[serde(serialize_with = "serialize_keys")] KeyMap);
+        let new = crate::codec::to_bytes(&Keys(keys)).expect("encode");
+        assert_eq!(new, crate::codec::to_bytes(&as_map).expect("encode"));
+    }
 }
