@@ -50,18 +50,8 @@ impl App {
     where
         S: Stream<Item = Result<Vec<u8>, tonic::Status>> + Unpin + Send,
     {
-        if self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| AdminError::Internal(e.to_string()))?
-        {
-            return Err(AdminError::AlreadyInitialized(format!(
-                "node {} is already a member of cluster {}; a backup is restored into a new cluster's first member",
-                self.identity.name,
-                self.cluster_id.wire()
-            )));
-        }
+        self.check_uninitialized("; a backup is restored into a new cluster's first member")
+            .await?;
         let _guard = self.lock_membership()?;
         let incoming = Incoming(self.config.data_dir.join(INCOMING));
         let mut file = tokio::fs::File::create(&incoming.0)

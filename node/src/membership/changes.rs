@@ -67,7 +67,9 @@ impl App {
             .map_err(|_| AdminError::Busy)
     }
 
-    pub async fn admin_init(&self, req: InitRequest) -> Result<AdminResult, AdminError> {
+    /// Refuses to start a cluster on a member that is already in one (`why` says what was
+    /// asked).
+    pub(crate) async fn check_uninitialized(&self, why: &str) -> Result<(), AdminError> {
         if self
             .raft
             .is_initialized()
@@ -75,11 +77,16 @@ impl App {
             .map_err(|e| AdminError::Internal(e.to_string()))?
         {
             return Err(AdminError::AlreadyInitialized(format!(
-                "node {} is already a member of cluster {}",
+                "node {} is already a member of cluster {}{why}",
                 self.identity.name,
                 self.cluster_id.wire()
             )));
         }
+        Ok(())
+    }
+
+    pub async fn admin_init(&self, req: InitRequest) -> Result<AdminResult, AdminError> {
+        self.check_uninitialized("").await?;
         let _guard = self.lock_membership()?;
         let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
         for m in &req.members {

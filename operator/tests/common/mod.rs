@@ -313,6 +313,18 @@ pub struct Raft {
     pub restored: Vec<u8>,
 }
 
+impl Raft {
+    /// The node at `addr` becomes the one voter and leader of a new cluster; its name.
+    fn start_cluster(&mut self, addr: &str) -> String {
+        let node = self.nodes.get_mut(addr).expect("known node");
+        node.2 = true;
+        let (id, name) = (node.0, node.1.clone());
+        self.members = vec![member(id, &name, "voter")];
+        self.leader = id;
+        name
+    }
+}
+
 #[derive(Default, Clone)]
 pub struct FakeAdmin(pub Arc<Mutex<Raft>>);
 
@@ -366,11 +378,7 @@ impl NodeAdmin for FakeAdmin {
     }
     async fn init(&self, addr: &str) -> Result<AdminResult, AdminCallError> {
         let mut r = self.0.lock();
-        let node = r.nodes.get_mut(addr).expect("known node");
-        node.2 = true;
-        let (id, name) = (node.0, node.1.clone());
-        r.members = vec![member(id, &name, "voter")];
-        r.leader = id;
+        let name = r.start_cluster(addr);
         r.log.push(format!("init {name}"));
         ok("initialized")
     }
@@ -453,11 +461,7 @@ impl NodeAdmin for FakeAdmin {
             }
         }
         let mut r = self.0.lock();
-        let node = r.nodes.get_mut(addr).expect("known node");
-        node.2 = true;
-        let (id, name) = (node.0, node.1.clone());
-        r.members = vec![member(id, &name, "voter")];
-        r.leader = id;
+        let name = r.start_cluster(addr);
         r.log.push(format!("restore {name} {} bytes", bytes.len()));
         r.restored = bytes;
         ok("restored")
