@@ -467,7 +467,7 @@ fn plan_rollout(v: &View<'_>) -> Step {
         .or_else(|| {
             member_pods
                 .iter()
-                .find(|p| !p.ready || p.terminating)
+                .find(|p| !p.ready || p.terminating || p.node.is_none())
                 .map(|p| p.name.clone())
         });
     if let Some(name) = unhealthy {

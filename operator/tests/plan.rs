@@ -311,6 +311,21 @@ fn a_pod_that_does_not_come_back_stops_the_rollout() {
 }
 
 #[test]
+fn a_rollout_waits_while_a_members_admin_api_does_not_answer() {
+    // Found by the property test: the pod is Ready and Raft sees it, but the operator cannot
+    // read its admin API, so it cannot know the member is caught up — no other pod restarts.
+    let mut o = healthy(3, 3);
+    for p in &mut o.pods {
+        p.up_to_date = false;
+    }
+    pod_mut(&mut o, "kv-1").node = None;
+    let step = plan(&o);
+    assert!(waits(&step, WaitReason::PodRestarting), "{step:?}");
+    pod_mut(&mut o, "kv-1").node = Some(pod(1, true).node.expect("a node"));
+    assert_eq!(plan(&o), act(Action::RestartPod { pod: "kv-2".into() }));
+}
+
+#[test]
 fn a_single_member_restarts_in_place() {
     let mut o = healthy(1, 1);
     o.pods[0].up_to_date = false;
