@@ -345,6 +345,50 @@ async fn a_member_not_yet_in_a_cluster_starts_one_from_a_streamed_backup_and_oth
     ]);
     assert!(ok, "{text}");
     let bytes = std::fs::read(&file).expect("read the backup");
+    // The same backup from the member's admin service (the operator's backup Job's way), to a
+    // name filled in from its header, with the outcome reported to a file.
+    let report = src.dir.path().join("termination-log");
+    let template = src.dir.path().join("jobs/src-r{revision}-{created}.backup");
+    let (ok, text) = ctl(&[
+        "snapshot",
+        "save",
+        &template.display().to_string(),
+        "--member",
+        &format!("127.0.0.1:{}", src.nodes[0].peer_port),
+        "--report",
+        &report.display().to_string(),
+    ]);
+    assert!(ok, "{text}");
+    let reported: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
+    let from_member = reported["file"].as_str().expect("file");
+    assert!(
+        from_member.contains(&format!("src-r{}-", reported["revision"])),
+        "{reported}"
+    );
+    assert_eq!(
+        std::fs::read(from_member).expect("read").len() as u64,
+        reported["fileBytes"].as_u64().expect("size")
+    );
+    assert_eq!(reported["checksumVerified"], true);
+    let (ok, _) = ctl(&[
+        "snapshot",
+        "save",
+        &template.display().to_string(),
+        "--member",
+        "127.0.0.1:1",
+        "--report",
+        &report.display().to_string(),
+    ]);
+    assert!(!ok);
+    let failed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("127.0.0.1:1")),
+        "{failed}"
+    );
     let revision = concord_node::backup::verify(&bytes[..])
         .expect("valid")
         .header

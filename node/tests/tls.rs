@@ -584,4 +584,54 @@ async fn a_live_cluster_switches_its_peers_to_tls_one_member_at_a_time() {
         let (s, body) = c.get(leader, &format!("/api/get?key={key}")).await;
         assert_eq!(s, 200, "{key} lost: {body}");
     }
+
+    // The operator's backup Job: a backup from a member's peer port, with a certificate the
+    // peer CA signed (the operator's); a stranger's certificate gets nothing.
+    let (op_crt, op_key) = write_pair(dir, "concord-operator", &ca.leaf("concord-operator", false));
+    let (x_crt, x_key) = write_pair(
+        dir,
+        "stranger",
+        &Ca::new("other CA").leaf("stranger", false),
+    );
+    let member = format!("127.0.0.1:{}", c.nodes[leader].peer_port);
+    let target = dir.join("backups").join("kv-r{revision}.backup");
+    let run = |crt: &Path, key: &Path| {
+        let out = std::process::Command::new(CTL_BIN)
+            .args(["--cacert", &dir.join("ca.crt").display().to_string()])
+            .args(["--cert", &crt.display().to_string()])
+            .args(["--key", &key.display().to_string()])
+            .args([
+                "-o",
+                "json",
+                "snapshot",
+                "save",
+                &target.display().to_string(),
+            ])
+            .args(["--member", &member])
+            .output()
+            .expect("run concordctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = run(&x_crt, &x_key);
+    assert!(
+        !ok,
+        "a certificate from another CA must not get a backup: {text}"
+    );
+    let (ok, text) = run(&op_crt, &op_key);
+    assert!(ok, "{text}");
+    let saved: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let file = saved["file"].as_str().expect("file");
+    assert_eq!(
+        file,
+        dir.join("backups")
+            .join(format!("kv-r{}.backup", saved["revision"]))
+            .display()
+            .to_string()
+    );
+    let v = concord_node::backup::verify_file(Path::new(file)).expect("a valid backup");
+    assert!(v.header.keys >= acked.len() as u64, "{:?}", v.header);
 }

@@ -214,7 +214,18 @@ enum LeaseCmd {
 #[derive(Subcommand)]
 enum SnapshotCmd {
     /// Download a consistent backup of the whole store from a member (root only with auth on).
-    Save { file: std::path::PathBuf },
+    /// FILE may hold `{revision}` and `{created}`, filled in from the backup.
+    Save {
+        file: std::path::PathBuf,
+        /// Take it from this member's admin service on its peer port (`host:port`) instead of
+        /// the HTTP API; --cacert/--cert/--key are then the peer CA and a certificate it signed.
+        #[arg(long)]
+        member: Option<String>,
+        /// Also write the outcome as JSON to this file (a Job's `/dev/termination-log`): what
+        /// `-o json` prints, or `{"error": ...}`.
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
     /// Check a backup end to end and print what it holds.
     Status { file: std::path::PathBuf },
     /// Write one member's data dir of a NEW cluster from a backup (offline; run once per
@@ -554,12 +565,35 @@ fn show(out: Output, result: anyhow::Result<(String, Value)>) -> ExitCode {
 async fn snapshot(client: &Client, out: Output, cmd: SnapshotCmd) -> ExitCode {
     use concord_node::cli::snapshot as s;
     let result = match cmd {
-        SnapshotCmd::Save { file } => s::save(client, &file).await.map(|v| {
-            (
-                format!("saved {}: {}", file.display(), s::status_text(&v)),
-                v,
-            )
-        }),
+        SnapshotCmd::Save {
+            file,
+            member,
+            report,
+        } => {
+            let saved = match &member {
+                Some(m) => s::save_from_member(client.tls(), m, &file).await,
+                None => s::save(client, &file).await,
+            };
+            if let Some(report) = &report {
+                let v = match &saved {
+                    Ok(v) => v.clone(),
+                    Err(e) => json!({ "error": format!("{e:#}") }),
+                };
+                if let Err(e) = std::fs::write(report, v.to_string()) {
+                    eprintln!("cannot write --report {}: {e}", report.display());
+                }
+            }
+            saved.map(|v| {
+                (
+                    format!(
+                        "saved {}: {}",
+                        v["file"].as_str().unwrap_or("?"),
+                        s::status_text(&v)
+                    ),
+                    v,
+                )
+            })
+        }
         SnapshotCmd::Status { file } => s::status(&file)
             .map(|v| (s::status_text(&v), v))
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
