@@ -389,6 +389,23 @@ async fn a_member_not_yet_in_a_cluster_starts_one_from_a_streamed_backup_and_oth
             .is_some_and(|e| e.contains("127.0.0.1:1")),
         "{failed}"
     );
+    // What a schedule's pruning Job runs: a file that is not a backup stops it whole.
+    let stray = src.dir.path().join("notes.txt");
+    std::fs::write(&stray, "keep me").expect("write");
+    let (ok, text) = ctl(&[
+        "snapshot",
+        "remove",
+        from_member,
+        &stray.display().to_string(),
+    ]);
+    assert!(!ok && text.contains("not a ConcordKV backup"), "{text}");
+    assert!(Path::new(from_member).exists() && stray.exists());
+    let (ok, text) = ctl(&["snapshot", "remove", from_member, "/nonexistent/x.backup"]);
+    assert!(
+        ok && text.contains("removed 1 backup(s), 1 already absent"),
+        "{text}"
+    );
+    assert!(!Path::new(from_member).exists());
     let revision = concord_node::backup::verify(&bytes[..])
         .expect("valid")
         .header

@@ -241,7 +241,7 @@ fn http_probe(path: &str, period: i32, failures: i32, https: bool) -> Probe {
     }
 }
 
-fn default_pod_security() -> PodSecurityContext {
+pub(crate) fn default_pod_security() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(RUN_AS),
@@ -256,7 +256,7 @@ fn default_pod_security() -> PodSecurityContext {
     }
 }
 
-fn default_container_security() -> SecurityContext {
+pub(crate) fn default_container_security() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),

@@ -542,3 +542,237 @@ fn base64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+const JOBS: &str = "/apis/batch/v1/namespaces/default/jobs";
+
+/// Plays the Job controller and the kubelet for Job `name`: runs its container's command —
+/// the real concordctl of this build — with the claim's mount at `claim` and the member's
+/// name resolved to `member`, then records its pod (owned by the Job, with the termination
+/// message the container wrote) and the Job's outcome as Kubernetes would.
+fn run_job(h: &Harness, name: &str, claim: &std::path::Path, member: &str) -> bool {
+    let path = format!("{JOBS}/{name}");
+    let mut job = h.store.lock().objects[&path].clone();
+    let c = job["spec"]["template"]["spec"]["containers"][0].clone();
+    assert_eq!(c["command"][0], "/usr/local/bin/concordctl");
+    let log = claim.with_file_name(format!("{name}.termination-log"));
+    let mut args = Vec::new();
+    let mut after_member = false;
+    for a in c["args"].as_array().expect("args") {
+        let a = a.as_str().expect("arg");
+        args.push(if after_member {
+            member.to_string()
+        } else if a == "/dev/termination-log" {
+            log.display().to_string()
+        } else if let Some(rest) = a.strip_prefix("/backup/") {
+            claim.join(rest).display().to_string()
+        } else {
+            a.to_string()
+        });
+        after_member = a == "--member";
+    }
+    let out = Command::new(ctl_binary())
+        .args(&args)
+        .output()
+        .expect("concordctl");
+    let ok = out.status.success();
+    // FallbackToLogsOnError: the file, else (on failure) the log.
+    let message = std::fs::read_to_string(&log)
+        .ok()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).to_string());
+    let _ = std::fs::remove_file(&log);
+    // In the pod the claim is at /backup: the paths the container reports say so.
+    let message = message.replace(&claim.display().to_string(), "/backup");
+    let uid = job["metadata"]["uid"].clone();
+    h.store.lock().put(
+        format!("{PODS}/{name}-x7k2p"),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{name}-x7k2p"), "namespace": NS,
+                         "labels": {"job-name": name},
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                                              "uid": uid, "controller": true}]},
+            "status": {"phase": if ok { "Succeeded" } else { "Failed" },
+                       "containerStatuses": [{"name": "concordctl", "image": c["image"], "imageID": "",
+                                              "ready": false, "restartCount": 0,
+                                              "state": {"terminated": {"exitCode": i32::from(!ok), "message": message}}}]},
+        }),
+    );
+    job["status"] = if ok {
+        json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
+    } else {
+        json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})
+    };
+    h.store.lock().put(path, job);
+    ok
+}
+
+/// Backups into a PVC: each ConcordBackup runs a Job (played here by the real concordctl
+/// against a real member), its report becomes the status; a Job that fails leaves its error
+/// in the status and is replaced on the next attempt; a schedule prunes by a Job that removes
+/// the old file, and deletes its ConcordBackup only once that Job has succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_to_a_pvc_run_as_jobs_and_a_schedule_prunes_their_files() {
+    use chrono::{DateTime, Utc};
+    use concord_operator::backup::schedule::ConcordBackupSchedule;
+    let dir = tempfile::tempdir().expect("dir");
+    let claim = dir.path().join("claim");
+    let (node, addr) = member(dir.path()).await;
+    let h = Harness::new(json!({"replicas": 3, "tls": {"mode": "disabled"}}));
+    h.reconcile().await;
+    h.settle().await;
+    h.store.lock().put(
+        format!("{SCHEDULES}/nightly"),
+        json!({
+            "apiVersion": "concordkv.io/v1alpha1", "kind": "ConcordBackupSchedule",
+            "metadata": {"name": "nightly", "namespace": NS, "uid": "uid-nightly", "generation": 1,
+                         "creationTimestamp": "2026-12-05T00:00:00Z"},
+            "spec": {"cluster": "kv", "schedule": "*/10 * * * *", "retention": {"keep": 1},
+                     "destination": {"pvc": {"claimName": "backups", "directory": "concordkv"}}},
+        }),
+    );
+    let tick = |t: &'static str| {
+        let s: ConcordBackupSchedule =
+            serde_json::from_value(h.store.lock().objects[&format!("{SCHEDULES}/nightly")].clone())
+                .expect("schedule");
+        let ctx = h.ctx.clone();
+        let at: DateTime<Utc> = t.parse().expect("time");
+        async move {
+            concord_operator::backup::scheduler::reconcile_at(&s, &ctx, at)
+                .await
+                .expect("schedule reconcile");
+        }
+    };
+    let exists = |p: &str| h.store.lock().objects.contains_key(p);
+
+    tick("2026-12-05T00:10:00Z").await;
+    let running = reconcile_backup(&h, "nightly-202612050010").await;
+    assert_eq!(
+        running["status"]["phase"], "Running",
+        "{}",
+        running["status"]
+    );
+    let job_name = "nightly-202612050010-backup";
+    let job = h.store.lock().objects[&format!("{JOBS}/{job_name}")].clone();
+    assert_eq!(
+        job["metadata"]["ownerReferences"][0]["kind"],
+        "ConcordBackup"
+    );
+    let args = job["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("\"--member\",\"kv-1.kv-peers.default.svc:8080\""),
+        "a follower, by the name its certificate carries: {args}"
+    );
+    // Still running: the same attempt, no second Job.
+    let again = reconcile_backup(&h, "nightly-202612050010").await;
+    assert_eq!(again["status"]["attempts"], 1);
+    assert!(run_job(&h, job_name, &claim, &addr));
+    let done = reconcile_backup(&h, "nightly-202612050010").await;
+    let status = &done["status"];
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert_eq!(status["keys"], 300);
+    let location = status["location"].as_str().expect("location").to_string();
+    let file = claim.join(
+        location
+            .strip_prefix("pvc://backups/")
+            .expect("in the claim"),
+    );
+    assert!(
+        location.starts_with("pvc://backups/concordkv/default/kv/kv-r"),
+        "{location}"
+    );
+    assert_eq!(
+        std::fs::metadata(&file).expect("the file").len(),
+        status["sizeBytes"].as_u64().expect("size")
+    );
+    let out = Command::new(ctl_binary())
+        .args(["-o", "json", "snapshot", "status"])
+        .arg(&file)
+        .output()
+        .expect("concordctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checked: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(checked["checksum"], status["checksum"]);
+    assert_eq!(checked["revision"], status["revision"]);
+
+    // Its second run, a minute of member time later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tick("2026-12-05T00:20:00Z").await;
+    reconcile_backup(&h, "nightly-202612050020").await;
+    assert!(run_job(&h, "nightly-202612050020-backup", &claim, &addr));
+    let second = reconcile_backup(&h, "nightly-202612050020").await;
+    assert_eq!(second["status"]["phase"], "Succeeded");
+
+    // keep: 1 — the older file goes by a Job; its ConcordBackup only once that succeeded.
+    tick("2026-12-05T00:21:00Z").await;
+    let prune = h
+        .store
+        .lock()
+        .objects
+        .keys()
+        .find_map(|k| {
+            k.strip_prefix(&format!("{JOBS}/nightly-prune-"))
+                .map(String::from)
+        })
+        .map(|suffix| format!("nightly-prune-{suffix}"))
+        .expect("a prune Job");
+    assert!(exists(&format!("{BACKUPS}/nightly-202612050010")));
+    assert!(file.exists());
+    assert!(run_job(&h, &prune, &claim, &addr));
+    tick("2026-12-05T00:22:00Z").await;
+    assert!(!exists(&format!("{BACKUPS}/nightly-202612050010")));
+    assert!(!file.exists(), "the pruned file is gone");
+    let kept = second["status"]["location"].as_str().expect("location");
+    assert!(claim
+        .join(kept.strip_prefix("pvc://backups/").expect("claim"))
+        .exists());
+    assert_eq!(
+        h.store.lock().objects[&format!("{SCHEDULES}/nightly")]["status"]["pruned"],
+        1
+    );
+
+    // A Job that fails (the member is gone): its error in the status, retried with a new Job.
+    drop(node);
+    h.store.lock().put(
+        format!("{BACKUPS}/adhoc"),
+        json!({
+            "apiVersion": "concordkv.io/v1alpha1", "kind": "ConcordBackup",
+            "metadata": {"name": "adhoc", "namespace": NS, "uid": "uid-adhoc", "generation": 1},
+            "spec": {"cluster": "kv", "destination": {"pvc": {"claimName": "backups"}}},
+        }),
+    );
+    reconcile_backup(&h, "adhoc").await;
+    assert!(!run_job(&h, "adhoc-backup", &claim, &addr));
+    let failed = reconcile_backup(&h, "adhoc").await;
+    let status = &failed["status"];
+    assert_eq!(status["phase"], "Pending", "{status}");
+    assert_eq!(status["reason"], "BackupJobFailed");
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&addr)),
+        "the Job's own error: {status}"
+    );
+    assert!(
+        !exists(&format!("{JOBS}/adhoc-backup")),
+        "the failed Job makes way for the next attempt"
+    );
+
+    // Exactly one destination.
+    h.store.lock().put(
+        format!("{BACKUPS}/both"),
+        json!({
+            "apiVersion": "concordkv.io/v1alpha1", "kind": "ConcordBackup",
+            "metadata": {"name": "both", "namespace": NS, "uid": "uid-both", "generation": 1},
+            "spec": {"cluster": "kv", "destination": {"pvc": {"claimName": "backups"},
+                                                       "s3": destination("http://127.0.0.1:1")}},
+        }),
+    );
+    let both = reconcile_backup(&h, "both").await;
+    assert_eq!(both["status"]["phase"], "Failed");
+    assert_eq!(both["status"]["reason"], "InvalidDestination");
+}

@@ -236,3 +236,85 @@ fn the_switch_steps_change_the_config_and_off_is_plaintext() {
     }
     assert_eq!(hashes.len(), 4, "every step rolls the members");
 }
+
+/// A backup into a PVC is a Job: the node image's concordctl, the claim mounted, the member
+/// dialed by the name its certificate carries, the operator's certificate mounted read-only
+/// when the admin service speaks TLS; pruning is a Job that removes only the named files.
+#[test]
+fn backup_and_prune_jobs_for_a_pvc_destination() {
+    use concord_operator::backup::job;
+    use concord_operator::backup::PvcDestination;
+    let cluster = fixture("full");
+    let v = valid(&cluster);
+    let dest = PvcDestination {
+        claim_name: "backups".into(),
+        directory: Some("/nightly/".into()),
+    };
+    let member = job::member_address(&v.name, &v.namespace, 1);
+    let input = job::JobInput {
+        name: job::backup_job_name("nightly-20261205"),
+        namespace: &v.namespace,
+        owner: None,
+        cluster: &v,
+        claim: &dest.claim_name,
+        tls_secret: Some("kv-operator-tls".into()),
+    };
+    let backup = job::backup_job(&input, &dest, &member);
+    insta::assert_yaml_snapshot!("backup-job-pvc-tls", backup);
+    let plain = job::backup_job(
+        &job::JobInput {
+            tls_secret: None,
+            ..input
+        },
+        &dest,
+        &member,
+    );
+    let args = plain
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers[0].args.clone());
+    let args = args.flatten().expect("args");
+    assert!(!args.iter().any(|a| a == "--cacert"), "{args:?}");
+    let files = vec!["nightly/prod/kv/kv-r7-20261201T020000Z.backup".to_string()];
+    let prune = job::prune_job(
+        &job::JobInput {
+            name: job::prune_job_name("nightly", &files),
+            namespace: &v.namespace,
+            owner: None,
+            cluster: &v,
+            claim: "backups",
+            tls_secret: None,
+        },
+        &files,
+    );
+    insta::assert_yaml_snapshot!("prune-job-pvc", prune);
+
+    // Names stay valid label values however long the owner's name.
+    let long = "b".repeat(250);
+    assert!(job::backup_job_name(&long).len() <= 63);
+    assert_ne!(
+        job::backup_job_name(&long),
+        job::backup_job_name(&format!("{long}x"))
+    );
+    assert!(job::prune_job_name(&long, &files).len() <= 63);
+    assert_ne!(
+        job::prune_job_name("s", &files),
+        job::prune_job_name("s", &["other".to_string()])
+    );
+    // A location outside the claim, or climbing out of it, is never pruned.
+    assert_eq!(
+        job::path_in_claim("pvc://backups/a/b.backup", "backups"),
+        Some("a/b.backup")
+    );
+    assert_eq!(
+        job::path_in_claim("pvc://backups/../etc/x", "backups"),
+        None
+    );
+    assert_eq!(job::path_in_claim("pvc://other/a.backup", "backups"), None);
+    assert_eq!(
+        job::path_in_claim("pvc://backupsX/a.backup", "backups"),
+        None
+    );
+    assert_eq!(job::path_in_claim("s3://backups/a.backup", "backups"), None);
+}

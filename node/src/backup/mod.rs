@@ -37,7 +37,7 @@ use crate::store::mvcc::MvccStore;
 
 /// The backup format this build writes and the newest it reads.
 pub const BACKUP_FORMAT: u8 = 1;
-const MAGIC_PREFIX: &[u8; 7] = b"CKVBACK";
+pub const MAGIC_PREFIX: &[u8; 7] = b"CKVBACK";
 const TRAILER_MAGIC: &[u8; 8] = b"CKVBKEND";
 /// Trailer magic, state length, checksum.
 const TRAILER_LEN: usize = 8 + 8 + 32;

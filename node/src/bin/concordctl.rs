@@ -228,6 +228,11 @@ enum SnapshotCmd {
     },
     /// Check a backup end to end and print what it holds.
     Status { file: std::path::PathBuf },
+    /// Delete backup files (refused, all of them, if any is not a ConcordKV backup).
+    Remove {
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
     /// Write one member's data dir of a NEW cluster from a backup (offline; run once per
     /// member with the same --initial-cluster, then start each member with its --peers).
     Restore {
@@ -594,6 +599,16 @@ async fn snapshot(client: &Client, out: Output, cmd: SnapshotCmd) -> ExitCode {
                 )
             })
         }
+        SnapshotCmd::Remove { files } => s::remove(&files).map(|v| {
+            (
+                format!(
+                    "removed {} backup(s), {} already absent",
+                    v["removed"].as_array().map_or(0, Vec::len),
+                    v["absent"].as_array().map_or(0, Vec::len)
+                ),
+                v,
+            )
+        }),
         SnapshotCmd::Status { file } => s::status(&file)
             .map(|v| (s::status_text(&v), v))
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),

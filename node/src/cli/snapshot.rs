@@ -199,6 +199,41 @@ pub async fn save_from_member(
     receive(Box::pin(chunks), path, member).await
 }
 
+/// Removes backup files (what a schedule's pruning Job runs): only files that start as a
+/// ConcordKV backup does, all checked before any is removed, so a wrong path removes nothing;
+/// an absent file is already gone.
+pub fn remove(files: &[PathBuf]) -> anyhow::Result<Value> {
+    use std::io::Read;
+    let (mut present, mut absent) = (Vec::new(), Vec::new());
+    for f in files {
+        let mut file = match std::fs::File::open(f) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                absent.push(f.display().to_string());
+                continue;
+            }
+            Err(e) => anyhow::bail!("{}: {e}; nothing was removed", f.display()),
+        };
+        let mut magic = [0u8; 7];
+        let read = file.read_exact(&mut magic);
+        if read.is_err() || &magic != backup::MAGIC_PREFIX {
+            anyhow::bail!(
+                "{}: not a ConcordKV backup; nothing was removed",
+                f.display()
+            );
+        }
+        present.push(f);
+    }
+    for f in &present {
+        std::fs::remove_file(f)?;
+        if let Some(dir) = f.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    let removed: Vec<String> = present.iter().map(|f| f.display().to_string()).collect();
+    Ok(json!({ "removed": removed, "absent": absent }))
+}
+
 pub async fn restore(o: &restore::RestoreOptions) -> anyhow::Result<Value> {
     let r = restore::restore(o).await?;
     Ok(serde_json::to_value(r)?)

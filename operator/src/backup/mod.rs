@@ -1,12 +1,15 @@
-//! Backups of a ConcordCluster: the `ConcordBackup` resource (one backup, to object storage),
-//! where its object goes (`location`, pure), how the operator streams a member's backup into
-//! the store (`upload`), and its reconcile (`reconcile`).
+//! Backups of a ConcordCluster: the `ConcordBackup` resource (one backup, to object storage
+//! or a PVC), where its object goes (`location`, pure), how the operator streams a member's
+//! backup into the store (`upload`), the Job that writes one into a claim (`job`), and its
+//! reconcile (`reconcile`).
 //!
 //! The operator streams the backup itself, from the member's admin API (over mutual TLS, with
 //! its own certificate) into a multipart upload: it already holds the identity the admin API
 //! requires and reaches every member, so nothing else needs those credentials, no Job or image
 //! has to be scheduled, and memory stays at a few upload parts whatever the store's size.
+//! A claim is different: only a pod that mounts it can write there, so a Job does (`job`).
 
+pub mod job;
 pub mod location;
 pub mod reconcile;
 pub mod restore;
@@ -53,12 +56,57 @@ pub struct ConcordBackupSpec {
     pub destination: BackupDestination,
 }
 
-/// Where backups go.
+/// Where backups go: exactly one of `s3` and `pvc`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupDestination {
     /// S3 or an S3-compatible store (MinIO, Ceph RGW, ...).
-    pub s3: S3Destination,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+    /// A PersistentVolumeClaim in the same namespace, written by a Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcDestination>,
+}
+
+/// A destination, checked to be exactly one kind.
+pub enum Destination<'a> {
+    S3(&'a S3Destination),
+    Pvc(&'a PvcDestination),
+}
+
+impl BackupDestination {
+    pub fn checked(&self) -> Result<Destination<'_>, String> {
+        match (&self.s3, &self.pvc) {
+            (Some(s3), None) => Ok(Destination::S3(s3)),
+            (None, Some(pvc)) if pvc.claim_name.trim().is_empty() => {
+                Err("destination.pvc.claimName is empty".into())
+            }
+            (None, Some(pvc))
+                if pvc
+                    .directory
+                    .as_deref()
+                    .is_some_and(|d| d.split('/').any(|s| s == "..")) =>
+            {
+                Err("destination.pvc.directory may not climb out of the volume (..)".into())
+            }
+            (None, Some(pvc)) => Ok(Destination::Pvc(pvc)),
+            (None, None) => Err("the destination names neither s3 nor pvc".into()),
+            (Some(_), Some(_)) => Err("the destination names both s3 and pvc; pick one".into()),
+        }
+    }
+}
+
+/// A claim backups are written into, as files
+/// `<directory>/<namespace>/<cluster>/<cluster>-r<revision>-<time>.backup`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcDestination {
+    /// The PersistentVolumeClaim (same namespace). With ReadWriteOnce, the backup Job runs on
+    /// the node that has it mounted, if any.
+    pub claim_name: String,
+    /// A directory in the volume. Default: its root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -155,7 +203,7 @@ impl BackupPhase {
 pub struct ConcordBackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<BackupPhase>,
-    /// `s3://bucket/key` of the backup.
+    /// `s3://bucket/key` or `pvc://claim/path` of the backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,16 +6,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
 
 use super::location::object_key;
 use super::upload::{self, Credentials};
-use super::{BackupPhase, ConcordBackup, ConcordBackupStatus};
+use super::{job, BackupPhase, ConcordBackup, ConcordBackupStatus, Destination};
 use crate::crd::ConcordCluster;
 use crate::naming::MANAGER;
 use crate::reconcile::Context;
@@ -24,6 +25,8 @@ use crate::tls;
 /// Attempts before a backup fails for good, and the pause between them.
 pub const MAX_ATTEMPTS: u32 = 3;
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// How often a running backup Job is looked at.
+const JOB_POLL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -152,13 +155,18 @@ pub(crate) async fn credentials_for(
     upload::s3_store(s3, &creds)
 }
 
-/// Takes the backup: everything that can stop it is a [`Stop`].
-async fn take(
-    ctx: &Context,
-    b: &ConcordBackup,
-    ns: &str,
-    status: &mut ConcordBackupStatus,
-) -> Result<(), Stop> {
+/// The cluster a backup is of, validated, and the member to take it from.
+struct Source {
+    cluster: ConcordCluster,
+    valid: crate::validate::ValidatedCluster,
+    /// The member's pod, its ordinal and its admin address (what the operator dials).
+    pod: String,
+    ordinal: u32,
+    admin_addr: String,
+}
+
+/// The cluster and a ready follower (the leader keeps serving writes undisturbed).
+async fn source(ctx: &Context, b: &ConcordBackup, ns: &str) -> Result<Source, Stop> {
     let clusters: Api<ConcordCluster> = Api::namespaced(ctx.client.clone(), ns);
     let cluster = clusters
         .get_opt(&b.spec.cluster)
@@ -178,11 +186,6 @@ async fn take(
             false,
         )
     })?;
-    let s3 = &b.spec.destination.s3;
-    let creds = credentials(ctx, ns, &s3.credentials_secret).await?;
-    let store = upload::s3_store(s3, &creds).map_err(|m| stop("InvalidDestination", m, false))?;
-
-    // A ready follower: the leader keeps serving writes undisturbed.
     let runtime = crate::reconcile::pod_runtime(&ctx.client, &valid.name, ns);
     let view = crate::membership::PodRuntime::view(&runtime)
         .await
@@ -197,10 +200,33 @@ async fn take(
     let member = candidates
         .first()
         .ok_or_else(|| stop("NoMemberReady", "no member of the cluster is ready", true))?;
-    let addr = member.admin_addr.clone().unwrap_or_default();
-    let peer = tls::current_peer(&cluster, valid.tls.wants_tls());
-    let identity = if tls::admin_over_tls(peer) {
-        tls::materials::admin_identity(&ctx.client, &valid)
+    Ok(Source {
+        pod: member.pod.name.clone(),
+        ordinal: member.pod.ordinal,
+        admin_addr: member.admin_addr.clone().unwrap_or_default(),
+        cluster,
+        valid,
+    })
+}
+
+/// Whether the members' admin service speaks TLS (then the operator's certificate opens it).
+fn admin_tls(src: &Source) -> bool {
+    tls::admin_over_tls(tls::current_peer(&src.cluster, src.valid.tls.wants_tls()))
+}
+
+/// Streams the backup into S3 storage: everything that can stop it is a [`Stop`].
+async fn take_to_s3(
+    ctx: &Context,
+    b: &ConcordBackup,
+    ns: &str,
+    s3: &super::S3Destination,
+    status: &mut ConcordBackupStatus,
+) -> Result<(), Stop> {
+    let src = source(ctx, b, ns).await?;
+    let creds = credentials(ctx, ns, &s3.credentials_secret).await?;
+    let store = upload::s3_store(s3, &creds).map_err(|m| stop("InvalidDestination", m, false))?;
+    let identity = if admin_tls(&src) {
+        tls::materials::admin_identity(&ctx.client, &src.valid)
             .await
             .map_err(|e| stop("TlsIdentityMissing", e.to_string(), true))?
     } else {
@@ -208,12 +234,12 @@ async fn take(
     };
     let admin = ctx.admin.scoped(identity);
     let chunks = admin
-        .snapshot(&addr)
+        .snapshot(&src.admin_addr)
         .await
         .map_err(|e| stop("MemberUnreachable", e.to_string(), true))?;
-    status.member = Some(member.pod.name.clone());
+    status.member = Some(src.pod.clone());
     let prefix = s3.prefix.clone();
-    let cluster_name = valid.name.clone();
+    let cluster_name = src.valid.name.clone();
     let done = upload::upload(store.as_ref(), chunks, |h| {
         object_key(prefix.as_deref(), ns, &cluster_name, h)
     })
@@ -228,6 +254,125 @@ async fn take(
     status.keys = Some(done.header.keys);
     status.checksum = Some(done.checksum);
     Ok(())
+}
+
+/// The pod of `job` that ran to its end, if any: labelled with the Job's name and, when both
+/// carry one, owned by this Job (not by an earlier attempt's of the same name).
+pub(crate) async fn job_pod(ctx: &Context, ns: &str, job: &Job) -> Option<Pod> {
+    let name = job.name_any();
+    let uid = job.metadata.uid.as_deref();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("{}={name}", job::JOB_NAME_LABEL)))
+        .await
+        .ok()?;
+    listed.items.into_iter().find(|p| {
+        let owners = p.metadata.owner_references.as_deref().unwrap_or_default();
+        p.labels().get(job::JOB_NAME_LABEL) == Some(&name)
+            && (owners.is_empty()
+                || uid.is_none()
+                || owners.iter().any(|o| Some(o.uid.as_str()) == uid))
+            && matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+    })
+}
+
+/// The Secret holding the operator's certificate, for a Job that dials a member.
+fn operator_secret(valid: &crate::validate::ValidatedCluster) -> String {
+    match &valid.tls.source {
+        Some(tls::Source::Secrets { operator, .. }) => operator.clone(),
+        _ => crate::naming::operator_secret(&valid.name),
+    }
+}
+
+/// Moves a backup into a claim one step: starts its Job, or reads the outcome of the one that
+/// ran. `Ok(false)`: the Job is still running.
+async fn take_to_pvc(
+    ctx: &Context,
+    b: &ConcordBackup,
+    ns: &str,
+    pvc: &super::PvcDestination,
+    status: &mut ConcordBackupStatus,
+) -> Result<bool, Stop> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let name = job::backup_job_name(&b.name_any());
+    let unreadable = |e: kube::Error| stop("JobUnreadable", e.to_string(), true);
+    let Some(existing) = jobs.get_opt(&name).await.map_err(unreadable)? else {
+        let src = source(ctx, b, ns).await?;
+        let input = job::JobInput {
+            name: name.clone(),
+            namespace: ns,
+            owner: b.controller_owner_ref(&()),
+            cluster: &src.valid,
+            claim: &pvc.claim_name,
+            tls_secret: admin_tls(&src).then(|| operator_secret(&src.valid)),
+        };
+        let member = job::member_address(&src.valid.name, ns, src.ordinal);
+        let wanted = job::backup_job(&input, pvc, &member);
+        match jobs.create(&PostParams::default(), &wanted).await {
+            Ok(_) => {}
+            // Created by a pass whose status write was lost: it is this attempt's.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(stop("JobNotCreated", e.to_string(), true)),
+        }
+        status.member = Some(src.pod);
+        return Ok(false);
+    };
+    // A failed attempt's Job still going away: the next one waits for the name.
+    if existing.metadata.deletion_timestamp.is_some() {
+        return Ok(false);
+    }
+    match job::state(&existing) {
+        job::JobState::Running => Ok(false),
+        job::JobState::Succeeded => {
+            let pod = job_pod(ctx, ns, &existing).await;
+            let report = pod
+                .as_ref()
+                .ok_or_else(|| "the backup Job's pod is gone".to_string())
+                .and_then(job::save_report)
+                .map_err(|m| stop("BackupJobFailed", m, false))?;
+            let path = report
+                .file
+                .strip_prefix(job::BACKUP_MOUNT)
+                .unwrap_or(&report.file);
+            status.location = Some(job::location(&pvc.claim_name, path));
+            status.size_bytes = Some(report.file_bytes);
+            status.revision = Some(report.revision);
+            status.keys = Some(report.keys);
+            status.checksum = Some(report.checksum);
+            Ok(true)
+        }
+        job::JobState::Failed(reason) => {
+            let pod = job_pod(ctx, ns, &existing).await;
+            let message = job::failure_message(pod.as_ref(), &reason);
+            // The next attempt runs a Job of the same name.
+            let background = DeleteParams::background();
+            if let Err(e) = jobs.delete(&name, &background).await {
+                tracing::warn!(error = %e, job = %name, "could not delete a failed backup Job");
+            }
+            Err(stop("BackupJobFailed", message, true))
+        }
+    }
+}
+
+/// Takes the backup, or moves it a step: `Ok(false)` while a Job runs.
+async fn take(
+    ctx: &Context,
+    b: &ConcordBackup,
+    ns: &str,
+    status: &mut ConcordBackupStatus,
+) -> Result<bool, Stop> {
+    match b
+        .spec
+        .destination
+        .checked()
+        .map_err(|m| stop("InvalidDestination", m, false))?
+    {
+        Destination::S3(s3) => take_to_s3(ctx, b, ns, s3, status).await.map(|()| true),
+        Destination::Pvc(pvc) => take_to_pvc(ctx, b, ns, pvc, status).await,
+    }
 }
 
 pub async fn reconcile(b: Arc<ConcordBackup>, ctx: Arc<Context>) -> Result<Requeue, Error> {
@@ -250,15 +395,27 @@ pub async fn reconcile(b: Arc<ConcordBackup>, ctx: Arc<Context>) -> Result<Reque
             )));
         }
     }
-    status.attempts += 1;
-    status.phase = Some(BackupPhase::Running);
-    status.started_at.get_or_insert_with(now);
-    status.reason = None;
-    status.message = None;
-    write_status(&ctx, &b, &ns, &status).await?;
+    // A Job writing into a claim outlives this pass: while it runs, the attempt goes on. An
+    // upload into S3 is never seen running (it ends within the pass): a backup found Running
+    // is one whose operator stopped mid-upload, and a new attempt starts.
+    let by_job = matches!(b.spec.destination.checked(), Ok(Destination::Pvc(_)));
+    if !(by_job && status.phase == Some(BackupPhase::Running)) {
+        status.attempts += 1;
+        status.phase = Some(BackupPhase::Running);
+        status.started_at.get_or_insert_with(now);
+        status.reason = None;
+        status.message = None;
+        write_status(&ctx, &b, &ns, &status).await?;
+    }
     let outcome = take(&ctx, &b, &ns, &mut status).await;
     match outcome {
-        Ok(()) => {
+        Ok(false) => {
+            if b.status.as_ref() != Some(&status) {
+                write_status(&ctx, &b, &ns, &status).await?;
+            }
+            Ok(Requeue::requeue(JOB_POLL))
+        }
+        Ok(true) => {
             status.phase = Some(BackupPhase::Succeeded);
             status.finished_at = Some(now());
             let note = format!(

@@ -126,7 +126,14 @@ pub async fn resolve(
                     status.phase.map_or("Pending", |p| p.as_str())
                 )));
             }
-            let bucket = &b.spec.destination.s3.bucket;
+            let Some(s3) = b.spec.destination.s3 else {
+                return Err(invalid(format!(
+                    "ConcordBackup {name} is in a PVC ({}); restoreFrom reads backups from S3 \
+                     storage: copy it there, or restore it with `concordctl snapshot restore`",
+                    status.location.as_deref().unwrap_or("no location")
+                )));
+            };
+            let bucket = &s3.bucket;
             let key = status
                 .location
                 .as_deref()
@@ -137,7 +144,7 @@ pub async fn resolve(
                     ))
                 })?
                 .to_string();
-            (b.spec.destination.s3, key)
+            (s3, key)
         }
         (None, Some(o)) => (o.store(), o.key.clone()),
         _ => {

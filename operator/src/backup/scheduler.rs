@@ -7,16 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::batch::v1::Job;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::{Api, Resource, ResourceExt};
 
-use super::reconcile::{credentials_for, Error};
+use super::job::{self, JobState};
+use super::reconcile::{credentials_for, job_pod, Error};
 use super::schedule::{
     due, next, parse_schedule, to_prune, ConcordBackupSchedule, ConcordBackupScheduleStatus, Run,
     ScheduledRun, SCHEDULE_LABEL,
 };
-use super::{BackupPhase, ConcordBackup, ConcordBackupSpec};
+use super::{
+    BackupPhase, ConcordBackup, ConcordBackupSpec, Destination, PvcDestination, S3Destination,
+};
 use crate::naming::MANAGER;
 use crate::reconcile::Context;
 
@@ -83,40 +87,24 @@ pub async fn reconcile_at(
             .map(|d| chrono::Duration::days(i64::from(d)));
         let doomed = to_prune(&runs, keep, max_age, now);
         if !doomed.is_empty() {
-            let store = match credentials_for(ctx, &ns, &s.spec.destination.s3).await {
-                Ok(store) => Some(store),
+            let gone = match s.spec.destination.checked() {
+                Ok(Destination::S3(s3)) => {
+                    prune_s3(ctx, &ns, s3, &mine, &doomed, &mut status).await
+                }
+                Ok(Destination::Pvc(pvc)) => {
+                    prune_pvc(ctx, s, &ns, pvc, &mine, &doomed, &mut status).await
+                }
                 Err(m) => {
                     status.message = Some(format!("cannot prune old backups: {m}"));
-                    None
+                    Vec::new()
                 }
             };
-            for victim in doomed.iter().filter(|_| store.is_some()) {
-                let Some(b) = mine.iter().find(|b| &b.name_any() == victim) else {
-                    continue;
-                };
-                let key = b
-                    .status
-                    .as_ref()
-                    .and_then(|st| st.location.as_deref())
-                    .and_then(|l| l.strip_prefix("s3://"))
-                    .and_then(|l| l.split_once('/'))
-                    .map(|(_, key)| key.to_string());
-                if let (Some(store), Some(key)) = (&store, key) {
-                    if let Err(e) = store
-                        .delete(&object_store::path::Path::from(key.as_str()))
-                        .await
-                    {
-                        if !matches!(e, object_store::Error::NotFound { .. }) {
-                            status.message = Some(format!("cannot prune {key}: {e}"));
-                            continue;
-                        }
-                    }
-                }
+            for victim in &gone {
                 backups.delete(victim, &DeleteParams::default()).await?;
                 status.pruned += 1;
                 tracing::info!(namespace = %ns, schedule = %name, backup = %victim, "pruned by retention");
             }
-            mine.retain(|b| !doomed.contains(&b.name_any()) || store.is_none());
+            mine.retain(|b| !gone.contains(&b.name_any()));
         }
     }
 
@@ -225,4 +213,144 @@ async fn write_status(
     )
     .await?;
     Ok(())
+}
+
+/// Where a backup is, from its status.
+fn location(b: &ConcordBackup) -> Option<&str> {
+    b.status.as_ref().and_then(|st| st.location.as_deref())
+}
+
+/// Deletes the doomed backups' objects from S3 storage; the backups whose objects are gone.
+async fn prune_s3(
+    ctx: &Context,
+    ns: &str,
+    s3: &S3Destination,
+    mine: &[ConcordBackup],
+    doomed: &[String],
+    status: &mut ConcordBackupScheduleStatus,
+) -> Vec<String> {
+    let store = match credentials_for(ctx, ns, s3).await {
+        Ok(store) => store,
+        Err(m) => {
+            status.message = Some(format!("cannot prune old backups: {m}"));
+            return Vec::new();
+        }
+    };
+    let mut gone = Vec::new();
+    for b in mine.iter().filter(|b| doomed.contains(&b.name_any())) {
+        let key = location(b)
+            .and_then(|l| l.strip_prefix("s3://"))
+            .and_then(|l| l.split_once('/'))
+            .map(|(_, key)| key.to_string());
+        if let Some(key) = key {
+            if let Err(e) = store
+                .delete(&object_store::path::Path::from(key.as_str()))
+                .await
+            {
+                if !matches!(e, object_store::Error::NotFound { .. }) {
+                    status.message = Some(format!("cannot prune {key}: {e}"));
+                    continue;
+                }
+            }
+        }
+        gone.push(b.name_any());
+    }
+    gone
+}
+
+/// Removes the doomed backups' files from the claim, by a Job: started on one pass, its
+/// outcome read on a later one. The backups whose files are gone (none while it runs).
+async fn prune_pvc(
+    ctx: &Context,
+    s: &ConcordBackupSchedule,
+    ns: &str,
+    pvc: &PvcDestination,
+    mine: &[ConcordBackup],
+    doomed: &[String],
+    status: &mut ConcordBackupScheduleStatus,
+) -> Vec<String> {
+    let victims: Vec<&ConcordBackup> = mine
+        .iter()
+        .filter(|b| doomed.contains(&b.name_any()))
+        .collect();
+    let files: Vec<String> = victims
+        .iter()
+        .filter_map(|b| location(b).and_then(|l| job::path_in_claim(l, &pvc.claim_name)))
+        .map(String::from)
+        .collect();
+    let all = || victims.iter().map(|b| b.name_any()).collect();
+    if files.is_empty() {
+        return all();
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let name = job::prune_job_name(&s.name_any(), &files);
+    let failed = |status: &mut ConcordBackupScheduleStatus, m: String| {
+        status.message = Some(format!("cannot prune old backups: {m}"));
+        Vec::new()
+    };
+    let existing = match jobs.get_opt(&name).await {
+        Ok(j) => j,
+        Err(e) => return failed(status, e.to_string()),
+    };
+    let Some(existing) = existing else {
+        let clusters: Api<crate::crd::ConcordCluster> = Api::namespaced(ctx.client.clone(), ns);
+        let valid = match clusters.get_opt(&s.spec.cluster).await {
+            Ok(Some(c)) => match crate::validate::check(&c, ns) {
+                Ok(v) => v,
+                Err(i) => {
+                    return failed(
+                        status,
+                        format!("the cluster's spec is invalid: {}", i.errors.join("; ")),
+                    )
+                }
+            },
+            Ok(None) => {
+                return failed(
+                    status,
+                    format!(
+                        "ConcordCluster {} does not exist (its image runs the pruning)",
+                        s.spec.cluster
+                    ),
+                )
+            }
+            Err(e) => return failed(status, e.to_string()),
+        };
+        let input = job::JobInput {
+            name: name.clone(),
+            namespace: ns,
+            owner: s.controller_owner_ref(&()),
+            cluster: &valid,
+            claim: &pvc.claim_name,
+            tls_secret: None,
+        };
+        match jobs
+            .create(&PostParams::default(), &job::prune_job(&input, &files))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return failed(status, e.to_string()),
+        }
+        return Vec::new();
+    };
+    match job::state(&existing) {
+        JobState::Running => Vec::new(),
+        JobState::Succeeded => {
+            if let Err(e) = jobs.delete(&name, &DeleteParams::background()).await {
+                tracing::warn!(error = %e, job = %name, "could not delete a finished prune Job");
+            }
+            all()
+        }
+        JobState::Failed(reason) => {
+            let pod = job_pod(ctx, ns, &existing).await;
+            let message = job::failure_message(pod.as_ref(), &reason);
+            // Tried again on a later pass, with a new Job.
+            if existing.metadata.deletion_timestamp.is_none() {
+                if let Err(e) = jobs.delete(&name, &DeleteParams::background()).await {
+                    tracing::warn!(error = %e, job = %name, "could not delete a failed prune Job");
+                }
+            }
+            failed(status, message)
+        }
+    }
 }

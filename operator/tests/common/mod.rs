@@ -251,6 +251,10 @@ pub fn handle(
                         s.rv + 1
                     )
                 });
+            let mut body = body;
+            if body["metadata"]["uid"].is_null() {
+                body["metadata"]["uid"] = format!("uid-{name}-{}", s.rv + 1).into();
+            }
             let created = s.put(format!("{path}/{name}"), body);
             json_reply(201, created)
         }
@@ -632,4 +636,9 @@ pub fn node_binary() -> std::path::PathBuf {
         bin.display()
     );
     bin
+}
+
+/// concordctl of this build (built with concord-node).
+pub fn ctl_binary() -> std::path::PathBuf {
+    node_binary().with_file_name("concordctl")
 }
