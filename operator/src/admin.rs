@@ -28,6 +28,9 @@ pub enum AdminCallError {
         reason: ErrorReason,
         message: String,
     },
+    /// The stream the operator was sending broke off on its side (its source failed).
+    #[error("the stream sent to the member broke off: {message}")]
+    Source { message: String },
 }
 
 /// The admin operations the operator uses; `addr` is a node's `host:port` peer endpoint.
@@ -100,6 +103,8 @@ pub struct GrpcAdmin {
     /// Status reads answer fast or not at all; changes may wait for a leader to move.
     read_timeout: Duration,
     change_timeout: Duration,
+    /// A restore that moves no byte for this long is given up (see `restore`).
+    restore_stall: Duration,
 }
 
 impl Default for GrpcAdmin {
@@ -109,11 +114,22 @@ impl Default for GrpcAdmin {
             tls: None,
             read_timeout: Duration::from_secs(3),
             change_timeout: Duration::from_secs(30),
+            restore_stall: Duration::from_secs(60),
         }
     }
 }
 
+/// After the last chunk, a member checks and installs the whole backup before it answers: it
+/// gets the stall allowance plus a second per this many bytes.
+const INSTALL_BYTES_PER_SECOND: u64 = 16 * 1024 * 1024;
+
 impl GrpcAdmin {
+    /// The same client with another stall allowance for restores.
+    pub fn with_restore_stall(mut self, stall: Duration) -> GrpcAdmin {
+        self.restore_stall = stall;
+        self
+    }
+
     fn key(&self, addr: &str) -> String {
         match &self.tls {
             Some(t) => format!("{addr} tls {}", t.fingerprint()),
@@ -162,8 +178,15 @@ impl GrpcAdmin {
     }
 }
 
-/// A backup's chunks as `Restore` sends them, up to the first error.
-struct UntilError(Option<ByteStream>);
+/// How far a restore's stream has got: when a chunk last went out, and when the last did.
+struct Progress {
+    last: std::time::Instant,
+    ended: Option<std::time::Instant>,
+    bytes: u64,
+}
+
+/// A backup's chunks as `Restore` sends them, up to the first error, noting its progress.
+struct UntilError(Option<ByteStream>, Arc<Mutex<Progress>>);
 
 impl futures::Stream for UntilError {
     type Item = concord_proto::BackupChunk;
@@ -177,15 +200,44 @@ impl futures::Stream for UntilError {
             return Poll::Ready(None);
         };
         match inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(concord_proto::BackupChunk {
-                data,
-                remaining_bytes: 0,
-            })),
+            Poll::Ready(Some(Ok(data))) => {
+                let mut p = self.1.lock();
+                p.last = std::time::Instant::now();
+                p.bytes += data.len() as u64;
+                Poll::Ready(Some(concord_proto::BackupChunk {
+                    data,
+                    remaining_bytes: 0,
+                }))
+            }
             Poll::Ready(_) => {
                 self.0 = None;
+                self.1.lock().ended = Some(std::time::Instant::now());
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Why a restore in `progress` counts as hung, if it does: no chunk moved for `stall` while
+/// sending, or no answer within the install allowance after the last.
+fn restore_stalled(progress: &Progress, stall: Duration) -> Option<String> {
+    match progress.ended {
+        None if progress.last.elapsed() > stall => Some(format!(
+            "no part of the backup moved for {}s ({} bytes sent)",
+            stall.as_secs_f32(),
+            progress.bytes
+        )),
+        None => None,
+        Some(end) => {
+            let window = stall + Duration::from_secs(progress.bytes / INSTALL_BYTES_PER_SECOND);
+            (end.elapsed() > window).then(|| {
+                format!(
+                    "no answer within {}s of the whole backup ({} bytes) being sent",
+                    window.as_secs_f32(),
+                    progress.bytes
+                )
+            })
         }
     }
 }
@@ -295,14 +347,30 @@ impl NodeAdmin for GrpcAdmin {
     }
     async fn restore(&self, addr: &str, chunks: ByteStream) -> Result<AdminResult, AdminCallError> {
         let mut c = self.client(addr)?;
+        let progress = Arc::new(Mutex::new(Progress {
+            last: std::time::Instant::now(),
+            ended: None,
+            bytes: 0,
+        }));
         // Up to the first error: the member then sees a stream cut short and refuses it.
-        let chunks = UntilError(Some(chunks));
-        // No deadline: the member receives, checks and installs the whole backup first.
-        let r = c
-            .restore(tonic::Request::new(chunks))
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| call_error(addr, s));
+        let chunks = UntilError(Some(chunks), progress.clone());
+        // No overall deadline (a large backup takes as long as it takes), but a member that
+        // stops taking chunks, or never answers after the last, must not hold the reconcile.
+        let call = c.restore(tonic::Request::new(chunks));
+        tokio::pin!(call);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let r = loop {
+            tokio::select! {
+                r = &mut call => {
+                    break r.map(|r| r.into_inner()).map_err(|s| call_error(addr, s));
+                }
+                _ = tick.tick() => {
+                    if let Some(message) = restore_stalled(&progress.lock(), self.restore_stall) {
+                        break Err(AdminCallError::Unreachable { addr: addr.into(), message });
+                    }
+                }
+            }
+        };
         self.forget_if_unreachable(addr, r)
     }
     fn scoped(&self, tls: Option<AdminTls>) -> Arc<dyn NodeAdmin> {
@@ -328,5 +396,72 @@ mod tests {
         let e = admin.node_status(&addr).await.expect_err("nothing listens");
         assert!(matches!(e, AdminCallError::Unreachable { .. }), "{e:?}");
         assert!(admin.channels.lock().is_empty());
+    }
+
+    /// A member that accepts the connection and then takes nothing does not hold a restore
+    /// (and with it the cluster's reconcile) for ever.
+    #[tokio::test]
+    async fn a_restore_into_a_member_that_stops_taking_chunks_is_given_up() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        // Accepts, and never says a word.
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let admin = GrpcAdmin::default().with_restore_stall(Duration::from_millis(500));
+        let chunks: ByteStream = Box::pin(futures::stream::iter(
+            (0..64).map(|_| Ok(vec![7u8; 1 << 20])),
+        ));
+        let started = std::time::Instant::now();
+        let e = admin
+            .restore(&addr, chunks)
+            .await
+            .expect_err("a hung member");
+        assert!(
+            matches!(&e, AdminCallError::Unreachable { message, .. } if message.contains("moved")),
+            "{e:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        held.abort();
+    }
+
+    #[test]
+    fn after_the_last_chunk_a_member_gets_time_by_the_backups_size() {
+        let stall = Duration::from_secs(1);
+        let ago = |s: u64| std::time::Instant::now() - Duration::from_secs(s);
+        let sending = Progress {
+            last: ago(0),
+            ended: None,
+            bytes: 10,
+        };
+        assert_eq!(restore_stalled(&sending, stall), None);
+        let stuck = Progress {
+            last: ago(2),
+            ended: None,
+            bytes: 10,
+        };
+        assert!(restore_stalled(&stuck, stall).is_some());
+        // 160 MiB sent 5 s ago: 1 s + 10 s allowed.
+        let big = Progress {
+            last: ago(5),
+            ended: Some(ago(5)),
+            bytes: 160 << 20,
+        };
+        assert_eq!(restore_stalled(&big, stall), None);
+        let silent = Progress {
+            last: ago(12),
+            ended: Some(ago(12)),
+            bytes: 160 << 20,
+        };
+        assert!(restore_stalled(&silent, stall).is_some_and(|m| m.contains("no answer")));
     }
 }

@@ -468,27 +468,33 @@ fn start_writer(
     })
 }
 
-async fn read_back(pods: &ProcessPods, acked: &[u64]) {
+/// The value of key `w<i>`, read through member `n` (modulo the members), over TLS where the
+/// member serves it.
+async fn value_of(pods: &ProcessPods, n: usize, i: u64) -> Option<String> {
     let (plain, secure) = pods.clients(Duration::from_secs(5));
     let ports = pods.api_ports();
+    let (port, tls) = ports[n % ports.len()];
+    let (http, scheme) = match (tls, &secure) {
+        (true, Some(c)) => (c, "https"),
+        _ => (&plain, "http"),
+    };
+    let body: serde_json::Value = http
+        .get(format!("{scheme}://127.0.0.1:{port}/api/get?key=w{i}"))
+        .send()
+        .await
+        .expect("read")
+        .json()
+        .await
+        .expect("json");
+    body["value"].as_str().map(str::to_string)
+}
+
+async fn read_back(pods: &ProcessPods, acked: &[u64]) {
     for (n, i) in acked.iter().enumerate() {
-        let (port, tls) = ports[n % ports.len()];
-        let (http, scheme) = match (tls, &secure) {
-            (true, Some(c)) => (c, "https"),
-            _ => (&plain, "http"),
-        };
-        let body: serde_json::Value = http
-            .get(format!("{scheme}://127.0.0.1:{port}/api/get?key=w{i}"))
-            .send()
-            .await
-            .expect("read")
-            .json()
-            .await
-            .expect("json");
         assert_eq!(
-            body["value"].as_str(),
-            Some(i.to_string().as_str()),
-            "acknowledged write w{i} lost: {body}"
+            value_of(pods, n, *i).await,
+            Some(i.to_string()),
+            "acknowledged write w{i} lost"
         );
     }
 }
@@ -878,19 +884,9 @@ async fn tls_is_turned_on_for_a_running_cluster_while_writing() {
 
 /// Every `w<i>` key a pod of `pods` holds, for i below `n`, with its value.
 async fn keys(pods: &ProcessPods, n: u64) -> Vec<(u64, Option<String>)> {
-    let (plain, _) = pods.clients(Duration::from_secs(5));
-    let port = pods.api_ports()[0].0;
     let mut out = Vec::new();
     for i in 0..n {
-        let body: serde_json::Value = plain
-            .get(format!("http://127.0.0.1:{port}/api/get?key=w{i}"))
-            .send()
-            .await
-            .expect("read")
-            .json()
-            .await
-            .expect("json");
-        out.push((i, body["value"].as_str().map(str::to_string)));
+        out.push((i, value_of(pods, 0, i).await));
     }
     out
 }

@@ -201,6 +201,12 @@ pub async fn restore_into(
             format!("the first member refused {loc}: {message}"),
             false,
         )),
+        // The stream's own failure is in `found`, taken above; this is only its echo.
+        Err(AdminCallError::Source { message }) => Err(failure(
+            "StoreUnreachable",
+            format!("reading {loc}: {message}"),
+            true,
+        )),
     }
 }
 
@@ -233,10 +239,7 @@ where
                 c.done = true;
                 let message = f.to_string();
                 *found.lock() = Some(f);
-                Some(Err(AdminCallError::Unreachable {
-                    addr: loc.clone(),
-                    message,
-                }))
+                Some(Err(AdminCallError::Source { message }))
             };
             match c.bytes.next().await {
                 Some(Ok(chunk)) => {
