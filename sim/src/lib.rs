@@ -4,3 +4,4 @@
 //! controllers and kubelets that turn its objects into processes.
 
 pub mod apiserver;
+pub mod statefulset;
