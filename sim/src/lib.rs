@@ -4,4 +4,8 @@
 //! controllers and kubelets that turn its objects into processes.
 
 pub mod apiserver;
+pub mod cluster;
+pub mod dns;
+pub mod kubelet;
+pub mod network;
 pub mod statefulset;
