@@ -81,3 +81,33 @@ pub async fn run(api: ApiServer, net: Arc<Network>) {
         }
     }
 }
+
+/// The addresses `name` has in the cluster's DNS now.
+pub fn lookup(api: &ApiServer, name: &str) -> Vec<std::net::IpAddr> {
+    hosts(api)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let ip = parts.next()?.parse().ok()?;
+            parts.any(|n| n == name).then_some(ip)
+        })
+        .collect()
+}
+
+/// Cluster DNS for an HTTP client in the test process (outside every namespace): what the
+/// hosts files say, looked up at each connection.
+pub struct Resolver(pub ApiServer);
+
+impl reqwest::dns::Resolve for Resolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let ips = lookup(&self.0, name.as_str());
+        Box::pin(async move {
+            if ips.is_empty() {
+                return Err(format!("{} does not resolve in the cluster", name.as_str()).into());
+            }
+            let addrs: reqwest::dns::Addrs =
+                Box::new(ips.into_iter().map(|ip| std::net::SocketAddr::new(ip, 0)));
+            Ok(addrs)
+        })
+    }
+}

@@ -99,21 +99,17 @@ fn ctl(c: &SimCluster, bins: &Path, tls: &[String], args: &[&str]) -> (bool, Str
     )
 }
 
-/// Story 1: `kubectl apply -f manifests/examples/minimal.yaml` gives three members Running,
-/// with the status and printer columns right, and an application writes and reads through
-/// the client Service's name.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn story_1_the_minimal_example_comes_up_and_serves_by_its_service_name() {
-    if !can_run() {
-        return;
-    }
+/// One simulated cluster at a time: two would share the machine's two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The simulated cluster with the operator running and `minimal.yaml` applied and Running.
+async fn minimal(dir: &Path, story: &str) -> (SimCluster, PathBuf) {
     let bins = bin_dir();
-    let dir = tempfile::tempdir().expect("dir");
     let images = Images {
         default: bins.clone(),
         by_reference: Vec::new(),
     };
-    let mut c = SimCluster::start(dir.path(), images)
+    let mut c = SimCluster::start(dir, images)
         .await
         .expect("the simulated cluster");
     c.start_operator(&bins.join("concord-operator"))
@@ -121,16 +117,124 @@ async fn story_1_the_minimal_example_comes_up_and_serves_by_its_service_name() {
     let started = Instant::now();
     c.apply_yaml(include_str!("../../manifests/examples/minimal.yaml"))
         .expect("apply");
-    let status = c
-        .until("3 members are Running", Duration::from_secs(60), |c| {
-            running_with(c, 3)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            let st = c.get(CR).map(|cr| cr["status"].clone()).unwrap_or_default();
-            panic!("{e}\nstatus: {st}")
-        });
-    report("story 1", "3 members Running", started.elapsed());
+    wait_running(&c, 3, Duration::from_secs(120)).await;
+    report(story, "3 members Running after apply", started.elapsed());
+    (c, bins)
+}
+
+async fn wait_running(c: &SimCluster, n: usize, timeout: Duration) -> Value {
+    c.until(&format!("{n} members are Running"), timeout, |c| {
+        running_with(c, n)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let st = c.get(CR).map(|cr| cr["status"].clone()).unwrap_or_default();
+        panic!("{e}\nstatus: {st}")
+    })
+}
+
+fn set_replicas(c: &SimCluster, n: u32) {
+    c.apply(serde_json::json!({
+        "apiVersion": "concordkv.io/v1alpha1", "kind": "ConcordCluster",
+        "metadata": {"name": "example", "namespace": "default"},
+        "spec": {"replicas": n},
+    }))
+    .expect("apply replicas");
+}
+
+/// An application in the cluster: HTTPS to the client Service's name with the client
+/// certificate, the name resolved by the cluster's DNS at each connection.
+fn app_client(c: &SimCluster) -> reqwest::Client {
+    let secret = c
+        .get("/api/v1/namespaces/default/secrets/example-client-tls")
+        .expect("the client Secret");
+    let text = |key: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][key].as_str().expect("key"))
+            .expect("base64")
+    };
+    let identity = [text("tls.crt"), text("tls.key")].concat();
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&text("ca.crt")).expect("ca"))
+        .identity(reqwest::Identity::from_pem(&identity).expect("identity"))
+        .dns_resolver(std::sync::Arc::new(concord_sim::dns::Resolver(
+            c.api.clone(),
+        )))
+        .timeout(Duration::from_secs(3))
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .expect("client")
+}
+
+const APP_URL: &str = "https://example.default.svc:8081";
+
+/// Writes `w<i>` = i one after another until told to stop; the writes acknowledged, and the
+/// longest gap between two acknowledgements.
+async fn writer(
+    http: reqwest::Client,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<u64>, Duration) {
+    let (mut acked, mut i) = (Vec::new(), 0u64);
+    let mut last = Instant::now();
+    let mut longest = Duration::ZERO;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let r = http
+            .post(format!("{APP_URL}/api/set"))
+            .json(&serde_json::json!({"key": format!("w{i}"), "value": i.to_string()}))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            acked.push(i);
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        i += 1;
+    }
+    (acked, longest)
+}
+
+/// Every acknowledged write is there (a linearizable read through the Service).
+async fn read_back(http: &reqwest::Client, acked: &[u64]) {
+    for i in acked {
+        let mut tries = 0;
+        loop {
+            let r = http.get(format!("{APP_URL}/api/get?key=w{i}")).send().await;
+            match r {
+                Ok(r) if r.status().is_success() => {
+                    let body: Value = r.json().await.expect("json");
+                    assert_eq!(
+                        body["value"],
+                        i.to_string(),
+                        "acknowledged write w{i} lost: {body}"
+                    );
+                    break;
+                }
+                other => {
+                    tries += 1;
+                    assert!(tries < 50, "w{i} unreadable: {other:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Story 1: `kubectl apply -f manifests/examples/minimal.yaml` gives three members Running,
+/// with the status and the StatefulSet right, and an application (concordctl in a namespace of
+/// its own) writes and reads through the client Service's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn story_1_the_minimal_example_comes_up_and_serves_by_its_service_name() {
+    if !can_run() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let started = Instant::now();
+    let (c, bins) = minimal(dir.path(), "story 1").await;
+    let status = running_with(&c, 3).expect("running");
     assert!(
         status["leader"]
             .as_str()
@@ -138,6 +242,10 @@ async fn story_1_the_minimal_example_comes_up_and_serves_by_its_service_name() {
         "{status}"
     );
     assert!(status["clusterId"].is_string(), "{status}");
+    assert_eq!(
+        status["tls"]["mode"], "operator",
+        "TLS by default: {status}"
+    );
     let sts = c
         .get("/apis/apps/v1/namespaces/default/statefulsets/example")
         .expect("the StatefulSet");
@@ -152,5 +260,158 @@ async fn story_1_the_minimal_example_comes_up_and_serves_by_its_service_name() {
         "story 1",
         "write and read through example.default.svc",
         started.elapsed(),
+    );
+}
+
+/// Story 2: scale 3 -> 5 -> 3 while an application writes; every acknowledged write is read
+/// back at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn story_2_scale_up_and_down_under_writes_keeps_every_acknowledged_write() {
+    if !can_run() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (c, _) = minimal(dir.path(), "story 2").await;
+    let http = app_client(&c);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writes = tokio::spawn(writer(http.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    set_replicas(&c, 5);
+    wait_running(&c, 5, Duration::from_secs(120)).await;
+    report("story 2", "scaled 3 -> 5", t.elapsed());
+    let t = Instant::now();
+    set_replicas(&c, 3);
+    wait_running(&c, 3, Duration::from_secs(120)).await;
+    c.until(
+        "the StatefulSet is back to 3 pods",
+        Duration::from_secs(60),
+        |c| {
+            let pods = c.api.list_path(
+                "/api/v1/namespaces/default/pods",
+                "app.kubernetes.io/instance=example",
+            );
+            (pods.len() == 3).then_some(())
+        },
+    )
+    .await
+    .expect("3 pods");
+    report("story 2", "scaled 5 -> 3", t.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, longest) = writes.await.expect("writer");
+    assert!(
+        acked.len() > 20,
+        "the writer made progress: {}",
+        acked.len()
+    );
+    read_back(&http, &acked).await;
+    eprintln!(
+        "[e2e-sim] story 2: {} writes acknowledged and read back; longest gap between acknowledgements {} ms",
+        acked.len(),
+        longest.as_millis()
+    );
+}
+
+/// Story 3: a pod's process killed (the kubelet restarts it), a pod deleted (the StatefulSet
+/// recreates it), a volume wiped (the operator replaces the member): each time the cluster is
+/// back to three healthy voters, and the data written before is all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn story_3_a_killed_process_a_deleted_pod_and_a_wiped_volume_heal() {
+    if !can_run() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (c, _) = minimal(dir.path(), "story 3").await;
+    let http = app_client(&c);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writes = tokio::spawn(writer(http.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let member_id = |c: &SimCluster, pod: &str| {
+        c.get(CR).and_then(|cr| {
+            cr["status"]["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["name"] == pod)
+                .map(|m| m["id"].as_str().unwrap_or_default().to_string())
+        })
+    };
+
+    // The process dies: the kubelet restarts it in its pod.
+    let t = Instant::now();
+    assert!(c.kubelet.kill_container("default", "example-1"));
+    c.until(
+        "example-1 has restarted and is ready",
+        Duration::from_secs(30),
+        |c| {
+            let p = c.get("/api/v1/namespaces/default/pods/example-1")?;
+            (p["status"]["containerStatuses"][0]["restartCount"].as_u64() >= Some(1)
+                && concord_sim::statefulset::is_ready(&p))
+            .then_some(())
+        },
+    )
+    .await
+    .expect("restarted");
+    wait_running(&c, 3, Duration::from_secs(60)).await;
+    report(
+        "story 3",
+        "killed process restarted and back in the cluster",
+        t.elapsed(),
+    );
+
+    // The pod is deleted: a new one, same volume, same member.
+    let t = Instant::now();
+    let before = member_id(&c, "example-2");
+    let old_uid = c
+        .get("/api/v1/namespaces/default/pods/example-2")
+        .expect("pod")["metadata"]["uid"]
+        .clone();
+    let target =
+        concord_sim::apiserver::ApiServer::target("/api/v1/namespaces/default/pods/example-2")
+            .expect("t");
+    c.api
+        .delete(&target, &concord_sim::apiserver::DeleteOptions::default())
+        .expect("delete pod");
+    c.until("example-2 is a new pod", Duration::from_secs(60), |c| {
+        let p = c.get("/api/v1/namespaces/default/pods/example-2")?;
+        (p["metadata"]["uid"] != old_uid && concord_sim::statefulset::is_ready(&p)).then_some(())
+    })
+    .await
+    .expect("recreated");
+    wait_running(&c, 3, Duration::from_secs(60)).await;
+    assert_eq!(
+        member_id(&c, "example-2"),
+        before,
+        "the same member, from its volume"
+    );
+    report("story 3", "deleted pod recreated and back", t.elapsed());
+
+    // The volume loses its data: the member comes back empty and is replaced.
+    let t = Instant::now();
+    let before = member_id(&c, "example-1");
+    let volume = dir.path().join("volumes/default/data-example-1");
+    for e in std::fs::read_dir(&volume).expect("volume") {
+        let p = e.expect("entry").path();
+        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+    }
+    // (It may already have died of the loss; then the kubelet has restarted it anyway.)
+    c.kubelet.kill_container("default", "example-1");
+    c.until("example-1 is a new member", Duration::from_secs(120), |c| {
+        let now = member_id(c, "example-1")?;
+        (Some(&now) != before.as_ref() && running_with(c, 3).is_some()).then_some(())
+    })
+    .await
+    .expect("replaced");
+    report("story 3", "wiped member replaced", t.elapsed());
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, longest) = writes.await.expect("writer");
+    read_back(&http, &acked).await;
+    eprintln!(
+        "[e2e-sim] story 3: {} writes acknowledged and read back; longest gap between acknowledgements {} ms",
+        acked.len(),
+        longest.as_millis()
     );
 }
