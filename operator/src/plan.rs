@@ -254,6 +254,20 @@ pub fn plan(o: &Observed) -> Step {
         cluster_id,
     };
 
+    // 0. A leader that cannot reach a quorum of voters (it has not stepped down yet) leads a
+    //    cluster that can commit nothing: report it, change nothing, wait for them to return.
+    let voters = v.voters().count();
+    let reachable = v.voters().filter(|m| m.reachable).count();
+    if voters > 0 && reachable < quorum(voters) {
+        return wait(
+            WaitReason::QuorumLost,
+            format!(
+                "the leader reaches {reachable} of {voters} voters and a quorum is {}: nothing is changed until enough of them return",
+                quorum(voters)
+            ),
+        );
+    }
+
     // 1. Learners nobody wants: removing a learner never touches the quorum.
     if let Some(l) = v.learners().find(|l| !v.wanted(l)) {
         return Step::Act(Action::RemoveMember {

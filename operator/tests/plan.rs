@@ -230,7 +230,10 @@ fn replacement_waits_when_it_would_drop_below_quorum() {
     node.initialized = false;
     member(&mut o, "kv-1").reachable = false;
     member(&mut o, "kv-2").reachable = false;
-    assert!(waits(&plan(&o), WaitReason::QuorumAtRisk));
+    // One of three voters reachable: the quorum is already lost, which says more than "at
+    // risk" (removing an unreachable voter costs no healthy one, and a quorum grows by at most
+    // one voter per promotion: only a lost quorum can stop either).
+    assert!(waits(&plan(&o), WaitReason::QuorumLost));
 }
 
 #[test]
@@ -343,6 +346,27 @@ fn lost_quorum_is_reported_and_nothing_is_done() {
 }
 
 #[test]
+fn a_leader_that_reaches_no_quorum_is_quorum_lost_and_nothing_is_done() {
+    // Found by the simulated cluster (story 7): two of three pods down, the third still
+    // believes it leads and answers, so the members are known — but nothing can commit.
+    let mut o = healthy(3, 3);
+    for name in ["kv-1", "kv-2"] {
+        member(&mut o, name).reachable = false;
+        let p = pod_mut(&mut o, name);
+        p.ready = false;
+        p.node = None;
+    }
+    let step = plan(&o);
+    assert!(waits(&step, WaitReason::QuorumLost), "{step:?}");
+    // Even with a template change or a scale pending.
+    o.desired = 5;
+    for p in &mut o.pods {
+        p.up_to_date = false;
+    }
+    assert!(waits(&plan(&o), WaitReason::QuorumLost));
+}
+
+#[test]
 fn a_cluster_whose_every_volume_is_empty_is_not_recreated() {
     let mut o = healthy(3, 3);
     o.members = None;
@@ -370,7 +394,10 @@ fn promotion_waits_when_the_larger_quorum_is_not_healthy() {
     o.members.as_mut().expect("members").push(l);
     member(&mut o, "kv-1").reachable = false;
     member(&mut o, "kv-2").reachable = false;
-    assert!(waits(&plan(&o), WaitReason::QuorumAtRisk));
+    // One of three voters reachable: the quorum is already lost, which says more than "at
+    // risk" (removing an unreachable voter costs no healthy one, and a quorum grows by at most
+    // one voter per promotion: only a lost quorum can stop either).
+    assert!(waits(&plan(&o), WaitReason::QuorumLost));
 }
 
 #[test]
@@ -453,6 +480,10 @@ proptest! {
         let step = plan(&o);
         let members = o.members.clone().unwrap_or_default();
         let voters: Vec<&MemberObs> = members.iter().filter(|m| m.voter).collect();
+        // A leader that reaches no quorum of voters: nothing is acted on.
+        if !voters.is_empty() && voters.iter().filter(|v| v.reachable).count() < quorum(voters.len()) {
+            prop_assert!(!matches!(step, Step::Act(_)), "{o:?} -> {step:?}");
+        }
         let learners = members.iter().filter(|m| !m.voter).count();
         match &step {
             Step::Act(Action::RemoveMember { id, .. }) => {

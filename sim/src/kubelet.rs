@@ -55,6 +55,8 @@ pub struct Kubelet {
     pub restarts: Mutex<HashMap<String, u32>>,
     /// The process of each pod (`namespace/name`) now.
     pids: Mutex<HashMap<String, u32>>,
+    /// Pods whose process is stopped and kept down, as on a node that went away.
+    held: Mutex<std::collections::HashSet<String>>,
 }
 
 fn now() -> String {
@@ -174,6 +176,7 @@ impl Kubelet {
             running: Mutex::default(),
             restarts: Mutex::default(),
             pids: Mutex::default(),
+            held: Mutex::default(),
         })
     }
 
@@ -443,6 +446,7 @@ impl Kubelet {
             .join("pods")
             .join(&ns)
             .join(format!("{name}-{uid}"));
+        let key = format!("{ns}/{name}");
         let host = match self.net.add_host() {
             Ok(h) => h,
             Err(e) => {
@@ -575,7 +579,7 @@ impl Kubelet {
                 },
                 _ => return,
             };
-            self.pids.lock().insert(format!("{ns}/{name}"), child.id());
+            self.pids.lock().insert(key.clone(), child.id());
             self.write_status(
                 &pod_json,
                 base_status(false, restarts, json!({"running": {"startedAt": now()}})),
@@ -592,6 +596,11 @@ impl Kubelet {
                 if self.deleted(&pod_json) {
                     self.terminate(&mut child, &pod_json).await;
                     break None;
+                }
+                if self.held.lock().contains(&key) {
+                    signal(&child, "-KILL");
+                    let _ = child.wait();
+                    break Some(137);
                 }
                 if let Some(s) = startup.as_mut() {
                     match s.tick(&http, &host.ip, &c).await {
@@ -658,8 +667,12 @@ impl Kubelet {
                 ),
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
+            // A held pod stays down (its node is away) until released or deleted.
+            while self.held.lock().contains(&key) && !self.deleted(&pod_json) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         };
-        self.pids.lock().remove(&format!("{ns}/{name}"));
+        self.pids.lock().remove(&key);
         match outcome {
             Some((code, message)) => {
                 let phase = if code == 0 { "Succeeded" } else { "Failed" };
@@ -710,6 +723,15 @@ impl Kubelet {
         }
         signal(child, "-KILL");
         let _ = child.wait();
+    }
+
+    /// Stops a pod's process and keeps it down (its node lost) until [`Kubelet::release`].
+    pub fn hold(&self, namespace: &str, pod: &str) {
+        self.held.lock().insert(format!("{namespace}/{pod}"));
+    }
+
+    pub fn release(&self, namespace: &str, pod: &str) {
+        self.held.lock().remove(&format!("{namespace}/{pod}"));
     }
 
     /// Kills a pod's process at once, as a crash would (the kubelet then restarts it).

@@ -415,3 +415,114 @@ async fn story_3_a_killed_process_a_deleted_pod_and_a_wiped_volume_heal() {
         longest.as_millis()
     );
 }
+
+fn member_names(c: &SimCluster) -> Vec<(String, String)> {
+    let mut m: Vec<(String, String)> = c
+        .get(CR)
+        .and_then(|cr| cr["status"]["members"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or_default().to_string(),
+                m["id"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    m.sort();
+    m
+}
+
+/// Story 4: the operator process is killed in the middle of a scale-up and started again: it
+/// picks up where the cluster is and finishes, with no member added twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn story_4_an_operator_killed_mid_scale_resumes() {
+    if !can_run() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut c, bins) = minimal(dir.path(), "story 4").await;
+    let t = Instant::now();
+    set_replicas(&c, 5);
+    c.until("the scale-up is under way", Duration::from_secs(60), |c| {
+        (member_names(c).len() >= 4).then_some(())
+    })
+    .await
+    .expect("under way");
+    c.kill_operator();
+    let at_kill = member_names(&c);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.start_operator(&bins.join("concord-operator"))
+        .expect("operator again");
+    wait_running(&c, 5, Duration::from_secs(120)).await;
+    let members = member_names(&c);
+    assert_eq!(members.len(), 5, "{members:?}");
+    let names: std::collections::BTreeSet<&String> = members.iter().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), 5, "one member per pod: {members:?}");
+    for m in &at_kill {
+        assert!(
+            members.contains(m),
+            "{m:?} kept its id across the restart: {members:?}"
+        );
+    }
+    report(
+        "story 4",
+        &format!("killed with {} members, resumed to 5", at_kill.len()),
+        t.elapsed(),
+    );
+}
+
+/// Story 7: two of three pods' processes stop and stay down: the phase is QuorumLost and no
+/// membership change is attempted; when they return, the same three members are Running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn story_7_quorum_loss_is_reported_and_nothing_is_changed_until_it_heals() {
+    if !can_run() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (c, _) = minimal(dir.path(), "story 7").await;
+    let before = member_names(&c);
+    let t = Instant::now();
+    c.kubelet.hold("default", "example-1");
+    c.kubelet.hold("default", "example-2");
+    c.until("the phase is QuorumLost", Duration::from_secs(60), |c| {
+        (c.get(CR)?["status"]["phase"] == "QuorumLost").then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nstatus: {}",
+            c.get(CR).map(|cr| cr["status"].clone()).unwrap_or_default()
+        )
+    });
+    report("story 7", "QuorumLost reported", t.elapsed());
+    let log_at_loss = std::fs::metadata(dir.path().join("operator.log"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cr = c.get(CR).expect("cr");
+    assert_eq!(cr["status"]["phase"], "QuorumLost");
+    assert_eq!(
+        member_names(&c),
+        before,
+        "no membership change while quorum is lost"
+    );
+    let sts = c
+        .get("/apis/apps/v1/namespaces/default/statefulsets/example")
+        .expect("sts");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    let log = std::fs::read(dir.path().join("operator.log")).unwrap_or_default();
+    let since = String::from_utf8_lossy(&log[(log_at_loss as usize).min(log.len())..]).to_string();
+    assert!(
+        !since.contains("membership step"),
+        "no membership step while quorum is lost:\n{since}"
+    );
+    let t = Instant::now();
+    c.kubelet.release("default", "example-1");
+    c.kubelet.release("default", "example-2");
+    wait_running(&c, 3, Duration::from_secs(60)).await;
+    assert_eq!(member_names(&c), before, "the same members come back");
+    report("story 7", "healed when the pods returned", t.elapsed());
+}
