@@ -10,8 +10,8 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # The chaos suite's partition nemesis puts nodes in network namespaces and cuts links with
 # iptables. As root (CI) install what it needs; elsewhere it says so and skips partitions.
-if [ "$(id -u)" = 0 ] && ! command -v iptables >/dev/null 2>&1; then
-  echo "== installing iptables (for the partition nemesis)"
+if [ "$(id -u)" = 0 ] && ! { command -v iptables && command -v ip; } >/dev/null 2>&1; then
+  echo "== installing iptables and iproute2 (partitions, the simulated cluster's network)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables iproute2 >/dev/null
 fi
 
