@@ -185,21 +185,7 @@ impl Drop for Pod {
     }
 }
 
-/// Mount paths in `text` mapped under the pod's root, each path once, the longest first
-/// (`/etc/concord-tls` is not `/etc/concord` followed by `-tls`).
-fn map_mounts(text: &str, mounts: &[(String, PathBuf)]) -> String {
-    let mut order: Vec<usize> = (0..mounts.len()).collect();
-    order.sort_by_key(|i| std::cmp::Reverse(mounts[*i].0.len()));
-    let marked = order.iter().fold(text.to_string(), |t, i| {
-        t.replace(mounts[*i].0.as_str(), &format!("\u{0}{i}\u{0}"))
-    });
-    order.iter().fold(marked, |t, i| {
-        t.replace(
-            &format!("\u{0}{i}\u{0}"),
-            &mounts[*i].1.display().to_string(),
-        )
-    })
-}
+use concord_sim::kubelet::map_mounts;
 
 async fn run_pod_0(fixture_name: &str) {
     let cluster = fixture(fixture_name);

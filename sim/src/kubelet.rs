@@ -367,10 +367,17 @@ impl Kubelet {
                     continue;
                 };
                 let file = dir.join(path);
+                if std::fs::read(&file).is_ok_and(|now| now == *bytes) {
+                    continue;
+                }
                 if let Some(parent) = file.parent() {
                     let _ = std::fs::create_dir_all(parent);
                 }
-                let _ = std::fs::write(file, bytes);
+                // Replaced whole, as the kubelet's atomic writer does: a reader never sees half.
+                let tmp = file.with_extension("sim-tmp");
+                if std::fs::write(&tmp, bytes).is_ok() {
+                    let _ = std::fs::rename(&tmp, &file);
+                }
             }
         }
         true
@@ -588,8 +595,24 @@ impl Kubelet {
             let mut liveness = c.liveness_probe.clone().map(ProbeState::new);
             let mut readiness = c.readiness_probe.clone().map(ProbeState::new);
             let mut ready = false;
+            let mut ticks = 0u64;
             let exit = loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                // Secret volumes follow their Secrets while the pod runs (certificate renewal).
+                ticks += 1;
+                if ticks.is_multiple_of(10) {
+                    for m in c.volume_mounts.iter().flatten() {
+                        let volume = spec.volumes.iter().flatten().find(|v| v.name == m.name);
+                        if let Some(v) =
+                            volume.filter(|v| v.secret.is_some() || v.projected.is_some())
+                        {
+                            let target = dir
+                                .join("mounts")
+                                .join(m.mount_path.trim_start_matches('/'));
+                            self.write_volume(&ns, v, &target);
+                        }
+                    }
+                }
                 if let Ok(Some(status)) = child.try_wait() {
                     break Some(status.code().unwrap_or(137));
                 }
