@@ -8,8 +8,7 @@
 #   sudo STORY=story_3 scripts/e2e-sim.sh  # one of them
 #
 # Needs root (network namespaces, veth, a bridge; addresses in 10.214.0.0/16 only).
-# Stories 5 (upgrade from the previous release) and 6 (TLS switch and rotation, backup and
-# restore) are not written yet: issue 17 stays open for them.
+# Story 5 (upgrade from the previous release) is not written yet: issue 17 stays open for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then

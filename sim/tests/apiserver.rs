@@ -82,6 +82,20 @@ async fn objects_versions_and_selectors() {
         .await
         .expect_err("stale");
     assert!(matches!(e, kube::Error::Api(s) if s.code == 409));
+    // A Secret's stringData is folded into data, as the API server does.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.clone(), "db");
+    let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "creds"}, "stringData": {"KEY": "v@lue"}}))
+    .expect("secret");
+    let stored = secrets
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("secret");
+    assert!(stored.string_data.is_none());
+    assert_eq!(
+        stored.data.and_then(|d| d.get("KEY").cloned()).map(|b| b.0),
+        Some(b"v@lue".to_vec())
+    );
     cms.delete("a", &DeleteParams::default())
         .await
         .expect("delete");

@@ -726,3 +726,156 @@ async fn story_6_tls_switched_on_and_a_certificate_rotated_under_writes() {
         longest.as_millis()
     );
 }
+
+/// moto's S3 server on the bridge (where the operator's namespace reaches it), bucket
+/// `backups`; its endpoint.
+async fn s3_on(c: &SimCluster) -> (std::process::Child, String) {
+    let tools =
+        std::env::var("CONCORD_TOOLS_DIR").unwrap_or_else(|_| "/var/tmp/concord-tools".into());
+    let bin = format!("{tools}/venv/bin/moto_server");
+    assert!(
+        Path::new(&bin).exists(),
+        "{bin} is missing: run `bash scripts/deploy-tools.sh` (scripts/test.sh does)"
+    );
+    let gw = c.net.gateway();
+    let port = std::net::TcpListener::bind(format!("{gw}:0"))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let child = std::process::Command::new(&bin)
+        .args(["-H", &gw, "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("moto_server");
+    let endpoint = format!("http://{gw}:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http
+        .put(format!("{endpoint}/backups"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (child, endpoint)
+}
+
+/// Story 6 (second half): a `ConcordBackup` of the running TLS cluster into a local
+/// S3-compatible server, then a new cluster `restoreFrom` it: three members Running, every key
+/// as written, read through the new cluster's own Service name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn story_6_a_backup_to_s3_restores_into_a_new_cluster() {
+    if !can_run() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (c, _) = minimal(dir.path(), "story 6b").await;
+    let (mut moto, endpoint) = s3_on(&c).await;
+    let http = app_client(&c);
+    for i in 0..200 {
+        let r = http
+            .post(format!("{APP_URL}/api/set"))
+            .json(&serde_json::json!({"key": format!("b{i}"), "value": format!("v{i}")}))
+            .send()
+            .await
+            .expect("write");
+        assert!(r.status().is_success());
+    }
+    c.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: s3-credentials, namespace: default}}\n\
+         stringData: {{AWS_ACCESS_KEY_ID: AKIASIMEXAMPLE, AWS_SECRET_ACCESS_KEY: sim-secret-key}}\n\
+         ---\napiVersion: concordkv.io/v1alpha1\nkind: ConcordBackup\n\
+         metadata: {{name: nightly, namespace: default}}\n\
+         spec:\n  cluster: example\n  destination:\n    s3: {{bucket: backups, prefix: concordkv, \
+         endpoint: \"{endpoint}\", forcePathStyle: true, credentialsSecret: s3-credentials}}\n"
+    ))
+    .expect("apply");
+    let t = Instant::now();
+    let backup = c
+        .until("the backup has succeeded", Duration::from_secs(120), |c| {
+            let b =
+                c.get("/apis/concordkv.io/v1alpha1/namespaces/default/concordbackups/nightly")?;
+            assert_ne!(b["status"]["phase"], "Failed", "{}", b["status"]);
+            (b["status"]["phase"] == "Succeeded").then(|| b["status"].clone())
+        })
+        .await
+        .expect("backup");
+    assert!(backup["keys"].as_u64() >= Some(200), "{backup}");
+    report("story 6b", "ConcordBackup to S3 Succeeded", t.elapsed());
+
+    let t = Instant::now();
+    c.apply(serde_json::json!({
+        "apiVersion": "concordkv.io/v1alpha1", "kind": "ConcordCluster",
+        "metadata": {"name": "restored", "namespace": "default"},
+        "spec": {"replicas": 3, "restoreFrom": {"backup": "nightly"}},
+    }))
+    .expect("restored");
+    let restored = "/apis/concordkv.io/v1alpha1/namespaces/default/concordclusters/restored";
+    c.until(
+        "the restored cluster is Running",
+        Duration::from_secs(180),
+        |c| {
+            let st = c.get(restored)?["status"].clone();
+            (st["phase"] == "Running" && st["readyReplicas"] == 3).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nstatus: {}",
+            c.get(restored)
+                .map(|r| r["status"].clone())
+                .unwrap_or_default()
+        )
+    });
+    let source_id = c.get(CR).expect("cr")["status"]["clusterId"].clone();
+    let new_id = c.get(restored).expect("restored")["status"]["clusterId"].clone();
+    assert_ne!(source_id, new_id, "a new cluster id");
+    report("story 6b", "restoreFrom: 3 members Running", t.elapsed());
+
+    // The restored cluster's own client certificate, through its own Service name.
+    let secret = c
+        .get("/api/v1/namespaces/default/secrets/restored-client-tls")
+        .expect("client Secret");
+    let text = |key: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][key].as_str().expect("key"))
+            .expect("base64")
+    };
+    let rhttp = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&text("ca.crt")).expect("ca"))
+        .identity(
+            reqwest::Identity::from_pem(&[text("tls.crt"), text("tls.key")].concat()).expect("id"),
+        )
+        .dns_resolver(std::sync::Arc::new(concord_sim::dns::Resolver(
+            c.api.clone(),
+        )))
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    for i in 0..200 {
+        let body: Value = rhttp
+            .get(format!(
+                "https://restored.default.svc:8081/api/get?key=b{i}"
+            ))
+            .send()
+            .await
+            .expect("read")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(body["value"], format!("v{i}"), "b{i}: {body}");
+    }
+    report(
+        "story 6b",
+        "every key read back from the restored cluster",
+        t.elapsed(),
+    );
+    let _ = moto.kill();
+    let _ = moto.wait();
+}

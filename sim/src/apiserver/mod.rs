@@ -411,6 +411,7 @@ impl ApiServer {
         meta["generation"] = 1.into();
         body["apiVersion"] = t.res.api_version().into();
         body["kind"] = t.res.kind.into();
+        fold_string_data(&mut body);
         if t.res.status && t.res.kind != "Pod" {
             // Status is written through its subresource, never at creation.
             if let Some(m) = body.as_object_mut() {
@@ -496,6 +497,7 @@ impl ApiServer {
                 n
             }
         };
+        fold_string_data(&mut next);
         strip_output_fields(&mut next);
         let mut old_cmp = old.clone();
         strip_output_fields(&mut old_cmp);
@@ -668,6 +670,27 @@ impl ApiServer {
         drop(s);
         self.notify();
         out.ok_or_else(|| not_found(t))
+    }
+}
+
+/// A Secret's `stringData` is write-only: the API server folds it into `data` (base64).
+fn fold_string_data(obj: &mut Value) {
+    if obj["kind"] != "Secret" {
+        return;
+    }
+    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|m| m.remove("stringData"))
+    else {
+        return;
+    };
+    use base64::Engine;
+    for (k, v) in strings {
+        let encoded = base64::engine::general_purpose::STANDARD
+            .encode(v.as_str().unwrap_or_default().as_bytes());
+        fields::set(
+            obj,
+            &format!("/data/{}", k.replace('~', "~0").replace('/', "~1")),
+            encoded.into(),
+        );
     }
 }
 
