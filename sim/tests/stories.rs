@@ -879,3 +879,175 @@ async fn story_6_a_backup_to_s3_restores_into_a_new_cluster() {
     let _ = moto.kill();
     let _ = moto.wait();
 }
+
+/// Story 5: a rolling upgrade from the previous release's `concord-node` (built from a git
+/// revision by `scripts/e2e-sim.sh`, which passes its binaries in `CONCORD_SIM_PREVIOUS`) to
+/// this build, with an application writing throughout: no quorum loss, every acknowledged write
+/// kept, the leader restarted last, and the write stall around each pod's restart reported
+/// (goal: under 0.5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs the previous release's binaries: run scripts/e2e-sim.sh"]
+async fn story_5_a_rolling_upgrade_from_the_previous_release_under_writes() {
+    if !can_run() {
+        return;
+    }
+    let previous = PathBuf::from(std::env::var("CONCORD_SIM_PREVIOUS").expect(
+        "CONCORD_SIM_PREVIOUS: the previous release's bin directory (scripts/e2e-sim.sh sets it)",
+    ));
+    assert!(
+        previous.join("concord-node").exists(),
+        "{}",
+        previous.display()
+    );
+    let _one = ONE_AT_A_TIME.lock().await;
+    let bins = bin_dir();
+    let dir = tempfile::tempdir().expect("dir");
+    let images = Images {
+        default: bins.clone(),
+        by_reference: vec![("concord-node:previous".into(), previous.clone())],
+    };
+    let mut c = SimCluster::start(dir.path(), images).await.expect("sim");
+    c.start_operator(&bins.join("concord-operator"))
+        .expect("operator");
+    let spec = |image: &str| {
+        serde_json::json!({
+            "apiVersion": "concordkv.io/v1alpha1", "kind": "ConcordCluster",
+            "metadata": {"name": "example", "namespace": "default"},
+            "spec": {"replicas": 3, "image": image},
+        })
+    };
+    c.apply(spec("example.registry/concord-node:previous"))
+        .expect("apply");
+    wait_running(&c, 3, Duration::from_secs(120)).await;
+    let leader_before = c.get(CR).expect("cr")["status"]["leader"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    // The writer notes when each write was acknowledged.
+    let http = app_client(&c);
+    let acks: std::sync::Arc<parking_lot::Mutex<Vec<(u64, Instant)>>> = Default::default();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (http, acks, stop) = (http.clone(), acks.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = http
+                    .post(format!("{APP_URL}/api/set"))
+                    .json(&serde_json::json!({"key": format!("w{i}"), "value": i.to_string()}))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    acks.lock().push((i, Instant::now()));
+                }
+                i += 1;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = Instant::now();
+    c.apply(spec("example.registry/concord-node:current"))
+        .expect("upgrade");
+    // Each pod's restart: when it went down (terminating) and when its successor was ready;
+    // and whether the phase ever said the quorum was lost.
+    let mut down: std::collections::BTreeMap<String, (Instant, Option<Instant>, String)> =
+        Default::default();
+    let mut order = Vec::new();
+    let mut quorum_lost = false;
+    let deadline = Instant::now() + Duration::from_secs(400);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the upgrade did not finish; status: {}",
+            c.get(CR).map(|cr| cr["status"].clone()).unwrap_or_default()
+        );
+        let cr = c.get(CR).expect("cr");
+        quorum_lost |= cr["status"]["phase"] == "QuorumLost";
+        for p in c.api.list_path(
+            "/api/v1/namespaces/default/pods",
+            "app.kubernetes.io/instance=example",
+        ) {
+            let name = p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let uid = p["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if !p["metadata"]["deletionTimestamp"].is_null() && !down.contains_key(&name) {
+                down.insert(name.clone(), (Instant::now(), None, uid.clone()));
+                order.push(name.clone());
+            }
+            if let Some(entry) = down.get_mut(&name) {
+                if entry.1.is_none() && entry.2 != uid && concord_sim::statefulset::is_ready(&p) {
+                    entry.1 = Some(Instant::now());
+                }
+            }
+        }
+        let done = cr["status"]["phase"] == "Running"
+            && cr["status"]["members"].as_array().is_some_and(|m| {
+                m.len() == 3
+                    && m.iter().all(|m| {
+                        m["image"] == "example.registry/concord-node:current"
+                            && m["healthy"] == true
+                    })
+            })
+            && down.len() == 3
+            && down.values().all(|d| d.1.is_some());
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    report(
+        "story 5",
+        "rolled from the previous release to this build",
+        t.elapsed(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.expect("writer");
+    let acks = acks.lock().clone();
+    let acked: Vec<u64> = acks.iter().map(|(i, _)| *i).collect();
+    read_back(&http, &acked).await;
+    assert!(!quorum_lost, "the quorum was never lost");
+    assert_eq!(
+        order.last(),
+        Some(&leader_before),
+        "the leader last: {order:?}"
+    );
+    let mut worst = Duration::ZERO;
+    for name in &order {
+        let (from, to, _) = &down[name];
+        let (from, to) = (
+            *from - Duration::from_millis(500),
+            to.unwrap_or(*from) + Duration::from_millis(500),
+        );
+        // The longest gap between acknowledgements that overlaps this pod's restart.
+        let stall = acks
+            .windows(2)
+            .filter(|w| w[1].1 > from && w[0].1 < to)
+            .map(|w| w[1].1 - w[0].1)
+            .max()
+            .unwrap_or_default();
+        worst = worst.max(stall);
+        eprintln!(
+            "[e2e-sim] story 5: {name}{} restarted: write stall {} ms (goal 500 ms)",
+            if *name == leader_before {
+                " (leader, after a transfer)"
+            } else {
+                ""
+            },
+            stall.as_millis()
+        );
+    }
+    eprintln!(
+        "[e2e-sim] story 5: {} writes acknowledged and read back; no quorum loss; worst stall {} ms",
+        acked.len(),
+        worst.as_millis()
+    );
+    assert!(worst < Duration::from_secs(5), "a stall of {worst:?}");
+    c.kill_operator();
+}
