@@ -160,26 +160,40 @@ fn set_replicas(c: &SimCluster, n: u32) {
 /// An application in the cluster: HTTPS to the client Service's name with the client
 /// certificate, the name resolved by the cluster's DNS at each connection.
 fn app_client(c: &SimCluster) -> reqwest::Client {
-    let secret = c
-        .get("/api/v1/namespaces/default/secrets/example-client-tls")
-        .expect("the client Secret");
+    secret_client(&c.api, "example-client-tls").expect("the client Secret")
+}
+
+/// A client as an application holding Secret `secret` (its `ca.crt`, `tls.crt`, `tls.key`)
+/// has one, names resolved by the cluster's DNS; None while the Secret does not exist.
+fn secret_client(api: &concord_sim::apiserver::ApiServer, secret: &str) -> Option<reqwest::Client> {
+    let secret = api.get_path(&format!("/api/v1/namespaces/default/secrets/{secret}"))?;
     let text = |key: &str| {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD
-            .decode(secret["data"][key].as_str().expect("key"))
-            .expect("base64")
+            .decode(secret["data"][key].as_str().unwrap_or_default())
+            .unwrap_or_default()
     };
     let identity = [text("tls.crt"), text("tls.key")].concat();
     reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&text("ca.crt")).expect("ca"))
-        .identity(reqwest::Identity::from_pem(&identity).expect("identity"))
-        .dns_resolver(std::sync::Arc::new(concord_sim::dns::Resolver(
-            c.api.clone(),
-        )))
+        .add_root_certificate(reqwest::Certificate::from_pem(&text("ca.crt")).ok()?)
+        .identity(reqwest::Identity::from_pem(&identity).ok()?)
+        .dns_resolver(std::sync::Arc::new(concord_sim::dns::Resolver(api.clone())))
         .timeout(Duration::from_secs(3))
         .connect_timeout(Duration::from_secs(1))
         .build()
-        .expect("client")
+        .ok()
+}
+
+/// A story's start: None (said loudly) where the simulated cluster cannot run; otherwise one
+/// simulated cluster at a time, and a directory for it.
+async fn begin() -> Option<(tokio::sync::MutexGuard<'static, ()>, tempfile::TempDir)> {
+    if !can_run() {
+        return None;
+    }
+    Some((
+        ONE_AT_A_TIME.lock().await,
+        tempfile::tempdir().expect("dir"),
+    ))
 }
 
 const APP_URL: &str = "https://example.default.svc:8081";
@@ -242,11 +256,9 @@ async fn read_back(http: &reqwest::Client, acked: &[u64]) {
 /// its own) writes and reads through the client Service's name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn story_1_the_minimal_example_comes_up_and_serves_by_its_service_name() {
-    if !can_run() {
+    let Some((_one, dir)) = begin().await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
+    };
     let started = Instant::now();
     let (c, bins) = minimal(dir.path(), "story 1").await;
     let status = running_with(&c, 3).expect("running");
@@ -282,11 +294,9 @@ async fn story_1_the_minimal_example_comes_up_and_serves_by_its_service_name() {
 /// back at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn story_2_scale_up_and_down_under_writes_keeps_every_acknowledged_write() {
-    if !can_run() {
+    let Some((_one, dir)) = begin().await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
+    };
     let (c, _) = minimal(dir.path(), "story 2").await;
     let http = app_client(&c);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -334,11 +344,9 @@ async fn story_2_scale_up_and_down_under_writes_keeps_every_acknowledged_write()
 /// back to three healthy voters, and the data written before is all there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn story_3_a_killed_process_a_deleted_pod_and_a_wiped_volume_heal() {
-    if !can_run() {
+    let Some((_one, dir)) = begin().await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
+    };
     let (c, _) = minimal(dir.path(), "story 3").await;
     let http = app_client(&c);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -452,11 +460,9 @@ fn member_names(c: &SimCluster) -> Vec<(String, String)> {
 /// picks up where the cluster is and finishes, with no member added twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn story_4_an_operator_killed_mid_scale_resumes() {
-    if !can_run() {
+    let Some((_one, dir)) = begin().await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
+    };
     let (mut c, bins) = minimal(dir.path(), "story 4").await;
     let t = Instant::now();
     set_replicas(&c, 5);
@@ -492,11 +498,9 @@ async fn story_4_an_operator_killed_mid_scale_resumes() {
 /// membership change is attempted; when they return, the same three members are Running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn story_7_quorum_loss_is_reported_and_nothing_is_changed_until_it_heals() {
-    if !can_run() {
+    let Some((_one, dir)) = begin().await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
+    };
     let (c, _) = minimal(dir.path(), "story 7").await;
     let before = member_names(&c);
     let t = Instant::now();
@@ -548,9 +552,10 @@ async fn switching_writer(
     c_api: concord_sim::apiserver::ApiServer,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> (Vec<u64>, Duration, u64) {
-    let resolver = std::sync::Arc::new(concord_sim::dns::Resolver(c_api.clone()));
     let plain = reqwest::Client::builder()
-        .dns_resolver(resolver.clone())
+        .dns_resolver(std::sync::Arc::new(concord_sim::dns::Resolver(
+            c_api.clone(),
+        )))
         .timeout(Duration::from_secs(3))
         .build()
         .expect("client");
@@ -560,26 +565,7 @@ async fn switching_writer(
     let mut longest = Duration::ZERO;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         if secure.is_none() {
-            if let Some(secret) =
-                c_api.get_path("/api/v1/namespaces/default/secrets/example-client-tls")
-            {
-                use base64::Engine;
-                let text = |key: &str| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(secret["data"][key].as_str().unwrap_or_default())
-                        .unwrap_or_default()
-                };
-                let identity = [text("tls.crt"), text("tls.key")].concat();
-                secure = reqwest::Client::builder()
-                    .add_root_certificate(
-                        reqwest::Certificate::from_pem(&text("ca.crt")).expect("ca"),
-                    )
-                    .identity(reqwest::Identity::from_pem(&identity).expect("identity"))
-                    .dns_resolver(resolver.clone())
-                    .timeout(Duration::from_secs(3))
-                    .build()
-                    .ok();
-            }
+            secure = secret_client(&c_api, "example-client-tls");
         }
         let body = serde_json::json!({"key": format!("w{i}"), "value": i.to_string()});
         let mut ok = false;
@@ -641,11 +627,9 @@ async fn peer_cert_expiry(c: &SimCluster, pod: &str) -> Option<String> {
 /// going on; every acknowledged write read back over TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn story_6_tls_switched_on_and_a_certificate_rotated_under_writes() {
-    if !can_run() {
+    let Some((_one, dir)) = begin().await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
+    };
     let (c, _) = start_cluster(
         dir.path(),
         "story 6",
@@ -768,11 +752,9 @@ async fn s3_on(c: &SimCluster) -> (std::process::Child, String) {
 /// as written, read through the new cluster's own Service name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn story_6_a_backup_to_s3_restores_into_a_new_cluster() {
-    if !can_run() {
+    let Some((_one, dir)) = begin().await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("dir");
+    };
     let (c, _) = minimal(dir.path(), "story 6b").await;
     let (mut moto, endpoint) = s3_on(&c).await;
     let http = app_client(&c);
@@ -838,26 +820,7 @@ async fn story_6_a_backup_to_s3_restores_into_a_new_cluster() {
     report("story 6b", "restoreFrom: 3 members Running", t.elapsed());
 
     // The restored cluster's own client certificate, through its own Service name.
-    let secret = c
-        .get("/api/v1/namespaces/default/secrets/restored-client-tls")
-        .expect("client Secret");
-    let text = |key: &str| {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD
-            .decode(secret["data"][key].as_str().expect("key"))
-            .expect("base64")
-    };
-    let rhttp = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&text("ca.crt")).expect("ca"))
-        .identity(
-            reqwest::Identity::from_pem(&[text("tls.crt"), text("tls.key")].concat()).expect("id"),
-        )
-        .dns_resolver(std::sync::Arc::new(concord_sim::dns::Resolver(
-            c.api.clone(),
-        )))
-        .timeout(Duration::from_secs(3))
-        .build()
-        .expect("client");
+    let rhttp = secret_client(&c.api, "restored-client-tls").expect("the restored client Secret");
     for i in 0..200 {
         let body: Value = rhttp
             .get(format!(
@@ -888,9 +851,9 @@ async fn story_6_a_backup_to_s3_restores_into_a_new_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs the previous release's binaries: run scripts/e2e-sim.sh"]
 async fn story_5_a_rolling_upgrade_from_the_previous_release_under_writes() {
-    if !can_run() {
+    let Some((_one, dir)) = begin().await else {
         return;
-    }
+    };
     let previous = PathBuf::from(std::env::var("CONCORD_SIM_PREVIOUS").expect(
         "CONCORD_SIM_PREVIOUS: the previous release's bin directory (scripts/e2e-sim.sh sets it)",
     ));
@@ -899,9 +862,7 @@ async fn story_5_a_rolling_upgrade_from_the_previous_release_under_writes() {
         "{}",
         previous.display()
     );
-    let _one = ONE_AT_A_TIME.lock().await;
     let bins = bin_dir();
-    let dir = tempfile::tempdir().expect("dir");
     let images = Images {
         default: bins.clone(),
         by_reference: vec![("concord-node:previous".into(), previous.clone())],
