@@ -174,18 +174,7 @@ async fn a_members_backup_streams_into_s3_intact() {
     std::fs::File::create(&file)
         .and_then(|mut f| f.write_all(&bytes))
         .expect("write");
-    let ctl = node_binary().with_file_name("concordctl");
-    let out = Command::new(ctl)
-        .args(["-o", "json", "snapshot", "status"])
-        .arg(&file)
-        .output()
-        .expect("concordctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let status = snapshot_status(&file);
     assert_eq!(status["checksum"], done.checksum.as_str());
 
     // A stream cut short is not completed into an object.
@@ -201,6 +190,21 @@ async fn a_members_backup_streams_into_s3_intact() {
         .await
         .expect("list");
     assert_eq!(listed.len(), 1, "{listed:?}");
+}
+
+/// `concordctl snapshot status` of `file`: the backup checked end to end, as JSON.
+fn snapshot_status(file: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(ctl_binary())
+        .args(["-o", "json", "snapshot", "status"])
+        .arg(file)
+        .output()
+        .expect("concordctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
 }
 
 /// Captures the operator's log lines for the test.
@@ -685,17 +689,7 @@ async fn backups_to_a_pvc_run_as_jobs_and_a_schedule_prunes_their_files() {
         std::fs::metadata(&file).expect("the file").len(),
         status["sizeBytes"].as_u64().expect("size")
     );
-    let out = Command::new(ctl_binary())
-        .args(["-o", "json", "snapshot", "status"])
-        .arg(&file)
-        .output()
-        .expect("concordctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let checked: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let checked = snapshot_status(&file);
     assert_eq!(checked["checksum"], status["checksum"]);
     assert_eq!(checked["revision"], status["revision"]);
 

@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use crate::apiserver::{ApiServer, DeleteOptions, WriteOptions};
+use crate::apiserver::{now, ApiServer, DeleteOptions, WriteOptions};
 use crate::network::Network;
 
 const MANAGER: &str = "kubelet";
@@ -51,18 +51,10 @@ pub struct Kubelet {
     root: PathBuf,
     /// Pods being run, by uid.
     running: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-    /// Restarts of each pod's container, by uid (what `kubectl get pods` shows).
-    pub restarts: Mutex<HashMap<String, u32>>,
     /// The process of each pod (`namespace/name`) now.
     pids: Mutex<HashMap<String, u32>>,
     /// Pods whose process is stopped and kept down, as on a node that went away.
     held: Mutex<std::collections::HashSet<String>>,
-}
-
-fn now() -> String {
-    jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-        .to_string()
 }
 
 /// Mount paths in `text` mapped under the pod's root, each once, the longest first
@@ -174,7 +166,6 @@ impl Kubelet {
             images,
             root,
             running: Mutex::default(),
-            restarts: Mutex::default(),
             pids: Mutex::default(),
             held: Mutex::default(),
         })
@@ -680,7 +671,6 @@ impl Kubelet {
                 break Some((code, message));
             }
             restarts += 1;
-            self.restarts.lock().insert(uid.clone(), restarts);
             self.write_status(
                 &pod_json,
                 base_status(

@@ -198,31 +198,97 @@ async fn begin() -> Option<(tokio::sync::MutexGuard<'static, ()>, tempfile::Temp
 
 const APP_URL: &str = "https://example.default.svc:8081";
 
-/// Writes `w<i>` = i one after another until told to stop; the writes acknowledged, and the
-/// longest gap between two acknowledgements.
-async fn writer(
-    http: reqwest::Client,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (Vec<u64>, Duration) {
-    let (mut acked, mut i) = (Vec::new(), 0u64);
-    let mut last = Instant::now();
-    let mut longest = Duration::ZERO;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let r = http
-            .post(format!("{APP_URL}/api/set"))
-            .json(&serde_json::json!({"key": format!("w{i}"), "value": i.to_string()}))
-            .send()
-            .await;
-        if r.is_ok_and(|r| r.status().is_success()) {
-            acked.push(i);
-            longest = longest.max(last.elapsed());
-            last = Instant::now();
-        } else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        i += 1;
+/// What an application's writer got done: each acknowledged write's number and when.
+struct Writes {
+    acked: Vec<(u64, Instant)>,
+    /// Writes no address took (each tried over HTTPS, then plaintext when allowed).
+    failed: u64,
+}
+
+impl Writes {
+    fn keys(&self) -> Vec<u64> {
+        self.acked.iter().map(|(i, _)| *i).collect()
     }
-    (acked, longest)
+
+    /// The longest gap between two acknowledgements that ends after `from` and starts before
+    /// `to` (the whole run: `Instant` bounds far apart).
+    fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        self.acked
+            .windows(2)
+            .filter(|w| w[1].1 > from && w[0].1 < to)
+            .map(|w| w[1].1 - w[0].1)
+            .max()
+            .unwrap_or_default()
+    }
+
+    fn worst_gap(&self) -> Duration {
+        let (first, last) = match (self.acked.first(), self.acked.last()) {
+            (Some(f), Some(l)) => (f.1, l.1),
+            _ => return Duration::ZERO,
+        };
+        self.longest_gap(first, last + Duration::from_millis(1))
+    }
+}
+
+/// An application writing `w<i>` = i one after another through the client Service, until
+/// `stop`: over HTTPS with the client certificate once its Secret exists, and (with
+/// `plaintext_too`, for a cluster switching to TLS) over plain HTTP when that fails.
+fn start_writer(
+    c: &SimCluster,
+    plaintext_too: bool,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<Writes>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (api, done) = (c.api.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        let plain = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(concord_sim::dns::Resolver(api.clone())))
+            .timeout(Duration::from_secs(3))
+            .build()
+            .expect("client");
+        let mut secure: Option<reqwest::Client> = None;
+        let mut w = Writes {
+            acked: Vec::new(),
+            failed: 0,
+        };
+        let mut i = 0u64;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            if secure.is_none() {
+                secure = secret_client(&api, "example-client-tls");
+            }
+            let body = serde_json::json!({"key": format!("w{i}"), "value": i.to_string()});
+            let mut attempts: Vec<(&reqwest::Client, &str)> = Vec::new();
+            if let Some(s) = &secure {
+                attempts.push((s, "https"));
+            }
+            if plaintext_too {
+                attempts.push((&plain, "http"));
+            }
+            let mut ok = false;
+            for (client, scheme) in attempts {
+                let r = client
+                    .post(format!("{scheme}://example.default.svc:8081/api/set"))
+                    .json(&body)
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    ok = true;
+                    break;
+                }
+            }
+            if ok {
+                w.acked.push((i, Instant::now()));
+            } else {
+                w.failed += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            i += 1;
+        }
+        w
+    });
+    (stop, task)
 }
 
 /// Every acknowledged write is there (a linearizable read through the Service).
@@ -299,8 +365,7 @@ async fn story_2_scale_up_and_down_under_writes_keeps_every_acknowledged_write()
     };
     let (c, _) = minimal(dir.path(), "story 2").await;
     let http = app_client(&c);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writes = tokio::spawn(writer(http.clone(), stop.clone()));
+    let (stop, writes) = start_writer(&c, false);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t = Instant::now();
     set_replicas(&c, 5);
@@ -325,17 +390,17 @@ async fn story_2_scale_up_and_down_under_writes_keeps_every_acknowledged_write()
     report("story 2", "scaled 5 -> 3", t.elapsed());
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (acked, longest) = writes.await.expect("writer");
+    let w = writes.await.expect("writer");
     assert!(
-        acked.len() > 20,
+        w.acked.len() > 20,
         "the writer made progress: {}",
-        acked.len()
+        w.acked.len()
     );
-    read_back(&http, &acked).await;
+    read_back(&http, &w.keys()).await;
     eprintln!(
         "[e2e-sim] story 2: {} writes acknowledged and read back; longest gap between acknowledgements {} ms",
-        acked.len(),
-        longest.as_millis()
+        w.acked.len(),
+        w.worst_gap().as_millis()
     );
 }
 
@@ -349,8 +414,7 @@ async fn story_3_a_killed_process_a_deleted_pod_and_a_wiped_volume_heal() {
     };
     let (c, _) = minimal(dir.path(), "story 3").await;
     let http = app_client(&c);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writes = tokio::spawn(writer(http.clone(), stop.clone()));
+    let (stop, writes) = start_writer(&c, false);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let member_id = |c: &SimCluster, pod: &str| {
         c.get(CR).and_then(|cr| {
@@ -430,12 +494,12 @@ async fn story_3_a_killed_process_a_deleted_pod_and_a_wiped_volume_heal() {
     report("story 3", "wiped member replaced", t.elapsed());
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (acked, longest) = writes.await.expect("writer");
-    read_back(&http, &acked).await;
+    let w = writes.await.expect("writer");
+    read_back(&http, &w.keys()).await;
     eprintln!(
         "[e2e-sim] story 3: {} writes acknowledged and read back; longest gap between acknowledgements {} ms",
-        acked.len(),
-        longest.as_millis()
+        w.acked.len(),
+        w.worst_gap().as_millis()
     );
 }
 
@@ -546,57 +610,6 @@ async fn story_7_quorum_loss_is_reported_and_nothing_is_changed_until_it_heals()
     report("story 7", "healed when the pods returned", t.elapsed());
 }
 
-/// A writer that follows a cluster switching to TLS: HTTPS with the client certificate once
-/// its Secret exists, plain HTTP otherwise, the other on a failure.
-async fn switching_writer(
-    c_api: concord_sim::apiserver::ApiServer,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (Vec<u64>, Duration, u64) {
-    let plain = reqwest::Client::builder()
-        .dns_resolver(std::sync::Arc::new(concord_sim::dns::Resolver(
-            c_api.clone(),
-        )))
-        .timeout(Duration::from_secs(3))
-        .build()
-        .expect("client");
-    let mut secure: Option<reqwest::Client> = None;
-    let (mut acked, mut i, mut failed) = (Vec::new(), 0u64, 0u64);
-    let mut last = Instant::now();
-    let mut longest = Duration::ZERO;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        if secure.is_none() {
-            secure = secret_client(&c_api, "example-client-tls");
-        }
-        let body = serde_json::json!({"key": format!("w{i}"), "value": i.to_string()});
-        let mut ok = false;
-        let attempts: Vec<(&reqwest::Client, &str)> = match &secure {
-            Some(s) => vec![(s, "https"), (&plain, "http")],
-            None => vec![(&plain, "http")],
-        };
-        for (client, scheme) in attempts {
-            let r = client
-                .post(format!("{scheme}://example.default.svc:8081/api/set"))
-                .json(&body)
-                .send()
-                .await;
-            if r.is_ok_and(|r| r.status().is_success()) {
-                ok = true;
-                break;
-            }
-        }
-        if ok {
-            acked.push(i);
-            longest = longest.max(last.elapsed());
-            last = Instant::now();
-        } else {
-            failed += 1;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        i += 1;
-    }
-    (acked, longest, failed)
-}
-
 /// The `certificate="peer"` expiry a member reports on /metrics.
 async fn peer_cert_expiry(c: &SimCluster, pod: &str) -> Option<String> {
     let ip = c.get(&format!("/api/v1/namespaces/default/pods/{pod}"))?["status"]["podIP"]
@@ -636,8 +649,7 @@ async fn story_6_tls_switched_on_and_a_certificate_rotated_under_writes() {
         Some(serde_json::json!({"replicas": 3, "tls": {"mode": "disabled"}})),
     )
     .await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writes = tokio::spawn(switching_writer(c.api.clone(), stop.clone()));
+    let (stop, writes) = start_writer(&c, true);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t = Instant::now();
     c.apply(serde_json::json!({
@@ -702,12 +714,13 @@ async fn story_6_tls_switched_on_and_a_certificate_rotated_under_writes() {
     );
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (acked, longest, failed) = writes.await.expect("writer");
-    read_back(&app_client(&c), &acked).await;
+    let w = writes.await.expect("writer");
+    read_back(&app_client(&c), &w.keys()).await;
     eprintln!(
-        "[e2e-sim] story 6: {} writes acknowledged and read back over TLS ({failed} attempts failed during the rolls); longest gap between acknowledgements {} ms",
-        acked.len(),
-        longest.as_millis()
+        "[e2e-sim] story 6: {} writes acknowledged and read back over TLS ({} attempts failed during the rolls); longest gap between acknowledgements {} ms",
+        w.acked.len(),
+        w.failed,
+        w.worst_gap().as_millis()
     );
 }
 
@@ -885,27 +898,8 @@ async fn story_5_a_rolling_upgrade_from_the_previous_release_under_writes() {
         .unwrap_or_default()
         .to_string();
 
-    // The writer notes when each write was acknowledged.
     let http = app_client(&c);
-    let acks: std::sync::Arc<parking_lot::Mutex<Vec<(u64, Instant)>>> = Default::default();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (http, acks, stop) = (http.clone(), acks.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = http
-                    .post(format!("{APP_URL}/api/set"))
-                    .json(&serde_json::json!({"key": format!("w{i}"), "value": i.to_string()}))
-                    .send()
-                    .await;
-                if r.is_ok_and(|r| r.status().is_success()) {
-                    acks.lock().push((i, Instant::now()));
-                }
-                i += 1;
-            }
-        })
-    };
+    let (stop, writes) = start_writer(&c, false);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t = Instant::now();
     c.apply(spec("example.registry/concord-node:current"))
@@ -969,10 +963,8 @@ async fn story_5_a_rolling_upgrade_from_the_previous_release_under_writes() {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    writer.await.expect("writer");
-    let acks = acks.lock().clone();
-    let acked: Vec<u64> = acks.iter().map(|(i, _)| *i).collect();
-    read_back(&http, &acked).await;
+    let w = writes.await.expect("writer");
+    read_back(&http, &w.keys()).await;
     assert!(!quorum_lost, "the quorum was never lost");
     assert_eq!(
         order.last(),
@@ -987,12 +979,7 @@ async fn story_5_a_rolling_upgrade_from_the_previous_release_under_writes() {
             to.unwrap_or(*from) + Duration::from_millis(500),
         );
         // The longest gap between acknowledgements that overlaps this pod's restart.
-        let stall = acks
-            .windows(2)
-            .filter(|w| w[1].1 > from && w[0].1 < to)
-            .map(|w| w[1].1 - w[0].1)
-            .max()
-            .unwrap_or_default();
+        let stall = w.longest_gap(from, to);
         worst = worst.max(stall);
         eprintln!(
             "[e2e-sim] story 5: {name}{} restarted: write stall {} ms (goal 500 ms)",
@@ -1006,7 +993,7 @@ async fn story_5_a_rolling_upgrade_from_the_previous_release_under_writes() {
     }
     eprintln!(
         "[e2e-sim] story 5: {} writes acknowledged and read back; no quorum loss; worst stall {} ms",
-        acked.len(),
+        w.acked.len(),
         worst.as_millis()
     );
     assert!(worst < Duration::from_secs(5), "a stall of {worst:?}");

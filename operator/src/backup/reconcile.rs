@@ -257,16 +257,20 @@ async fn take_to_s3(
 }
 
 /// The pod of `job` that ran to its end, if any: labelled with the Job's name and, when both
-/// carry one, owned by this Job (not by an earlier attempt's of the same name).
-pub(crate) async fn job_pod(ctx: &Context, ns: &str, job: &Job) -> Option<Pod> {
+/// carry one, owned by this Job (not by an earlier attempt's of the same name). An error
+/// only when the pods cannot be listed (the outcome is then unknown, not failed).
+pub(crate) async fn job_pod(
+    ctx: &Context,
+    ns: &str,
+    job: &Job,
+) -> Result<Option<Pod>, kube::Error> {
     let name = job.name_any();
     let uid = job.metadata.uid.as_deref();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let listed = pods
         .list(&ListParams::default().labels(&format!("{}={name}", job::JOB_NAME_LABEL)))
-        .await
-        .ok()?;
-    listed.items.into_iter().find(|p| {
+        .await?;
+    Ok(listed.items.into_iter().find(|p| {
         let owners = p.metadata.owner_references.as_deref().unwrap_or_default();
         p.labels().get(job::JOB_NAME_LABEL) == Some(&name)
             && (owners.is_empty()
@@ -276,7 +280,7 @@ pub(crate) async fn job_pod(ctx: &Context, ns: &str, job: &Job) -> Option<Pod> {
                 p.status.as_ref().and_then(|s| s.phase.as_deref()),
                 Some("Succeeded" | "Failed")
             )
-    })
+    }))
 }
 
 /// The Secret holding the operator's certificate, for a Job that dials a member.
@@ -327,7 +331,8 @@ async fn take_to_pvc(
     match job::state(&existing) {
         job::JobState::Running => Ok(false),
         job::JobState::Succeeded => {
-            let pod = job_pod(ctx, ns, &existing).await;
+            // Unreadable pods: try again (the Job stays, so the next pass reads it again).
+            let pod = job_pod(ctx, ns, &existing).await.map_err(unreadable)?;
             let report = pod
                 .as_ref()
                 .ok_or_else(|| "the backup Job's pod is gone".to_string())
@@ -345,7 +350,7 @@ async fn take_to_pvc(
             Ok(true)
         }
         job::JobState::Failed(reason) => {
-            let pod = job_pod(ctx, ns, &existing).await;
+            let pod = job_pod(ctx, ns, &existing).await.ok().flatten();
             let message = job::failure_message(pod.as_ref(), &reason);
             // The next attempt runs a Job of the same name.
             let background = DeleteParams::background();

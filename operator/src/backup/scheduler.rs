@@ -342,7 +342,7 @@ async fn prune_pvc(
             all()
         }
         JobState::Failed(reason) => {
-            let pod = job_pod(ctx, ns, &existing).await;
+            let pod = job_pod(ctx, ns, &existing).await.ok().flatten();
             let message = job::failure_message(pod.as_ref(), &reason);
             // Tried again on a later pass, with a new Job.
             if existing.metadata.deletion_timestamp.is_none() {

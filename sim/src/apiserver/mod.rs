@@ -131,7 +131,8 @@ pub struct ApiServer {
     changed: Arc<tokio::sync::Notify>,
 }
 
-fn now() -> String {
+/// Now, as the API writes times (RFC 3339, whole seconds).
+pub fn now() -> String {
     jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
         .to_string()
